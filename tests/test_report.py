@@ -1,0 +1,181 @@
+"""The pipeline driver and the rendered report: merging and table of contents, failure and skip handling,
+the command line, and (marked ``browser``) the smoke report opened offline in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+from fasterseg_core import report
+from fasterseg_core.config import load_config
+from fasterseg_core.report import StageResult, build_report, main, render_report
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _stage_notebook(path: Path, stage: str, body: str) -> Path:
+    """A tiny stage notebook that records its run like a real one and then runs ``body``."""
+    nb = new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = new_code_cell(
+        'profile = "smoke"\noverrides = {}\nhardware_tag = ""', metadata={"tags": ["parameters"]}
+    )
+    setup = (
+        "from fasterseg_core.config import load_config\nfrom fasterseg_core.runs import start_run\n"
+        f'cfg = load_config(profile, overrides)\nrun = start_run(cfg, "{stage}", hardware_tag=hardware_tag)'
+    )
+    nb.cells = [
+        new_markdown_cell(f"# Stage {stage}\n\n## Sanity checks"),
+        params,
+        new_code_cell(setup),
+        new_code_cell(body),
+        new_code_cell("run.finish()"),
+    ]
+    nbformat.write(nb, path / f"{stage}.ipynb")
+    return path / f"{stage}.ipynb"
+
+
+def _executed_notebook(path: Path, title: str, error: bool = False) -> str:
+    """A notebook as papermill leaves it: parameter cells, a heading shared with other stages, outputs."""
+    nb = new_notebook()
+    nb.cells = [
+        new_markdown_cell(f"# {title}\n\nSome $x^2$ math."),
+        new_code_cell('profile = "smoke"', metadata={"tags": ["parameters"]}),
+        new_code_cell('profile = "camvid-cpu"', metadata={"tags": ["injected-parameters"]}),
+        new_markdown_cell("## Sanity checks"),
+        new_code_cell("print('hi')", outputs=[new_output("stream", name="stdout", text="hi\n")]),
+    ]
+    if error:
+        nb.cells.append(
+            new_code_cell(
+                "1/0",
+                outputs=[new_output("error", ename="ZeroDivisionError", evalue="x", traceback=["boom"])],
+            )
+        )
+    nbformat.write(nb, path)
+    return str(path)
+
+
+def test_render_merges_stages_with_unique_anchors_and_marks_failures(tmp_path):
+    cfg = load_config("smoke", {"output_root": str(tmp_path / "out")})
+    results = [
+        StageResult("00_data", "skipped", notebook=_executed_notebook(tmp_path / "a.ipynb", "Data")),
+        StageResult("01_search", "failed", 2.0, "ZeroDivisionError: x", _executed_notebook(tmp_path / "b.ipynb", "Search", True)),
+        StageResult("02_teacher", "not-run", error="an earlier stage failed"),
+    ]  # fmt: skip
+    record = {"hardware_tag": "cpu-test", "overrides": {}, "git": {"sha": None, "dirty": None}}
+    folder = render_report(cfg, results, record, pdf=False)
+    html = (folder / "report.html").read_text()
+
+    ids = re.findall(r' id="([^"]+)"', html)
+    assert len(ids) == len(set(ids)), "duplicate anchors"
+    toc = re.search(r'<nav class="report-toc">(.*?)</nav>', html, re.DOTALL).group(1)
+    targets = re.findall(r'href="#([^"]+)"', toc)
+    assert len(targets) == 4 and all(t in ids for t in targets)  # 2 titles + 2 "Sanity checks"
+    assert "report-failure" in html and "Stage 01_search failed" in html and "report-error" in html
+    assert re.search(r'report-status-not-run">not-run</td>', html)
+    assert "camvid-cpu" not in html  # parameter cells are left out when code is hidden
+    assert "print(" not in html and "hi" in html  # code hidden, outputs shown
+    if (report.JS_MODULES_DIR / "mathjax").exists():  # `make setup` ran: everything offline
+        assert 'src="vendor/mathjax/MathJax.js' in html and (folder / "vendor" / "require.js").exists()
+        assert re.findall(r'<script[^>]*src="https?:', html) == []
+
+
+def test_cli_rejects_bad_overrides_before_running_anything(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["--profile", "smoke", "--overrides", "[1]"])
+    assert err.value.code == 2
+    out = json.dumps({"output_root": str(tmp_path), "teacher.epochz": 1})
+    assert main(["--profile", "smoke", "--overrides", out, "--no-pdf"]) == 2
+    assert "epochz" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.notebooks
+def test_failed_stage_stops_the_pipeline_and_complete_stages_are_skipped(tmp_path):
+    notebooks, overrides = tmp_path / "notebooks", {"output_root": str(tmp_path / "out")}
+    notebooks.mkdir()
+    _stage_notebook(notebooks, "00_data", "print('data')")
+    _stage_notebook(notebooks, "01_search", "1 / 0")
+    _stage_notebook(notebooks, "02_teacher", "print('teacher')")
+
+    record = build_report("smoke", overrides, pdf=False, notebooks_dir=notebooks)
+    assert [(s["stage"], s["status"]) for s in record["stages"]] == [
+        ("00_data", "ok"), ("01_search", "failed"), ("02_teacher", "not-run"),
+    ]  # fmt: skip
+    assert record["stages"][1]["error"] == "ZeroDivisionError: division by zero"
+    saved = json.loads((tmp_path / "out" / "smoke" / "pipeline.json").read_text())
+    assert saved["stages"] == record["stages"] and saved["report"]["html"]
+    html = (tmp_path / "out" / "smoke" / "report" / "report.html").read_text()
+    assert "Stage 01_search failed" in html and "Stage 00_data" in html
+
+    _stage_notebook(notebooks, "01_search", "print('fixed')")
+    record = build_report("smoke", overrides, pdf=False, notebooks_dir=notebooks)
+    assert [s["status"] for s in record["stages"]] == ["skipped", "ok", "ok"]
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.skipif(
+    report.find_chromium() is None or shutil.which("pdftoppm") is None, reason="needs chromium, poppler"
+)
+def test_smoke_report_renders_offline_in_a_browser_and_as_pdf(tmp_path):
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "fasterseg_core.report", "--profile", "smoke"]
+    done = subprocess.run(
+        [*cmd, "--overrides", json.dumps({"output_root": str(out)})],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    pipeline = json.loads((out / "smoke" / "pipeline.json").read_text())
+    assert pipeline["stages"] and all(s["status"] == "ok" for s in pipeline["stages"])
+    html, pdf = out / "smoke" / "report" / "report.html", out / "smoke" / "report" / "report.pdf"
+
+    online_requests, failed_requests = [], []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=report.find_chromium(), args=list(report.CHROMIUM_ARGS))
+        page = browser.new_page(viewport={"width": 1000, "height": 1200})
+        page.route(
+            re.compile(r"^https?://"),
+            lambda route: (online_requests.append(route.request.url), route.abort()),
+        )
+        page.on("requestfailed", lambda request: failed_requests.append(request.url))
+        page.goto(html.as_uri())
+        page.wait_for_load_state("networkidle")
+        images = page.eval_on_selector_all("img", "els => els.map(e => [e.complete, e.naturalWidth])")
+        errors = page.locator(".report-error").count()
+        stages = page.locator(".report-front td").all_inner_texts()
+        scripts = page.evaluate("[typeof window.MathJax, typeof window.require]")
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    assert online_requests == [] and failed_requests == [], "the report must work offline"
+    assert len(images) >= 3 and all(complete and width > 0 for complete, width in images), images
+    assert errors == 0
+    assert "00_data" in stages and "ok" in stages
+    assert scripts == ["object", "function"]  # vendored MathJax and require.js loaded from report/vendor
+
+    subprocess.run(["pdftoppm", "-png", "-r", "40", str(pdf), str(tmp_path / "page")], check=True)
+    pages = sorted(tmp_path.glob("page-*.png"))
+    assert len(pages) >= 2
+    coloured = []
+    for png in pages:
+        rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
+        assert (rgb.min(axis=2) < 200).mean() > 0.005, f"{png.name} is blank"
+        coloured.append(((rgb.max(axis=2) - rgb.min(axis=2)) > 60).mean())
+    assert max(coloured) > 0.05, "no page shows a coloured figure"
