@@ -96,6 +96,16 @@ class SearchConfig:
     # uses the corrected computation.
     faithful_quirks: bool = True
     seed: int = 12345  # §3.4
+    # Added by the search (issue 5). Val images evaluated after every search epoch; 0 = all of them (§3.5).
+    eval_max_images: int = 0
+    # A saved latency table to steer the search (ours, or the authors' export such as
+    # ../shared/reference/fasterseg_latency_lookup_table.json; relative paths from the repository root).
+    # Empty: build one for this device at latency_input_hw, cached under outputs/<profile>/latency/ (§3.3, §10).
+    latency_table: str = ""
+    # Deviation: multiply the latency term by 6.414 ms / (published student's latency on this table), so λ
+    # weighs the same *relative* latency on every device and resolution; exactly 1 on the authors' table
+    # (§3.3, §8). false: raw milliseconds, as the original.
+    latency_normalize: bool = True
 
 
 @dataclass(frozen=True)
@@ -130,14 +140,16 @@ class TrainConfig:
 @dataclass(frozen=True)
 class LatencyConfig:
     input_hw: tuple[int, int] = (1024, 2048)  # §10
-    batch_size: int = 1  # §10
     warmup_iters: int = 10  # §10
     min_loop_seconds: float = 1.0  # §10 calibration loop
-    # Backends to time; unavailable ones are reported as such, never replaced.
-    backends: tuple[str, ...] = ("eager", "channels_last", "compile", "ort")
+    timed_seconds: float = 3.0  # §10: int(3 × FPS estimate) timed executions ≈ 3 s
+    # Backends to time (fasterseg_core.latency.BACKENDS); unavailable ones are reported as such, never
+    # replaced. bf16/fp16/ort_int8 are the low-precision deployment paths, checked against fp32.
+    backends: tuple[str, ...] = ("eager", "channels_last", "compile", "ort", "bf16", "ort_int8")
     num_threads: int = 0  # 0 = torch default
-    lut_input_hw: tuple[int, int] = (1024, 2048)  # §10 table resolution
     include_peers: bool = True  # torchvision LRASPP / DeepLabV3 MobileNetV3 as yardsticks
+    # Real validation images (resized to input_hw) for int8 calibration and low-precision agreement.
+    agreement_images: int = 8
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,7 @@ class Architecture:
 
     def channels(self, stride: int, chi: int) -> int:
         """C(s, w) of the spec: channels of a feature at ``stride`` with width ``chi`` twelfths."""
-        return int(round(stride * self.base_channels * chi / 12))
+        return round(stride * self.base_channels * chi / 12)
 
     # ---- JSON -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -170,9 +170,7 @@ class Architecture:
         for bd in d["branches"]:
             cells = bd["cells"]
             path = [{8: 0, 16: 1, 32: 2}[c["in_stride"]] for c in cells]
-            branch = Branch(
-                ops=[c["op"] for c in cells], path=path, chi=[c["out_chi"] for c in cells[:-1]]
-            )
+            branch = Branch(ops=[c["op"] for c in cells], path=path, chi=[c["out_chi"] for c in cells[:-1]])
             if branch.end_stride != bd["end_stride"]:
                 raise ValueError(f"branch end_stride {bd['end_stride']} disagrees with its cells")
             branches.append(branch)
@@ -186,7 +184,20 @@ class Architecture:
         )
 
     def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=1)
+        """JSON text (and file, if ``path``) with one line per cell, so a diff reads like Fig. 6."""
+        d = self.to_dict()
+        head = {k: v for k, v in d.items() if k not in ("branches", "notes")}
+        lines = ["{"] + [f" {json.dumps(k)}: {json.dumps(v)}," for k, v in head.items()]
+        lines.append(' "branches": [')
+        for bi, b in enumerate(d["branches"]):
+            lines.append(f'  {{"end_stride": {b["end_stride"]}, "cells": [')
+            cells = [f"   {json.dumps(c)}" for c in b["cells"]]
+            lines.append(",\n".join(cells))
+            lines.append("  ]}" + ("," if bi < len(d["branches"]) - 1 else ""))
+        lines.append(" ],")
+        lines.append(f' "notes": {json.dumps(d["notes"], default=str)}')
+        lines.append("}")
+        text = "\n".join(lines)
         if path is not None:
             Path(path).write_text(text + "\n")
         return text

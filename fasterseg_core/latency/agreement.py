@@ -1,0 +1,63 @@
+"""How much a faster backend changes the answer: argmax agreement and mIoU change against fp32 eager.
+
+Low-precision paths (bf16, fp16, int8) and other runtimes are only worth their speed if they predict the
+same classes. :func:`agreement` runs a reference and a candidate :class:`~.backends.Prepared` on the same
+real images and reports the fraction of pixels whose argmax class agrees and, when labels are given, the
+mIoU of each (so the change is visible once a trained model exists).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from ..metrics import ConfusionMatrix
+from .backends import Prepared
+
+
+def agreement(
+    reference: Prepared,
+    candidate: Prepared,
+    images: Iterable[torch.Tensor],
+    labels: Iterable[torch.Tensor] | None = None,
+    num_classes: int | None = None,
+) -> dict[str, float]:
+    """Compare two prepared backends on the same inputs.
+
+    Args:
+        reference: usually fp32 eager.
+        candidate: the backend under test.
+        images: (1, 3, H, W) float32 normalised images, of the shape both were prepared with.
+        labels: optional (1, H, W) int64 labels with 255 ignored, aligned with ``images``.
+        num_classes: classes of the network (needed with labels).
+
+    Returns:
+        ``pixel_agreement`` in [0, 1], ``images``; with labels also ``miou_reference``, ``miou_candidate``
+        and ``miou_change`` (candidate − reference, fractions).
+    """
+    if reference.forward is None or candidate.forward is None:
+        raise ValueError("both backends must support forward(x) on new inputs")
+    same = total = n = 0
+    cms = None
+    label_iter = iter(labels) if labels is not None else None
+    for x in images:
+        a = reference.forward(x).argmax(1)
+        b = candidate.forward(x).argmax(1)
+        same += int((a == b).sum())
+        total += a.numel()
+        n += 1
+        if label_iter is not None:
+            if num_classes is None:
+                raise ValueError("num_classes is required with labels")
+            y = next(label_iter)
+            cms = cms or (ConfusionMatrix(num_classes), ConfusionMatrix(num_classes))
+            cms[0].update(a, y)
+            cms[1].update(b, y)
+    if n == 0:
+        raise ValueError("agreement needs at least one image")
+    out = {"pixel_agreement": same / total, "images": float(n)}
+    if cms is not None:
+        ref, cand = cms[0].compute()["miou"], cms[1].compute()["miou"]
+        out.update(miou_reference=ref, miou_candidate=cand, miou_change=cand - ref)
+    return out

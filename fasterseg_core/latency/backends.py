@@ -1,0 +1,363 @@
+"""Execution backends for latency measurement: one network, several runtimes, nothing substituted.
+
+Spec §10 timed the authors' networks with TensorRT 5 (fp32, batch 1) and, when TensorRT was missing,
+fell back to PyTorch *silently*. Here every backend is named, prepared explicitly, and either runs as
+asked or is reported as ``unavailable`` (not installed / no such device) or ``failed`` (it exists but
+could not build or run the network), with the reason. The caller decides what to do; we never fall back.
+
+Backends (``BACKENDS``):
+
+* ``eager``          PyTorch eager, ``inference_mode``.
+* ``channels_last``  eager with NHWC memory format for weights and input.
+* ``compile``        ``torch.compile`` (inductor) of the eval network.
+* ``bf16``           bf16 weights and activations, channels_last (CPU: oneDNN AMX/AVX512-BF16; CUDA).
+* ``fp16``           CUDA only: fp16 weights and activations, channels_last.
+* ``ort``            ONNX Runtime fp32 (CUDA/TensorRT providers first when present, else CPU).
+* ``ort_int8``       ONNX Runtime with static QDQ int8 quantisation, calibrated on given images.
+* ``tensorrt``       TensorRT engine built from the ONNX export (fp32), when ``tensorrt`` imports on CUDA.
+
+Each backend returns a :class:`Prepared` with a zero-argument ``run()`` that executes one forward pass on
+the fixed input already resident on the device (input transfer not timed, as in §10) and returns the
+output as a torch tensor (for agreement checks), plus ``info`` describing what actually runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import io
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+BACKENDS = ("eager", "channels_last", "compile", "bf16", "fp16", "ort", "ort_int8", "tensorrt")
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend is not installed or does not apply to this device."""
+
+
+class BackendFailed(RuntimeError):
+    """The backend exists but could not build or run the network."""
+
+
+@dataclass
+class Prepared:
+    """A network made runnable on one backend.
+
+    Attributes:
+        run: one forward pass on the fixed example already on the device (what is timed).
+        info: what actually runs (backend, version, dtype, providers, …).
+        sync: waits for the device (no-op on CPU).
+        forward: any input (N, 3, H, W) float32 of the example's shape, on CPU → logits as a float32 CPU
+            tensor (N, C, H, W); used for agreement checks between backends on real images.
+    """
+
+    run: Callable[[], torch.Tensor]
+    info: dict[str, Any] = field(default_factory=dict)
+    sync: Callable[[], None] = lambda: None
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+class OutputOnly(nn.Module):
+    """Wraps a network returning ``{"out": ...}`` (or a tensor, or torchvision's ``{"out": ...}``) so
+    exporters and compilers see one tensor output: logits (N, C, H, W)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x)
+        return y["out"] if isinstance(y, dict) else y
+
+
+def _sync_for(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def export_onnx(
+    net: nn.Module, example: torch.Tensor, path: str | Path | None = None, opset: int = 17
+) -> bytes:
+    """Export an eval network to ONNX (TorchScript-based exporter, static shapes).
+
+    Args:
+        net: network in eval mode returning ``{"out": logits}`` or a tensor.
+        example: input (N, 3, H, W) float32 on CPU.
+        path: optional file to write as well.
+
+    Returns:
+        The serialised ONNX model.
+    """
+    wrapped = OutputOnly(net).eval()
+    buf = io.BytesIO()
+    # The dynamo exporter needs onnxscript and is slower to export; the TorchScript exporter handles
+    # every op of these networks (conv, BN, ReLU, resize, concat) and gives static shapes.
+    torch.onnx.export(
+        wrapped,
+        (example.cpu(),),
+        buf,
+        dynamo=False,
+        opset_version=opset,
+        input_names=["image"],
+        output_names=["logits"],
+        do_constant_folding=True,
+    )
+    data = buf.getvalue()
+    if path is not None:
+        Path(path).write_bytes(data)
+    return data
+
+
+def _ort_session(model_bytes: bytes, device: torch.device, num_threads: int):
+    try:
+        ort = importlib.import_module("onnxruntime")
+    except ImportError as e:  # pragma: no cover - onnxruntime is a dependency
+        raise BackendUnavailable("onnxruntime is not installed (pip install onnxruntime)") from e
+    available = ort.get_available_providers()
+    if device.type == "cuda":
+        wanted = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
+        if not wanted:
+            raise BackendUnavailable(
+                f"onnxruntime has no CUDA provider (providers: {available}); install onnxruntime-gpu"
+            )
+    else:
+        wanted = ["CPUExecutionProvider"]
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if num_threads > 0:
+        so.intra_op_num_threads = num_threads
+        so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(model_bytes, so, providers=wanted)
+    return ort, sess
+
+
+def _ort_prepared(
+    model_bytes: bytes, example: torch.Tensor, device: torch.device, num_threads: int, extra: dict[str, Any]
+) -> Prepared:
+    ort, sess = _ort_session(model_bytes, device, num_threads)
+    x_np = example.detach().cpu().numpy()
+    info = {"backend_version": f"onnxruntime {ort.__version__}", "providers": sess.get_providers(), **extra}
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(sess.run(["logits"], {"image": x.detach().cpu().float().numpy()})[0])
+
+    if device.type == "cuda":
+        # Input stays on the device (IO binding), as the paper's TensorRT timing copied it once.
+        binding = sess.io_binding()
+        x_dev = example.to(device).contiguous()
+        binding.bind_input(
+            "image", "cuda", device.index or 0, x_np.dtype, list(x_dev.shape), x_dev.data_ptr()
+        )
+        # The output goes to a torch-owned device buffer: timing a 160 MB copy back per run would measure
+        # PCIe, not the network.
+        out_shape = [int(d) for d in sess.get_outputs()[0].shape]
+        out_dev = torch.empty(out_shape, device=device, dtype=torch.float32)
+        binding.bind_output("logits", "cuda", device.index or 0, x_np.dtype, out_shape, out_dev.data_ptr())
+
+        def run() -> torch.Tensor:
+            sess.run_with_iobinding(binding)
+            return out_dev
+
+        return Prepared(run, info, _sync_for(device), forward)
+
+    def run_cpu() -> torch.Tensor:
+        return torch.from_numpy(sess.run(["logits"], {"image": x_np})[0])
+
+    return Prepared(run_cpu, info, forward=forward)
+
+
+class _Calibration:
+    """onnxruntime CalibrationDataReader over a list of (1, 3, H, W) images."""
+
+    def __init__(self, images: Iterable[torch.Tensor]) -> None:
+        self._it = iter([{"image": im.detach().cpu().numpy()} for im in images])
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def quantize_int8(model_bytes: bytes, calibration_images: list[torch.Tensor]) -> bytes:
+    """Static QDQ int8 quantisation (per-channel weights, uint8 activations) with ORT.
+
+    Args:
+        model_bytes: fp32 ONNX model.
+        calibration_images: a few real training images, each (1, 3, H, W) normalised like the inputs.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, pre, dst = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
+        src.write_bytes(model_bytes)
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_static(
+            str(pre),
+            str(dst),
+            _Calibration(calibration_images),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+        return dst.read_bytes()
+
+
+def prepare(
+    net: nn.Module,
+    example: torch.Tensor,
+    backend: str,
+    device: torch.device | str = "cpu",
+    *,
+    num_threads: int = 0,
+    calibration_images: list[torch.Tensor] | None = None,
+    copy_model: bool = True,
+) -> Prepared:
+    """Make ``net`` runnable on ``backend``.
+
+    Args:
+        net: a segmentation network. The backend works on a deep copy in eval mode, so memory-format and
+            dtype changes never leak into the caller's network.
+        example: the fixed input (N, 3, H, W) float32.
+        backend: one of :data:`BACKENDS`.
+        device: where to run.
+        num_threads: intra-op threads for ONNX Runtime (0 = its default).
+        calibration_images: required for ``ort_int8``.
+        copy_model: work on a deep copy (default); False for throw-away modules (lookup-table entries).
+
+    Raises:
+        BackendUnavailable: not installed / not for this device.
+        BackendFailed: it exists but could not build or run this network.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid: {list(BACKENDS)}")
+    device = torch.device(device)
+    net = (copy.deepcopy(net) if copy_model else net).eval().to(device)
+    x = example.to(device)
+    sync = _sync_for(device)
+    info: dict[str, Any] = {"backend": backend}
+    wrapped = OutputOnly(net).eval()
+
+    if backend in ("eager", "channels_last", "compile", "bf16", "fp16"):
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(backend, torch.float32)
+        if backend == "fp16" and device.type != "cuda":
+            raise BackendUnavailable("fp16 inference is timed on CUDA only (CPU fp16 convs are emulated)")
+        # Low precision runs with bf16/fp16 weights and activations in NHWC: that is what oneDNN (AMX/
+        # AVX512-BF16) and cuDNN tensor cores are fastest at. (CPU autocast re-casts every weight on every
+        # call and measured ~8x slower than this here.)
+        nhwc = backend in ("channels_last", "bf16", "fp16")
+        if dtype != torch.float32:
+            wrapped, x = wrapped.to(dtype), x.to(dtype)
+        if nhwc:
+            wrapped = wrapped.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        fn: Callable[[torch.Tensor], torch.Tensor] = wrapped
+        if backend == "compile":
+            try:
+                fn = torch.compile(wrapped)  # default inductor mode: minutes of autotuning buy little here
+                with torch.inference_mode():
+                    fn(x)  # compile now, so failures surface here and not inside the timing loop
+            except Exception as e:
+                raise BackendFailed(f"torch.compile failed: {type(e).__name__}: {str(e)[:400]}") from e
+        info.update(
+            backend_version=f"torch {torch.__version__}",
+            dtype=str(dtype).replace("torch.", ""),
+            memory_format="channels_last" if nhwc else "contiguous",
+        )
+
+        def run() -> torch.Tensor:
+            with torch.inference_mode():
+                return fn(x)
+
+        def forward_any(inp: torch.Tensor) -> torch.Tensor:
+            inp = inp.to(device, dtype)
+            if nhwc:
+                inp = inp.contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                return fn(inp).float().cpu()
+
+        return Prepared(run, info, sync, forward_any)
+
+    if backend in ("ort", "ort_int8"):
+        try:
+            model_bytes = export_onnx(net.cpu(), example.cpu())
+        except Exception as e:
+            raise BackendFailed(f"ONNX export failed: {type(e).__name__}: {str(e)[:400]}") from e
+        finally:
+            net.to(device)
+        extra = {"dtype": "float32", "onnx_opset": 17}
+        if backend == "ort_int8":
+            if device.type == "cuda":
+                raise BackendUnavailable("int8 ONNX Runtime path is for the CPU provider")
+            if not calibration_images:
+                raise ValueError("ort_int8 needs calibration_images (a few real training images)")
+            try:
+                model_bytes = quantize_int8(model_bytes, calibration_images)
+            except Exception as e:
+                raise BackendFailed(f"int8 quantisation failed: {type(e).__name__}: {str(e)[:400]}") from e
+            extra = {
+                "dtype": "int8 (static QDQ, per-channel weights)",
+                "calibration_images": len(calibration_images),
+            }
+        return _ort_prepared(model_bytes, example, device, num_threads, {**info, **extra})
+
+    # tensorrt
+    if device.type != "cuda":
+        raise BackendUnavailable("TensorRT needs a CUDA device")
+    try:
+        trt = importlib.import_module("tensorrt")
+    except ImportError as e:
+        raise BackendUnavailable("tensorrt is not installed (pip install tensorrt)") from e
+    return _tensorrt_prepared(trt, net, example, device, info)
+
+
+def _tensorrt_prepared(
+    trt, net: nn.Module, example: torch.Tensor, device: torch.device, info: dict[str, Any]
+) -> Prepared:
+    """fp32 TensorRT engine from the ONNX export, executed on torch-owned device buffers."""
+    try:
+        model_bytes = export_onnx(net.cpu(), example.cpu())
+        net.to(device)
+        logger = trt.Logger(trt.Logger.WARNING)
+        builder = trt.Builder(logger)
+        network = builder.create_network(0)
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse(model_bytes):
+            errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise BackendFailed(f"TensorRT could not parse the ONNX model: {errs}")
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 1 << 30)  # §10: 1 GiB workspace
+        engine = trt.Runtime(logger).deserialize_cuda_engine(
+            builder.build_serialized_network(network, config)
+        )
+        context = engine.create_execution_context()
+        x = example.to(device).contiguous()
+        out_name = engine.get_tensor_name(1)
+        out = torch.empty(tuple(context.get_tensor_shape(out_name)), device=device)
+        context.set_tensor_address(engine.get_tensor_name(0), x.data_ptr())
+        context.set_tensor_address(out_name, out.data_ptr())
+        stream = torch.cuda.Stream(device)
+    except BackendFailed:
+        raise
+    except Exception as e:
+        raise BackendFailed(f"TensorRT build failed: {type(e).__name__}: {str(e)[:400]}") from e
+
+    def run() -> torch.Tensor:
+        context.execute_async_v3(stream.cuda_stream)
+        stream.synchronize()
+        return out
+
+    def forward(inp: torch.Tensor) -> torch.Tensor:
+        x.copy_(inp.to(device))
+        return run().float().cpu()
+
+    info.update(backend_version=f"tensorrt {trt.__version__}", dtype="float32")
+    return Prepared(run, info, _sync_for(device), forward)

@@ -1,0 +1,294 @@
+"""The latency stage's measurements: every network × every backend on this machine, in one record.
+
+Used by ``notebooks/05_latency.ipynb`` through :func:`fasterseg_core.stages.run_latency`. One machine's
+record goes to ``outputs/<profile>/latency/<hardware_tag>.json``; records of several machines (hardware
+tags) accumulate side by side there, as the reproduction study's hardware A/B columns did, and
+:func:`load_records` reads them all back into one table.
+
+Per network (published teacher/student, the searched ones when ``01_search`` produced them, torchvision
+peers): parameters and multiply-adds (authors' convention and conv MACs) at the run's size and at the
+paper's 1024×2048, the §10 timing on every configured backend, the lookup-table estimate for the same
+network at the same size (predicted vs measured), and for low-precision backends the argmax agreement
+with fp32 eager on real validation images.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..flops import count_complexity
+from ..models.architecture import Architecture
+from ..models.network import build_network
+from ..models.published import build_published, published_architecture
+from .agreement import agreement
+from .backends import prepare
+from .lut import build_lut, estimate_latency, network_entries
+from .measure import environment_record, measure
+from .peers import PEERS, build_peer
+
+LOW_PRECISION = ("bf16", "fp16", "ort_int8")
+PAPER_HW = (1024, 2048)
+
+
+@dataclass
+class Candidate:
+    """A network to time: its name, the module, and its architecture when it is a FasterSeg network."""
+
+    name: str
+    net: nn.Module
+    arch: Architecture | None = None
+    source: str = ""
+
+
+def candidate_networks(
+    num_classes: int, searched: dict[str, Path] | None = None, include_peers: bool = True
+) -> list[Candidate]:
+    """Published teacher/student, searched ones (``{"teacher": path, "student": path}``), peers."""
+    out = []
+    for role in ("student", "teacher"):
+        out.append(
+            Candidate(
+                f"published {role}",
+                build_published(role, num_classes=num_classes).eval(),
+                published_architecture(role),
+                "paper Fig. 6",
+            )
+        )
+    for role, path in (searched or {}).items():
+        arch = Architecture.from_json(path)
+        out.append(
+            Candidate(
+                f"searched {role}", build_network(arch, num_classes=num_classes).eval(), arch, str(path)
+            )
+        )
+    if include_peers:
+        out += [Candidate(p, build_peer(p, num_classes), None, "torchvision, random weights") for p in PEERS]
+    return out
+
+
+@dataclass
+class LatencyRecord:
+    hardware_tag: str
+    environment: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+    def save(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(
+            json.dumps(
+                {"hardware_tag": self.hardware_tag, "environment": self.environment, "rows": self.rows},
+                indent=1,
+                default=str,
+            )
+        )
+        tmp.replace(path)
+        return path
+
+
+def measure_suite(
+    candidates: list[Candidate],
+    backends: tuple[str, ...],
+    input_hw: tuple[int, int],
+    device: torch.device,
+    hardware_tag: str,
+    num_classes: int,
+    *,
+    images: list[torch.Tensor] | None = None,
+    labels: list[torch.Tensor] | None = None,
+    warmup: int = 10,
+    min_loop_s: float = 1.0,
+    timed_s: float = 3.0,
+    num_threads: int = 0,
+    progress: bool = True,
+) -> LatencyRecord:
+    """Time every candidate on every backend and collect one record for this machine.
+
+    Args:
+        candidates: see :func:`candidate_networks`.
+        backends: backend names (unavailable ones are recorded as such).
+        input_hw: (H, W) of the timed input, batch 1.
+        device: where to run.
+        hardware_tag: this machine's name in reports.
+        num_classes: classes the networks predict.
+        images: real (1, 3, H, W) normalised images at ``input_hw`` for int8 calibration and agreement.
+        labels: their (1, H, W) labels, for the mIoU change (meaningful once weights are trained).
+    """
+    from tqdm.auto import tqdm
+
+    record = LatencyRecord(hardware_tag, environment_record(device))
+    record.environment["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    calib = (images or [])[:4] or None
+    jobs = [(c, b) for c in candidates for b in backends]
+    bar = tqdm(jobs, desc=f"latency {input_hw[0]}x{input_hw[1]} on {hardware_tag}", disable=not progress)
+    complexity: dict[str, dict[str, float]] = {}
+    lut = None
+    archs = [c.arch for c in candidates if c.arch is not None]
+    if archs:
+        # One small table with just the entries these networks use, timed on this device (eager).
+        keys = sorted(
+            {k for a in archs for f in (True, False) for k in network_entries(a, input_hw, faithful_quirks=f)}
+        )
+        lut = build_lut(device, "eager", input_hw, hardware_tag, only=keys, progress=False)
+    for c, backend in bar:
+        bar.set_postfix_str(f"{c.name} / {backend}")
+        if c.name not in complexity:
+            here = count_complexity(c.net, (1, 3, *input_hw))
+            paper = count_complexity(c.net, (1, 3, *PAPER_HW))
+            complexity[c.name] = {
+                "params_M": here.params / 1e6,
+                "params_used_M": here.params_used / 1e6,
+                "thop_GMACs": here.thop_macs / 1e9,
+                "conv_GMACs": here.conv_macs / 1e9,
+                "thop_GMACs_1024x2048": paper.thop_macs / 1e9,
+            }
+        r = measure(
+            c.net,
+            (1, 3, *input_hw),
+            device,
+            backend,
+            name=c.name,
+            warmup=warmup,
+            min_loop_s=min_loop_s,
+            timed_s=timed_s,
+            num_threads=num_threads,
+            calibration_images=calib,
+        )
+        row: dict[str, Any] = {
+            "hardware_tag": hardware_tag,
+            "network": c.name,
+            "source": c.source,
+            "backend": backend,
+            "status": r.status,
+            "input_hw": f"{input_hw[0]}x{input_hw[1]}",
+            "median_ms": r.median_ms,
+            "mean_ms": r.mean_ms,
+            "p90_ms": r.p90_ms,
+            "p99_ms": r.p99_ms,
+            "fps": r.fps,
+            "iterations": r.iterations,
+            "reason": r.reason,
+            "dtype": r.record.get("dtype"),
+            "backend_version": r.record.get("backend_version"),
+            **complexity[c.name],
+        }
+        if lut is not None and c.arch is not None:
+            row["lut_estimate_ms"] = estimate_latency(c.arch, lut, faithful_quirks=False)
+            row["lut_estimate_quirks_ms"] = estimate_latency(c.arch, lut, faithful_quirks=True)
+        if backend in LOW_PRECISION and r.status == "ok" and images:
+            example = images[0]
+            ref = prepare(c.net, example, "eager", device)
+            cand = prepare(c.net, example, backend, device, calibration_images=calib)
+            agree = agreement(ref, cand, images, labels, num_classes=num_classes)
+            row.update({f"agreement_{k}": v for k, v in agree.items()})
+        record.rows.append(row)
+    return record
+
+
+def real_images(
+    dataset, input_hw: tuple[int, int], count: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``count`` evenly spaced (image, label) pairs of an eval dataset, resized to ``input_hw``.
+
+    Images bilinear, labels nearest (255 stays ignore); (1, 3, H, W) float32 and (1, H, W) int64.
+    """
+    step = max(1, len(dataset) // max(1, count))
+    imgs, labs = [], []
+    for i in range(0, min(len(dataset), step * count), step):
+        x, y = dataset[i]
+        imgs.append(F.interpolate(x[None], size=input_hw, mode="bilinear", align_corners=False))
+        labs.append(F.interpolate(y[None, None].float(), size=input_hw, mode="nearest")[0].long())
+    return imgs, labs
+
+
+def load_records(folder: Path) -> pd.DataFrame:
+    """Every ``<hardware_tag>.json`` record in ``folder`` as one table (one row per network × backend)."""
+    frames = []
+    for path in sorted(Path(folder).glob("*.json")):
+        data = json.loads(path.read_text())
+        if "rows" in data and "hardware_tag" in data:
+            frames.append(pd.DataFrame(data["rows"]))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+# ---- tables for the notebook and the report --------------------------------------------------------
+
+
+def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Network × backend: status, median/p90 ms, FPS, ratio to eager, params and GMACs."""
+    df = frame.copy()
+    eager = df[df.backend == "eager"].set_index(["hardware_tag", "network"]).median_ms
+    df["x_eager"] = [
+        row.median_ms / eager.get((row.hardware_tag, row.network), float("nan"))
+        if row.median_ms
+        else float("nan")
+        for row in df.itertuples()
+    ]
+    cols = [
+        "network",
+        "backend",
+        "status",
+        "median_ms",
+        "p90_ms",
+        "fps",
+        "x_eager",
+        "params_M",
+        "thop_GMACs",
+        "thop_GMACs_1024x2048",
+        "reason",
+    ]
+    return df[cols].round(3).set_index(["network", "backend"])
+
+
+def lut_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Predicted (lookup-table sum) vs measured (eager median) latency per FasterSeg network."""
+    df = frame[(frame.backend == "eager") & frame.get("lut_estimate_ms", pd.Series(dtype=float)).notna()]
+    if df.empty:
+        return pd.DataFrame(columns=["network", "measured_ms", "table_ms", "measured / table"])
+    out = pd.DataFrame(
+        {
+            "network": df.network,
+            "hardware_tag": df.hardware_tag,
+            "measured_ms": df.median_ms,
+            "table_ms": df.lut_estimate_ms,
+            "table_ms (quirks)": df.lut_estimate_quirks_ms,
+        }
+    )
+    out["measured / table"] = out.measured_ms / out.table_ms
+    return out.round(3).set_index("network")
+
+
+def low_precision_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Low-precision backends: speed-up over fp32 eager and argmax agreement with it."""
+    df = frame[frame.backend.isin(LOW_PRECISION)].copy()
+    if df.empty or "agreement_pixel_agreement" not in df:
+        return pd.DataFrame(columns=["network", "backend", "status", "median_ms", "speedup", "agreement"])
+    eager = frame[frame.backend == "eager"].set_index("network").median_ms
+    df["speedup_vs_eager"] = [
+        eager.get(n, float("nan")) / m if m else float("nan") for n, m in zip(df.network, df.median_ms)
+    ]
+    cols = ["network", "backend", "status", "median_ms", "speedup_vs_eager", "agreement_pixel_agreement"]
+    cols += [c for c in ("agreement_miou_reference", "agreement_miou_candidate") if c in df]
+    return df[cols].round(4).set_index(["network", "backend"])
+
+
+def fps_by_hardware(frame: pd.DataFrame) -> pd.DataFrame:
+    """FPS of every network × backend (rows) on every hardware tag and size (columns)."""
+    ok = frame[frame.status == "ok"]
+    if ok.empty:
+        return pd.DataFrame()
+    return ok.pivot_table(
+        index=["network", "backend"], columns=["hardware_tag", "input_hw"], values="fps", aggfunc="first"
+    ).round(1)

@@ -1,0 +1,187 @@
+"""Segmentation and distillation losses of FasterSeg: OHEM cross-entropy and the KL distillation term.
+
+Spec: ``shared/spec/fasterseg.md`` §9.3 (re-implements the authors' ``ProbOhemCrossEntropy2d`` and the
+``KLDivLoss`` of ``train/train.py``) and §3.2 (the search's loss, summed over all supernet heads).
+
+* :func:`ohem_cross_entropy` — online hard example mining: cross-entropy averaged over the pixels the
+  network is least sure of (probability of the true class ≤ a threshold), keeping at least ``min_kept``.
+* :func:`sum_over_heads` — Σ_h w_h · criterion(pred_h, target): the search sums all five supernet heads
+  with weight 1 (§3.2); training weights the aux heads 0.2 (§9.3).
+* :func:`distillation_kl` — KL(softmax(t) ‖ softmax(s)) with the original's ``'mean'`` reduction.
+
+Every loss takes logits (N, C, H, W) float and labels (N, H, W) int64 holding class ids 0…C−1 and the
+ignore index (255) at the same resolution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = 255
+
+Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _check_pair(logits: torch.Tensor, target: torch.Tensor) -> None:
+    if logits.dim() != 4 or target.dim() != 3:
+        raise ValueError(
+            f"expected logits (N, C, H, W) and target (N, H, W); got {tuple(logits.shape)} and "
+            f"{tuple(target.shape)}"
+        )
+    if logits.shape[0] != target.shape[0] or logits.shape[2:] != target.shape[1:]:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and target {tuple(target.shape)} disagree in batch or size; "
+            "resize the labels to the logits (nearest) or the logits to the labels first"
+        )
+    if target.is_floating_point():
+        raise ValueError(f"target must hold integer class ids, got dtype {target.dtype}")
+
+
+def ohem_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    min_kept: int,
+    thresh: float = 0.7,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """Cross-entropy over the hard pixels (spec §9.3, the authors' ``ProbOhemCrossEntropy2d``).
+
+    Algorithm: softmax probabilities; each valid pixel's probability of its label (ignored pixels count
+    as probability 1); sort ascending; ``t`` = the value at rank ``min(N, min_kept) − 1`` (N = all pixels,
+    ignored included); threshold = ``max(thresh, t)``; pixels with probability > threshold are ignored;
+    mean cross-entropy over the rest. When ``min_kept`` exceeds the number of valid pixels no mining is
+    done (plain mean CE over the valid pixels). Because pixels *equal* to the threshold are kept, at least
+    ``min(min_kept, #valid)`` pixels always contribute.
+
+    Args:
+        logits: (N, C, H, W) float.
+        target: (N, H, W) int64, class ids in [0, C) or ``ignore_index``.
+        min_kept: the minimum number of pixels kept (e.g. ``batch·H·W // 16`` in training, §9.3).
+        thresh: probability threshold (0.7 in the paper).
+        ignore_index: label excluded from the loss.
+
+    Returns:
+        A scalar tensor. Deviation: when every pixel is ignored it is ``0`` (connected to the graph)
+        instead of PyTorch's NaN, so one empty crop cannot poison a run. ``min_kept <= 0`` mines with
+        ``thresh`` alone (the original would index rank −1, i.e. keep every pixel).
+    """
+    _check_pair(logits, target)
+    target = target.long()
+    valid = target != ignore_index
+    num_valid = int(valid.sum())
+    if num_valid == 0:
+        return logits.sum() * 0.0
+    if min_kept <= num_valid:
+        with torch.no_grad():  # mining decides which pixels count; it is not differentiated
+            prob = torch.softmax(logits.float(), dim=1)
+            safe_target = torch.where(valid, target, torch.zeros_like(target))
+            true_prob = prob.gather(1, safe_target[:, None]).squeeze(1)
+            true_prob = torch.where(valid, true_prob, torch.ones_like(true_prob))
+            threshold = thresh
+            if min_kept > 0:
+                flat = true_prob.flatten()
+                k = min(flat.numel(), min_kept)
+                kth = torch.kthvalue(flat, k).values  # = sorted ascending [k − 1]
+                threshold = max(thresh, float(kth))
+            target = torch.where(true_prob > threshold, torch.full_like(target, ignore_index), target)
+    return F.cross_entropy(logits, target, ignore_index=ignore_index)
+
+
+class OhemCrossEntropy:
+    """:func:`ohem_cross_entropy` with fixed settings, usable as a ``criterion(logits, target)``.
+
+    Args:
+        min_kept: minimum number of pixels kept per call.
+        thresh: probability threshold (0.7).
+        ignore_index: label excluded from the loss (255).
+    """
+
+    def __init__(self, min_kept: int, thresh: float = 0.7, ignore_index: int = IGNORE_INDEX) -> None:
+        self.min_kept, self.thresh, self.ignore_index = int(min_kept), float(thresh), int(ignore_index)
+
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return ohem_cross_entropy(
+            logits, target, min_kept=self.min_kept, thresh=self.thresh, ignore_index=self.ignore_index
+        )
+
+    def __repr__(self) -> str:
+        return f"OhemCrossEntropy(min_kept={self.min_kept}, thresh={self.thresh}, ignore={self.ignore_index})"
+
+
+def sum_over_heads(
+    criterion: Criterion,
+    predictions: Sequence[torch.Tensor] | Mapping[str, torch.Tensor],
+    target: torch.Tensor,
+    weights: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """Σ_h w_h · criterion(pred_h, target) over several heads' logits.
+
+    Args:
+        criterion: e.g. :class:`OhemCrossEntropy`.
+        predictions: logits (N, C, H, W) per head, all at the target's resolution; a dict (the supernet's
+            ``"heads"``) is taken in its order.
+        target: (N, H, W) int64 labels.
+        weights: one weight per head; default 1 each (the search, §3.2). Training uses (1, 0.2, 0.2)
+            for ``out`` and the two aux heads (§9.3).
+    """
+    preds = list(predictions.values()) if isinstance(predictions, Mapping) else list(predictions)
+    if not preds:
+        raise ValueError("no predictions to sum the loss over")
+    if weights is None:
+        weights = [1.0] * len(preds)
+    if len(weights) != len(preds):
+        raise ValueError(f"{len(weights)} weights for {len(preds)} heads")
+    total = weights[0] * criterion(preds[0], target)
+    for w, p in zip(weights[1:], preds[1:]):
+        total = total + w * criterion(p, target)
+    return total
+
+
+def distillation_kl(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Distillation term of spec §9.3: ``KLDivLoss(reduction)(log softmax(s/T), softmax(t/T)) · T²``.
+
+    With the paper's settings (T = 1, ``reduction="mean"``) this is the original's
+    ``KLDivLoss()(log(softmax(s)), softmax(t))``: Σ p_t (log p_t − log p_s) averaged over **all**
+    N·C·H·W elements, i.e. the per-pixel KL divided by C (§12.1-12: switching to ``"batchmean"``, the sum
+    divided by N, multiplies the effective distillation weight by C·H·W).
+
+    Args:
+        student_logits: (N, C, H, W) float, with gradient.
+        teacher_logits: (N, C, H, W) float; detached here (the teacher is frozen).
+        temperature: softmax temperature T; the loss is multiplied by T² so gradients keep their scale
+            (Hinton et al.); 1 in the paper, where the factor is 1.
+        reduction: ``"mean"`` (over all elements, the paper) or ``"batchmean"`` (sum / N, the true KL
+            per image summed over pixels).
+
+    Returns:
+        A scalar; exactly 0 when the two logits are equal.
+
+    Deviation: ``log_softmax`` replaces ``log(softmax)`` (equal wherever the latter is finite; it avoids
+    −inf when a probability underflows in float32).
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
+            "differ; both must be (N, C, H, W) at the same resolution"
+        )
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if reduction not in ("mean", "batchmean"):
+        raise ValueError(f"reduction must be 'mean' or 'batchmean', got {reduction!r}")
+    log_p_s = F.log_softmax(student_logits / temperature, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.detach() / temperature, dim=1)
+    # log_target: p_t·(log p_t − log p_s) from the same log-probabilities, so equal logits give exactly 0.
+    # Reduced by hand: PyTorch announces that kl_div's 'mean' will change meaning to 'batchmean'.
+    kl = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True)
+    kl = kl.mean() if reduction == "mean" else kl.sum() / student_logits.shape[0]
+    return kl * temperature**2

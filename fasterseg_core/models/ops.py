@@ -1,0 +1,380 @@
+"""The FasterSeg candidate operators, one table for search, training and latency.
+
+Spec: ``shared/spec/fasterseg.md`` §1.1-§1.3 (re-implements the authors' ``operations.py``, of which
+they kept three drifting copies in ``search/``, ``train/`` and ``latency/``; here the differences are
+named arguments instead).
+
+``OPS[name](c_in, c_out, stride, *, slimmable=False, width_choices=WIDTH_CHOICES,
+interpolation="bilinear", skip_mode="factorized")`` builds one operator:
+
+========================= ===================== =====================================================
+name (op index)           paper                 computation (s = stride ∈ {1, 2})
+========================= ===================== =====================================================
+``skip`` (0)              skip connect          s=1: identity (fixed net) / 1×1 conv-BN-ReLU (supernet);
+                                                s=2: FactorizedReduce
+``conv`` (1)              3×3 conv              conv3×3(s) → BN → ReLU
+``conv_downup`` (2)       zoomed 3×3 conv       ↓½ → conv3×3 → BN → (s=1: ↑ back) → ReLU
+``conv_2x`` (3)           3×3 conv ×2           conv3×3(s) → BN → ReLU → conv3×3 → BN → ReLU
+``conv_2x_downup`` (4)    zoomed 3×3 conv ×2    ↓½ → conv3×3 → BN → ReLU → conv3×3 → BN → (s=1: ↑) → ReLU
+========================= ===================== =====================================================
+
+None of the "residual" ops of the original has a residual connection (the class names lie, §12.1).
+``slimmable=True`` builds the supernet version (§1.3): the same computation with
+:class:`~fasterseg_core.models.slimmable.USConv2d`/``USBatchNorm2d`` at the widest channel counts and
+a ``set_ratio((w_in, w_out))`` method. ``interpolation="nearest"`` and ``skip_mode="single_conv"``
+give the TensorRT-friendly deployment variant the paper timed (§10).
+
+Widths: ``chi`` (χ) is a width in twelfths, ``w = chi / 12``; a feature at stride ``s`` has
+``channels(s, chi) = s · chi`` channels (base 12).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .slimmable import USBatchNorm2d, USConv2d
+
+OP_NAMES = ("skip", "conv", "conv_downup", "conv_2x", "conv_2x_downup")  # index = op index (§1.2)
+WIDTH_CHOICES: tuple[float, ...] = (4 / 12, 6 / 12, 8 / 12, 10 / 12, 1.0)  # W of the spec
+INTERPOLATIONS = ("bilinear", "nearest")
+SKIP_MODES = ("factorized", "single_conv")
+
+
+def channels(stride: int, chi: float, base: int = 12) -> int:
+    """C(s, w) = round(s · base · chi / 12): channels of a feature at ``stride`` with width ``chi``/12."""
+    return round(stride * base * chi / 12)
+
+
+def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Resize (N, C, H, W) → (N, C, *size) the way FasterSeg does everywhere.
+
+    Bilinear always uses ``align_corners=True`` (spec §1); "nearest" is the deployment variant (§10).
+    """
+    if mode == "bilinear":
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+    if mode == "nearest":
+        return F.interpolate(x, size=size, mode="nearest")
+    raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {mode!r}")
+
+
+class ConvNorm(nn.Module):
+    """conv(k×k, stride, no bias) → BN → ReLU (spec §1.1), used by the stem and the decoder.
+
+    State-dict names follow the authors: ``conv.0.weight`` and ``conv.1.*``.
+
+    Args:
+        c_in: input channels.
+        c_out: output channels.
+        kernel_size: k.
+        stride: conv stride.
+        padding: defaults to ``ceil((k - 1 + 1 - stride) / 2)`` as in the original.
+    """
+
+    def __init__(
+        self, c_in: int, c_out: int, kernel_size: int = 3, stride: int = 1, padding: int | None = None
+    ) -> None:
+        super().__init__()
+        if padding is None:
+            padding = math.ceil((kernel_size - 1 + 1 - stride) / 2)
+        self.conv = nn.Sequential(
+            nn.Conv2d(c_in, c_out, kernel_size, stride, padding, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, c_in, H, W) → (N, c_out, H / stride, W / stride)."""
+        return self.conv(x)
+
+
+class _Op(nn.Module):
+    """Common plumbing: builds plain or slimmable conv/BN layers and validates the variant flags."""
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        stride: int,
+        *,
+        slimmable: bool,
+        width_choices: tuple[float, ...],
+        interpolation: str,
+        skip_mode: str,
+    ) -> None:
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"FasterSeg operators have stride 1 or 2, got {stride}")
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+        if skip_mode not in SKIP_MODES:
+            raise ValueError(f"skip_mode must be one of {SKIP_MODES}, got {skip_mode!r}")
+        self.c_in, self.c_out, self.stride = c_in, c_out, stride
+        self.slimmable = slimmable
+        self.width_choices = tuple(float(w) for w in width_choices)
+        self.interpolation = interpolation
+        self.ratio = (1.0, 1.0)
+
+    def _conv(self, c_in: int, c_out: int, kernel_size: int, stride: int) -> nn.Conv2d:
+        cls = USConv2d if self.slimmable else nn.Conv2d
+        return cls(c_in, c_out, kernel_size, stride, padding=kernel_size // 2, bias=False)
+
+    def _bn(self, c: int) -> nn.BatchNorm2d:
+        return USBatchNorm2d(c, self.width_choices) if self.slimmable else nn.BatchNorm2d(c)
+
+    def set_ratio(self, ratio: tuple[float, float]) -> None:
+        """Select (w_in, w_out) width ratios for the following forward passes (slimmable ops only)."""
+        if not self.slimmable:
+            raise RuntimeError(f"{type(self).__name__} was built with slimmable=False; it has fixed widths")
+        w_in, w_out = float(ratio[0]), float(ratio[1])
+        self.ratio = (w_in, w_out)
+        # conv×2 ops: the first conv maps w_in → w_out, the second w_out → w_out (§1.3).
+        for conv_name, bn_name, widths in (("conv1", "bn1", (w_in, w_out)), ("conv2", "bn2", (w_out, w_out))):
+            conv = getattr(self, conv_name, None)
+            if isinstance(conv, USConv2d):
+                conv.set_width(widths)
+            bn = getattr(self, bn_name, None)
+            if isinstance(bn, USBatchNorm2d):
+                bn.set_width(w_out)
+
+    def _resize(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return resize(x, size, self.interpolation)
+
+    def extra_repr(self) -> str:
+        return f"{self.c_in}→{self.c_out}, stride={self.stride}, slimmable={self.slimmable}"
+
+
+class Skip(_Op):
+    """Skip connection (op 0; the authors' ``FactorizedReduce``).
+
+    * stride 1, fixed network: identity (needs c_in == c_out).
+    * stride 1, supernet (slimmable): 1×1 conv → BN → ReLU, because the input and output widths of a
+      supernet cell can differ.
+    * stride 2, ``skip_mode="factorized"``: two 1×1 stride-2 convs, c_out/2 channels each, on x and on
+      x shifted by one pixel; concat → BN → ReLU.
+    * stride 2, ``skip_mode="single_conv"``: one 1×1 stride-2 conv → BN → ReLU (deployment variant, §10).
+    """
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        stride: int,
+        *,
+        slimmable: bool = False,
+        width_choices: tuple[float, ...] = WIDTH_CHOICES,
+        interpolation: str = "bilinear",
+        skip_mode: str = "factorized",
+    ) -> None:
+        super().__init__(
+            c_in,
+            c_out,
+            stride,
+            slimmable=slimmable,
+            width_choices=width_choices,
+            interpolation=interpolation,
+            skip_mode=skip_mode,
+        )
+        if stride == 1 and not slimmable:
+            if c_in != c_out:
+                raise ValueError(
+                    f"a fixed-network stride-1 skip is the identity and needs c_in == c_out, got {c_in}→{c_out}"
+                )
+            self.mode = "identity"
+        elif stride == 1:
+            self.mode = "conv"
+            self.conv1 = self._conv(c_in, c_out, 1, 1)
+            self.bn1 = self._bn(c_out)
+        elif skip_mode == "single_conv":
+            self.mode = "conv"
+            self.conv1 = self._conv(c_in, c_out, 1, 2)
+            self.bn1 = self._bn(c_out)
+        else:
+            if c_out % 2:
+                raise ValueError(f"FactorizedReduce splits c_out into two halves; c_out={c_out} is odd")
+            self.mode = "factorized"
+            self.conv1 = self._conv(c_in, c_out // 2, 1, 2)
+            self.conv2 = self._conv(c_in, c_out // 2, 1, 2)
+            self.bn1 = self._bn(c_out)
+
+    def set_ratio(self, ratio: tuple[float, float]) -> None:
+        if not self.slimmable:
+            raise RuntimeError("Skip was built with slimmable=False; it has fixed widths")
+        w_in, w_out = float(ratio[0]), float(ratio[1])
+        self.ratio = (w_in, w_out)
+        self.conv1.set_width((w_in, w_out))
+        if self.mode == "factorized":  # both halves run at the output width; their concat feeds bn1
+            self.conv2.set_width((w_in, w_out))
+        self.bn1.set_width(w_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, c_in, H, W) → (N, c_out, ⌈H/s⌉, ⌈W/s⌉)."""
+        if self.mode == "identity":
+            return x
+        if self.mode == "conv":
+            return F.relu(self.bn1(self.conv1(x)), inplace=True)
+        shifted = x[:, :, 1:, 1:]
+        if x.shape[-2] % 2 or x.shape[-1] % 2:
+            # Deviation: the original crashes on odd sizes (the two halves differ by one pixel); pad the
+            # shifted copy with zeros at the bottom/right so both halves have ⌈H/2⌉ × ⌈W/2⌉ pixels.
+            shifted = F.pad(shifted, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
+        y = torch.cat([self.conv1(x), self.conv2(shifted)], dim=1)
+        return F.relu(self.bn1(y), inplace=True)
+
+
+class Conv(_Op):
+    """3×3 conv (op 1; the authors' ``BasicResidual1x``): conv3×3(stride) → BN → ReLU, no residual."""
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        stride: int,
+        *,
+        slimmable: bool = False,
+        width_choices: tuple[float, ...] = WIDTH_CHOICES,
+        interpolation: str = "bilinear",
+        skip_mode: str = "factorized",
+    ) -> None:
+        super().__init__(
+            c_in,
+            c_out,
+            stride,
+            slimmable=slimmable,
+            width_choices=width_choices,
+            interpolation=interpolation,
+            skip_mode=skip_mode,
+        )
+        self.conv1 = self._conv(c_in, c_out, 3, stride)
+        self.bn1 = self._bn(c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, c_in, H, W) → (N, c_out, ⌈H/s⌉, ⌈W/s⌉)."""
+        return F.relu(self.bn1(self.conv1(x)), inplace=True)
+
+
+class ZoomedConv(_Op):
+    """Zoomed 3×3 conv (op 2; ``BasicResidual_downup_1x``).
+
+    Resize to (⌊H/2⌋, ⌊W/2⌋) → conv3×3 (stride 1) → BN → [stride 1: resize back to (H, W)] → ReLU.
+    At stride 2 the half-resolution result is the output; the conv itself never strides.
+    """
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        stride: int,
+        *,
+        slimmable: bool = False,
+        width_choices: tuple[float, ...] = WIDTH_CHOICES,
+        interpolation: str = "bilinear",
+        skip_mode: str = "factorized",
+    ) -> None:
+        super().__init__(
+            c_in,
+            c_out,
+            stride,
+            slimmable=slimmable,
+            width_choices=width_choices,
+            interpolation=interpolation,
+            skip_mode=skip_mode,
+        )
+        self.conv1 = self._conv(c_in, c_out, 3, 1)
+        self.bn1 = self._bn(c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, c_in, H, W) → (N, c_out, H, W) at stride 1, (N, c_out, ⌊H/2⌋, ⌊W/2⌋) at stride 2."""
+        h, w = x.shape[-2:]
+        y = self.bn1(self.conv1(self._resize(x, (h // 2, w // 2))))
+        if self.stride == 1:
+            y = self._resize(y, (h, w))
+        return F.relu(y, inplace=True)
+
+
+class Conv2x(_Op):
+    """3×3 conv ×2 (op 3; ``BasicResidual2x``): conv3×3(s) → BN → ReLU → conv3×3 → BN → ReLU."""
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        stride: int,
+        *,
+        slimmable: bool = False,
+        width_choices: tuple[float, ...] = WIDTH_CHOICES,
+        interpolation: str = "bilinear",
+        skip_mode: str = "factorized",
+    ) -> None:
+        super().__init__(
+            c_in,
+            c_out,
+            stride,
+            slimmable=slimmable,
+            width_choices=width_choices,
+            interpolation=interpolation,
+            skip_mode=skip_mode,
+        )
+        self.conv1 = self._conv(c_in, c_out, 3, stride)
+        self.bn1 = self._bn(c_out)
+        self.conv2 = self._conv(c_out, c_out, 3, 1)
+        self.bn2 = self._bn(c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, c_in, H, W) → (N, c_out, ⌈H/s⌉, ⌈W/s⌉)."""
+        y = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        return F.relu(self.bn2(self.conv2(y)), inplace=True)
+
+
+class ZoomedConv2x(_Op):
+    """Zoomed 3×3 conv ×2 (op 4; ``BasicResidual_downup_2x``).
+
+    Resize to half → conv3×3 → BN → ReLU → conv3×3 → BN → [stride 1: resize back] → ReLU.
+    """
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        stride: int,
+        *,
+        slimmable: bool = False,
+        width_choices: tuple[float, ...] = WIDTH_CHOICES,
+        interpolation: str = "bilinear",
+        skip_mode: str = "factorized",
+    ) -> None:
+        super().__init__(
+            c_in,
+            c_out,
+            stride,
+            slimmable=slimmable,
+            width_choices=width_choices,
+            interpolation=interpolation,
+            skip_mode=skip_mode,
+        )
+        self.conv1 = self._conv(c_in, c_out, 3, 1)
+        self.bn1 = self._bn(c_out)
+        self.conv2 = self._conv(c_out, c_out, 3, 1)
+        self.bn2 = self._bn(c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, c_in, H, W) → (N, c_out, H, W) at stride 1, (N, c_out, ⌊H/2⌋, ⌊W/2⌋) at stride 2."""
+        h, w = x.shape[-2:]
+        y = F.relu(self.bn1(self.conv1(self._resize(x, (h // 2, w // 2)))), inplace=True)
+        y = self.bn2(self.conv2(y))
+        if self.stride == 1:
+            y = self._resize(y, (h, w))
+        return F.relu(y, inplace=True)
+
+
+OPS: dict[str, Callable[..., nn.Module]] = {
+    "skip": Skip,
+    "conv": Conv,
+    "conv_downup": ZoomedConv,
+    "conv_2x": Conv2x,
+    "conv_2x_downup": ZoomedConv2x,
+}  # insertion order = OP_NAMES = op index of α (checked in tests/test_ops.py)
