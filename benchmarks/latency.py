@@ -118,7 +118,8 @@ def main() -> None:
                 imgs = camvid_images(size, args.agreement_images)
                 for backend in LOW:
                     cand = prepare(net, calib[0], backend, calibration_images=calib)
-                    agree = agreement(ref, cand, imgs)["pixel_agreement"]
+                    stats = agreement(ref, cand, imgs)
+                    agree = stats["pixel_agreement"]
                     for row in rows:
                         if row["net"] == name and row["size"] == size_text and row["backend"] == backend:
                             row["argmax_agreement"] = agree

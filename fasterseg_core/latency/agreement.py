@@ -33,17 +33,24 @@ def agreement(
         num_classes: classes of the network (needed with labels).
 
     Returns:
-        ``pixel_agreement`` in [0, 1], ``images``; with labels also ``miou_reference``, ``miou_candidate``
+        ``pixel_agreement`` in [0, 1], ``images``, ``logit_rel_error`` (‖candidate − reference‖ /
+        ‖reference‖ over all logits), ``reference_classes`` (distinct classes the reference predicts); with
+        labels also ``miou_reference``, ``miou_candidate``
         and ``miou_change`` (candidate − reference, fractions).
     """
     if reference.forward is None or candidate.forward is None:
         raise ValueError("both backends must support forward(x) on new inputs")
     same = total = n = 0
+    err_sq = ref_sq = 0.0
+    classes: set[int] = set()
     cms = None
     label_iter = iter(labels) if labels is not None else None
     for x in images:
-        a = reference.forward(x).argmax(1)
-        b = candidate.forward(x).argmax(1)
+        ya, yb = reference.forward(x), candidate.forward(x)
+        err_sq += float((yb - ya).pow(2).sum())
+        ref_sq += float(ya.pow(2).sum())
+        a, b = ya.argmax(1), yb.argmax(1)
+        classes.update(a.unique().tolist())
         same += int((a == b).sum())
         total += a.numel()
         n += 1
@@ -56,7 +63,11 @@ def agreement(
             cms[1].update(b, y)
     if n == 0:
         raise ValueError("agreement needs at least one image")
-    out = {"pixel_agreement": same / total, "images": float(n)}
+    out = {"pixel_agreement": same / total, "images": float(n),
+           "logit_rel_error": (err_sq / max(ref_sq, 1e-30)) ** 0.5,
+           # Untrained networks often predict one or two classes everywhere; then agreement is trivially
+           # high, and this count says so.
+           "reference_classes": float(len(classes))}
     if cms is not None:
         ref, cand = cms[0].compute()["miou"], cms[1].compute()["miou"]
         out.update(miou_reference=ref, miou_candidate=cand, miou_change=cand - ref)

@@ -279,7 +279,8 @@ def low_precision_table(frame: pd.DataFrame) -> pd.DataFrame:
     df["speedup_vs_eager"] = [
         eager.get(n, float("nan")) / m if m else float("nan") for n, m in zip(df.network, df.median_ms)
     ]
-    cols = ["network", "backend", "status", "median_ms", "speedup_vs_eager", "agreement_pixel_agreement"]
+    cols = ["network", "backend", "status", "median_ms", "speedup_vs_eager", "agreement_pixel_agreement",
+            "agreement_logit_rel_error", "agreement_reference_classes"]
     cols += [c for c in ("agreement_miou_reference", "agreement_miou_candidate") if c in df]
     return df[cols].round(4).set_index(["network", "backend"])
 

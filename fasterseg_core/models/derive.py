@@ -216,7 +216,7 @@ def _derive_branch(
 
     # Remove the most skip-like candidates, at most L - min_len (stable sort: ties keep cell order).
     ranked = sorted(candidates, key=lambda c: c[1], reverse=True)
-    removed = {t for t, _ in ranked[: L - min_len]}
+    removed = {t for t, _ in ranked[: max(0, L - min_len)]}  # short supernets (L < 6) remove none
 
     ops: list[str] = []
     kept_path: list[int] = []
