@@ -63,11 +63,14 @@ def agreement(
             cms[1].update(b, y)
     if n == 0:
         raise ValueError("agreement needs at least one image")
-    out = {"pixel_agreement": same / total, "images": float(n),
-           "logit_rel_error": (err_sq / max(ref_sq, 1e-30)) ** 0.5,
-           # Untrained networks often predict one or two classes everywhere; then agreement is trivially
-           # high, and this count says so.
-           "reference_classes": float(len(classes))}
+    out = {
+        "pixel_agreement": same / total,
+        "images": float(n),
+        "logit_rel_error": (err_sq / max(ref_sq, 1e-30)) ** 0.5,
+        # Untrained networks often predict one or two classes everywhere; then agreement is trivially
+        # high, and this count says so.
+        "reference_classes": float(len(classes)),
+    }
     if cms is not None:
         ref, cand = cms[0].compute()["miou"], cms[1].compute()["miou"]
         out.update(miou_reference=ref, miou_candidate=cand, miou_change=cand - ref)

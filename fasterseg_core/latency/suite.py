@@ -227,29 +227,27 @@ def load_records(folder: Path) -> pd.DataFrame:
 
 
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Network × backend: status, median/p90 ms, FPS, ratio to eager, params and GMACs."""
+    """Network × backend: median ms, FPS, ratio to eager, params and GMACs (narrow enough for A4)."""
     df = frame.copy()
     eager = df[df.backend == "eager"].set_index(["hardware_tag", "network"]).median_ms
-    df["x_eager"] = [
+    df["x eager"] = [
         row.median_ms / eager.get((row.hardware_tag, row.network), float("nan"))
         if row.median_ms
         else float("nan")
         for row in df.itertuples()
     ]
-    cols = [
-        "network",
-        "backend",
-        "status",
-        "median_ms",
-        "p90_ms",
-        "fps",
-        "x_eager",
-        "params_M",
-        "thop_GMACs",
-        "thop_GMACs_1024x2048",
-        "reason",
-    ]
-    return df[cols].round(3).set_index(["network", "backend"])
+    df["status"] = [s if s == "ok" else f"{s}: {r[:60]}" for s, r in zip(df.status, df.reason)]
+    out = df.rename(
+        columns={
+            "median_ms": "ms",
+            "fps": "FPS",
+            "params_M": "params (M)",
+            "thop_GMACs": "GMACs",
+            "thop_GMACs_1024x2048": "GMACs @1024x2048",
+        }
+    )
+    cols = ["network", "backend", "ms", "FPS", "x eager", "params (M)", "GMACs", "GMACs @1024x2048", "status"]
+    return out[cols].round(2).set_index(["network", "backend"])
 
 
 def lut_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -279,10 +277,27 @@ def low_precision_table(frame: pd.DataFrame) -> pd.DataFrame:
     df["speedup_vs_eager"] = [
         eager.get(n, float("nan")) / m if m else float("nan") for n, m in zip(df.network, df.median_ms)
     ]
-    cols = ["network", "backend", "status", "median_ms", "speedup_vs_eager", "agreement_pixel_agreement",
-            "agreement_logit_rel_error", "agreement_reference_classes"]
+    cols = [
+        "network",
+        "backend",
+        "status",
+        "median_ms",
+        "speedup_vs_eager",
+        "agreement_pixel_agreement",
+        "agreement_logit_rel_error",
+        "agreement_reference_classes",
+    ]
     cols += [c for c in ("agreement_miou_reference", "agreement_miou_candidate") if c in df]
-    return df[cols].round(4).set_index(["network", "backend"])
+    short = {
+        "median_ms": "ms",
+        "speedup_vs_eager": "x faster",
+        "agreement_pixel_agreement": "argmax agree",
+        "agreement_logit_rel_error": "logit rel err",
+        "agreement_reference_classes": "fp32 classes",
+        "agreement_miou_reference": "mIoU fp32",
+        "agreement_miou_candidate": "mIoU low",
+    }
+    return df[cols].rename(columns=short).round(4).set_index(["network", "backend"])
 
 
 def fps_by_hardware(frame: pd.DataFrame) -> pd.DataFrame:
