@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import io
-import json
 from collections import OrderedDict
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_reference
 
 from fasterseg_core.models import build_published
 from fasterseg_core.models.checkpoint import (
@@ -19,15 +18,6 @@ from fasterseg_core.models.checkpoint import (
     load_official_state_dict,
 )
 
-REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-
-
-def _reference(name: str) -> dict:
-    path = REF / name
-    if not path.exists():
-        pytest.skip(f"reference data {path} not available")
-    return json.loads(path.read_text())
-
 
 @pytest.fixture(scope="module")
 def student_sd():
@@ -37,8 +27,8 @@ def student_sd():
 @pytest.mark.parametrize("role", ["student", "teacher"])
 def test_keyed_init_samples_reproduce_the_authors_network(role):
     """Same key-derived weights, loaded through the authors' key list → same outputs as their network."""
-    ref = _reference(f"fasterseg_state_dict_{role}.json")
-    sample = _reference("fasterseg_reference_figures.json")["deterministic_samples"][role]["keyed_init"]
+    ref = load_reference(f"fasterseg_state_dict_{role}.json")
+    sample = load_reference("fasterseg_reference_figures.json")["deterministic_samples"][role]["keyed_init"]
     weights = keyed_state_dict((e["key"], e["shape"], e["same_tensor_as"]) for e in ref["entries"])
     net = build_published(role)
     report = load_official_state_dict(net, weights)
@@ -69,7 +59,7 @@ def test_keyed_init_samples_reproduce_the_authors_network(role):
 
 
 def test_export_matches_the_authors_key_list_and_round_trips(student_sd):
-    ref = _reference("fasterseg_state_dict_student.json")
+    ref = load_reference("fasterseg_state_dict_student.json")
     a = build_published("student")
     load_official_state_dict(a, student_sd)
     exported = export_official_state_dict(a)

@@ -10,13 +10,7 @@ from fasterseg_core.models import Architecture, Branch, build_network, build_pub
 from fasterseg_core.models.checkpoint import keyed_state_dict_for, load_official_state_dict
 from fasterseg_core.models.fuse import fuse_for_inference
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _keyed(net: nn.Module) -> nn.Module:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import load_reference
 
 from fasterseg_core.flops import count_complexity
 from fasterseg_core.models import (
@@ -19,22 +17,7 @@ from fasterseg_core.models import (
 )
 from fasterseg_core.models.network import plan_cells
 
-REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-
-
-def _reference(name: str) -> dict:
-    path = REF / name
-    if not path.exists():
-        pytest.skip(f"reference data {path} not available")
-    return json.loads(path.read_text())
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("role", ["teacher", "student"])
@@ -42,7 +25,7 @@ def test_published_architecture_round_trips_and_matches_reference(role):
     arch = published_architecture(role)
     assert arch.role == role and arch.lasts == (2, 1)
     assert Architecture.from_json(arch.to_json()) == arch
-    ref = _reference(f"fasterseg_arch_{role}.json")
+    ref = load_reference(f"fasterseg_arch_{role}.json")
     assert list(arch.lasts) == ref["branch_choice"]["lasts"]
     for branch, end in zip(arch.branches, ref["branch_choice"]["lasts"]):
         cand = ref["candidate_branches"][str(end)]
@@ -61,7 +44,7 @@ def test_published_architecture_round_trips_and_matches_reference(role):
 
 @pytest.mark.parametrize("role", ["teacher", "student"])
 def test_state_dict_keys_shapes_and_aliases_equal_the_authors(role):
-    ref = _reference(f"fasterseg_state_dict_{role}.json")
+    ref = load_reference(f"fasterseg_state_dict_{role}.json")
     net = build_published(role)
     sd = net.state_dict()
     assert [(k, list(v.shape)) for k, v in sd.items()] == [(e["key"], e["shape"]) for e in ref["entries"]]

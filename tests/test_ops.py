@@ -21,13 +21,8 @@ from fasterseg_core.models.slimmable import USBatchNorm2d, USConv2d, make_divisi
 C_MAX = 48  # a stride-4-like feature: every width of W gives a multiple of 16 channels
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: thread start-up costs more than it saves on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny tensors: thread start-up costs more than it saves on the shared 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_table_order_is_the_op_index():
