@@ -101,10 +101,10 @@ class _Op(nn.Module):
         c_out: int,
         stride: int,
         *,
-        slimmable: bool,
-        width_choices: tuple[float, ...],
-        interpolation: str,
-        skip_mode: str,
+        slimmable: bool = False,
+        width_choices: tuple[float, ...] = WIDTH_CHOICES,
+        interpolation: str = "bilinear",
+        skip_mode: str = "factorized",
     ) -> None:
         super().__init__()
         if stride not in (1, 2):
@@ -117,7 +117,13 @@ class _Op(nn.Module):
         self.slimmable = slimmable
         self.width_choices = tuple(float(w) for w in width_choices)
         self.interpolation = interpolation
+        self.skip_mode = skip_mode
         self.ratio = (1.0, 1.0)
+        self._build()
+
+    def _build(self) -> None:
+        """Create the op's layers from ``self.c_in``, ``self.c_out``, ``self.stride`` (per operator)."""
+        raise NotImplementedError
 
     def _conv(self, c_in: int, c_out: int, kernel_size: int, stride: int) -> nn.Conv2d:
         cls = USConv2d if self.slimmable else nn.Conv2d
@@ -159,26 +165,9 @@ class Skip(_Op):
     * stride 2, ``skip_mode="single_conv"``: one 1×1 stride-2 conv → BN → ReLU (deployment variant, §10).
     """
 
-    def __init__(
-        self,
-        c_in: int,
-        c_out: int,
-        stride: int,
-        *,
-        slimmable: bool = False,
-        width_choices: tuple[float, ...] = WIDTH_CHOICES,
-        interpolation: str = "bilinear",
-        skip_mode: str = "factorized",
-    ) -> None:
-        super().__init__(
-            c_in,
-            c_out,
-            stride,
-            slimmable=slimmable,
-            width_choices=width_choices,
-            interpolation=interpolation,
-            skip_mode=skip_mode,
-        )
+    def _build(self) -> None:
+        c_in, c_out, stride = self.c_in, self.c_out, self.stride
+        slimmable, skip_mode = self.slimmable, self.skip_mode
         if stride == 1 and not slimmable:
             if c_in != c_out:
                 raise ValueError(
@@ -229,26 +218,8 @@ class Skip(_Op):
 class Conv(_Op):
     """3×3 conv (op 1; the authors' ``BasicResidual1x``): conv3×3(stride) → BN → ReLU, no residual."""
 
-    def __init__(
-        self,
-        c_in: int,
-        c_out: int,
-        stride: int,
-        *,
-        slimmable: bool = False,
-        width_choices: tuple[float, ...] = WIDTH_CHOICES,
-        interpolation: str = "bilinear",
-        skip_mode: str = "factorized",
-    ) -> None:
-        super().__init__(
-            c_in,
-            c_out,
-            stride,
-            slimmable=slimmable,
-            width_choices=width_choices,
-            interpolation=interpolation,
-            skip_mode=skip_mode,
-        )
+    def _build(self) -> None:
+        c_in, c_out, stride = self.c_in, self.c_out, self.stride
         self.conv1 = self._conv(c_in, c_out, 3, stride)
         self.bn1 = self._bn(c_out)
 
@@ -264,26 +235,8 @@ class ZoomedConv(_Op):
     At stride 2 the half-resolution result is the output; the conv itself never strides.
     """
 
-    def __init__(
-        self,
-        c_in: int,
-        c_out: int,
-        stride: int,
-        *,
-        slimmable: bool = False,
-        width_choices: tuple[float, ...] = WIDTH_CHOICES,
-        interpolation: str = "bilinear",
-        skip_mode: str = "factorized",
-    ) -> None:
-        super().__init__(
-            c_in,
-            c_out,
-            stride,
-            slimmable=slimmable,
-            width_choices=width_choices,
-            interpolation=interpolation,
-            skip_mode=skip_mode,
-        )
+    def _build(self) -> None:
+        c_in, c_out = self.c_in, self.c_out  # zoomed: the conv itself never strides
         self.conv1 = self._conv(c_in, c_out, 3, 1)
         self.bn1 = self._bn(c_out)
 
@@ -299,26 +252,8 @@ class ZoomedConv(_Op):
 class Conv2x(_Op):
     """3×3 conv ×2 (op 3; ``BasicResidual2x``): conv3×3(s) → BN → ReLU → conv3×3 → BN → ReLU."""
 
-    def __init__(
-        self,
-        c_in: int,
-        c_out: int,
-        stride: int,
-        *,
-        slimmable: bool = False,
-        width_choices: tuple[float, ...] = WIDTH_CHOICES,
-        interpolation: str = "bilinear",
-        skip_mode: str = "factorized",
-    ) -> None:
-        super().__init__(
-            c_in,
-            c_out,
-            stride,
-            slimmable=slimmable,
-            width_choices=width_choices,
-            interpolation=interpolation,
-            skip_mode=skip_mode,
-        )
+    def _build(self) -> None:
+        c_in, c_out, stride = self.c_in, self.c_out, self.stride
         self.conv1 = self._conv(c_in, c_out, 3, stride)
         self.bn1 = self._bn(c_out)
         self.conv2 = self._conv(c_out, c_out, 3, 1)
@@ -336,26 +271,8 @@ class ZoomedConv2x(_Op):
     Resize to half → conv3×3 → BN → ReLU → conv3×3 → BN → [stride 1: resize back] → ReLU.
     """
 
-    def __init__(
-        self,
-        c_in: int,
-        c_out: int,
-        stride: int,
-        *,
-        slimmable: bool = False,
-        width_choices: tuple[float, ...] = WIDTH_CHOICES,
-        interpolation: str = "bilinear",
-        skip_mode: str = "factorized",
-    ) -> None:
-        super().__init__(
-            c_in,
-            c_out,
-            stride,
-            slimmable=slimmable,
-            width_choices=width_choices,
-            interpolation=interpolation,
-            skip_mode=skip_mode,
-        )
+    def _build(self) -> None:
+        c_in, c_out = self.c_in, self.c_out  # zoomed: the conv itself never strides
         self.conv1 = self._conv(c_in, c_out, 3, 1)
         self.bn1 = self._bn(c_out)
         self.conv2 = self._conv(c_out, c_out, 3, 1)
