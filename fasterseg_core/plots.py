@@ -318,3 +318,52 @@ def plot_latency(frame: pd.DataFrame) -> Figure:
     ax.legend(uniq.values(), uniq.keys(), fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
+
+
+def plot_training_curves(histories: dict[str, pd.DataFrame], title: str = "") -> Figure:
+    """Loss (left) and validation / running-train mIoU (right) per epoch for one or more training runs.
+
+    Args:
+        histories: run name → its ``history.csv`` frame (columns epoch, loss, train_miou, val_miou;
+            ``kd_loss`` drawn dashed when present and finite).
+        title: figure title.
+    """
+    fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(10, 3.4), layout="constrained")
+    for i, (name, h) in enumerate(histories.items()):
+        color = f"C{i}"
+        ax_loss.plot(h.epoch, h.loss, color=color, label=f"{name} total")
+        if "kd_loss" in h and h.kd_loss.notna().any():
+            ax_loss.plot(h.epoch, h.kd_loss, color=color, ls="--", label=f"{name} distillation")
+        ax_iou.plot(h.epoch, h.train_miou, color=color, ls=":", label=f"{name} train (running)")
+        val = h.dropna(subset=["val_miou"])
+        ax_iou.plot(val.epoch, val.val_miou, color=color, marker="o", label=f"{name} val")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="training loss")
+    ax_iou.set(xlabel="epoch", ylabel="mIoU", title="mIoU", ylim=(0, None))
+    for ax in (ax_loss, ax_iou):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_per_class_iou(per_class: pd.DataFrame, title: str = "") -> Figure:
+    """Grouped bars of IoU per class, one group per class and one bar per run/checkpoint.
+
+    Args:
+        per_class: long table with columns ``class``, ``iou`` and a ``series`` column naming the bar
+            (e.g. "test · best"); classes keep their first-seen order.
+        title: figure title.
+    """
+    wide = per_class.pivot_table(index="class", columns="series", values="iou", sort=False)
+    wide = wide.reindex(pd.unique(per_class["class"]))
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(wide)), 3.4), layout="constrained")
+    width = 0.8 / max(1, wide.shape[1])
+    x = np.arange(len(wide))
+    for i, series in enumerate(wide.columns):
+        ax.bar(x + (i - (wide.shape[1] - 1) / 2) * width, wide[series].to_numpy(float), width, label=series)
+    ax.set_xticks(x, wide.index, rotation=45, ha="right")
+    ax.set(ylabel="IoU", ylim=(0, 1), title=title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig

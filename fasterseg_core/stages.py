@@ -5,6 +5,7 @@ Each stage function takes the resolved configuration and the open run of its sta
 returns a small result object for the notebook's tables and figures.
 
 * :func:`run_search` — ``01_search``: latency table for this device, pretraining, search, derivation.
+* :func:`run_training` — ``02_teacher``, ``03_distill``, ``04_student`` (:mod:`fasterseg_core.training`).
 * :func:`run_latency` — ``05_latency``: every network × backend on this machine, table vs measurement.
 """
 
@@ -19,10 +20,15 @@ import torch
 
 from .config import RunConfig
 from .data import build_dataset
+from .evaluate import load_stage_model
 from .latency.lut import LatencyTable, build_lut, load_authors_lut
 from .latency.suite import LatencyRecord, candidate_networks, load_records, measure_suite, real_images
 from .runs import REPO_ROOT, Run, upstream_path
 from .search import SearchResult, search
+from .training import run_training
+from .training import scores_table as training_scores
+
+__all__ = ["load_lut", "run_latency", "run_search", "run_training", "search_latency_table", "training_scores"]
 
 LUT_BACKEND = "eager"  # the search's table times plain PyTorch modules on the run's device
 
@@ -119,6 +125,17 @@ def run_latency(cfg: RunConfig, run: Run, *, progress: bool = True) -> LatencySt
         except FileNotFoundError:
             pass  # no (complete) search for this config: the published networks stand alone
     candidates = candidate_networks(val.num_classes, searched, lc.include_peers)
+    for c in candidates:  # trained weights make the low-precision mIoU change meaningful (issue 4)
+        for stage in ("02_teacher", "03_distill"):
+            if c.arch is None:
+                continue
+            try:
+                upstream_path(cfg, stage, "checkpoints", "best.pt")  # complete, same config
+                net, info = load_stage_model(cfg, stage, "best")
+            except (FileNotFoundError, ValueError):
+                continue
+            if info["arch"] == c.arch.to_dict() and info["num_classes"] == val.num_classes:
+                c.net, c.source = net.eval(), f"{c.source}; weights: {stage} best checkpoint"
     images, labels = real_images(val, tuple(lc.input_hw), lc.agreement_images)
     record = measure_suite(
         candidates, lc.backends, tuple(lc.input_hw), run.device, run.hardware, val.num_classes,
@@ -128,5 +145,9 @@ def run_latency(cfg: RunConfig, run: Run, *, progress: bool = True) -> LatencySt
     path = record.save(cfg.output_dir / "latency" / f"{run.hardware}.json")
     frame = record.frame()
     student = frame[(frame.network == "published student") & (frame.backend == "eager")].median_ms
-    return LatencyStageResult(record, path, load_records(path.parent),
-                              float(student.iloc[0]) if len(student) and student.iloc[0] else None)
+    return LatencyStageResult(
+        record,
+        path,
+        load_records(path.parent),
+        float(student.iloc[0]) if len(student) and student.iloc[0] else None,
+    )
