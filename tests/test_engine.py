@@ -167,3 +167,19 @@ def test_distill_without_a_teacher_names_the_stage_to_run(tmp_path):
     run = start_run(cfg, "03_distill")
     with pytest.raises(StageInputMissing, match="02_teacher"):
         run_training(cfg, run, progress=False)
+
+
+def test_bf16_autocast_and_channels_last_train_with_finite_loss(tmp_path, one_thread):
+    _, data = _smoke(tmp_path)
+    spec = replace(SPEC, epochs=1, iters_per_epoch=2, amp="bf16", channels_last=True)
+    net = _student(data.num_classes)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    result = train(spec, net, data, None, torch.device("cpu"), tmp_path / "run", progress=False)
+    assert math.isfinite(result.history[0]["loss"])
+    changed = [
+        k for k, v in net.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])
+    ]
+    assert changed, "the weights must change"
+    assert all(v.dtype == before[k].dtype for k, v in net.state_dict().items()), (
+        "weights stay fp32 (autocast)"
+    )
