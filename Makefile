@@ -114,4 +114,4 @@ clean-outputs:
 
 # Notebooks are committed without outputs; executed copies live under outputs/<profile>/notebooks/.
 strip-notebooks: $(SETUP_STAMP)
-	$(VENV)/bin/jupyter nbconvert --clear-output --inplace notebooks/[0-9][0-9]_*.ipynb
+	$(VENV)/bin/jupyter nbconvert --clear-output --inplace notebooks/[0-9][0-9]_*.ipynb notebooks/control.ipynb

@@ -162,6 +162,17 @@ def test_smoke_report_renders_offline_in_a_browser_and_as_pdf(tmp_path):
         errors = page.locator(".report-error").count()
         stages = page.locator(".report-front td").all_inner_texts()
         scripts = page.evaluate("[typeof window.MathJax, typeof window.require]")
+        # 06_analysis: the study's Table 1, Figure 1 and Table 2 as rows of cell texts (and Figure 1's image)
+        exhibits = {
+            label: page.eval_on_selector_all(
+                f'[data-exhibit="{label}"] tr',
+                "rows => rows.map(r => Array.from(r.cells).map(c => c.innerText))",
+            )
+            for label in ("Table 1", "Figure 1", "Table 2")
+        }
+        figure1 = page.eval_on_selector_all(
+            '[data-exhibit="Figure 1"] img', "els => els.map(e => e.naturalWidth)"
+        )
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         browser.close()
     assert online_requests == [] and failed_requests == [], "the report must work offline"
@@ -169,6 +180,7 @@ def test_smoke_report_renders_offline_in_a_browser_and_as_pdf(tmp_path):
     assert errors == 0
     assert "00_data" in stages and "ok" in stages
     assert scripts == ["object", "function"]  # vendored MathJax and require.js loaded from report/vendor
+    _check_analysis_exhibits(exhibits, figure1)
 
     subprocess.run(["pdftoppm", "-png", "-r", "40", str(pdf), str(tmp_path / "page")], check=True)
     pages = sorted(tmp_path.glob("page-*.png"))
@@ -179,3 +191,23 @@ def test_smoke_report_renders_offline_in_a_browser_and_as_pdf(tmp_path):
         assert (rgb.min(axis=2) < 200).mean() > 0.005, f"{png.name} is blank"
         coloured.append(((rgb.max(axis=2) - rgb.min(axis=2)) > 60).mean())
     assert max(coloured) > 0.05, "no page shows a coloured figure"
+
+
+def _check_analysis_exhibits(exhibits: dict[str, list[list[str]]], figure1: list[int]) -> None:
+    """Tables 1 and 2 and Figure 1 of the smoke report hold this run's numbers (every stage ran)."""
+
+    def number(text: str) -> bool:
+        return re.fullmatch(r"-?\d+(\.\d+)?", text.strip()) is not None
+
+    for label, rows in exhibits.items():
+        assert len(rows) > 1, f"{label} is missing from the report"
+    header, *rows = exhibits["Table 1"]
+    ours = [dict(zip(header, r)) for r in rows if r[0].startswith("this run,")]
+    assert len(ours) == 6, "Table 1: best and last rows of teacher, distilled and trained student"
+    assert all(number(r["Validation mIoU (%)"]) and number(r["Mean pixel acc (%)"]) for r in ours), ours
+    header, *rows = exhibits["Table 2"]
+    ours = [dict(zip(header, r)) for r in rows if r[0] == "ours"]
+    assert ours and any(number(r["FPS"]) for r in ours) and all(number(r["params (M)"]) for r in ours), ours
+    header, *rows = exhibits["Figure 1"]
+    assert rows and all(any(number(c) for c in r[1:]) or "—" in r for r in rows), rows
+    assert figure1 and all(width > 0 for width in figure1), "Figure 1's image did not load"

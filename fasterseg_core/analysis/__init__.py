@@ -1,0 +1,78 @@
+"""``06_analysis``: the report's tables and figures, built only from what the other stages wrote.
+
+Inputs (nothing is recomputed from data or models):
+
+* ``outputs/<profile>/<stage>/``: every stage's ``manifest.json`` and ``metrics.json``; the training
+  stages' ``history.csv`` and ``per_class_iou.csv`` (:mod:`fasterseg_core.training`); the search's
+  ``arch_*.json``, ``history.json`` and ``arch_history.json``; 00_data's ``stats.json``; the latency
+  records ``outputs/<profile>/latency/*.json`` and the pipeline record ``outputs/<profile>/pipeline.json``.
+* The published numbers in ``../shared/reference`` beside the repository: ``reproduction_2022.json`` (the
+  2022 reproduction study, "the study") and ``fasterseg_reference_figures.json`` (the paper). Without that
+  folder the published columns stay empty and every caption says so.
+
+Every builder returns an :class:`Exhibit` (table and/or figure, label, title, caption saying what is shown
+and where the numbers come from). A stage that did not run or failed gives a row or panel marked so, never
+an error.
+
+=============  ==================================================  =========================================
+exhibit        what                                                builder
+=============  ==================================================  =========================================
+Table 0        stages found                                        :func:`stage_status_table`
+Table 1        val mean IU no back / pixel acc / mIoU              :func:`table1`
+Figure 1       per-class test IoU (study's Figure 1)               :func:`figure1`
+Table 2        params, FLOPs, FPS per machine and backend          :func:`table2`
+Figure 2       training curves beside the study's logs             :func:`training_curves`
+Table 3        compute accounting, extrapolated to 600 epochs      :func:`compute_table`
+Figure 3a-e    the search story                                    :func:`search_story`
+Figure 4       accuracy against latency, peers latency-only        :func:`accuracy_latency`
+Figure 5       distillation's per-class gain                       :func:`distillation_gain`
+Tables 4a-e    reproducibility manifest                            :func:`reproducibility`
+=============  ==================================================  =========================================
+
+    art, pub = load_artifacts(cfg), load_published()
+    t1 = table1(art, pub); t1.save(run.dir); t1        # the last line renders it, caption included
+"""
+
+from .accuracy import distillation_gain, figure1, per_class_iou, study_test_iou, table1, training_curves
+from .artifacts import (
+    REFERENCE_DIR,
+    STAGES,
+    TRAINED,
+    Artifacts,
+    Published,
+    StageArtifacts,
+    load_artifacts,
+    load_published,
+    load_stage,
+)
+from .exhibit import Exhibit
+from .provenance import reproducibility, stage_status_table, summary
+from .search_story import search_story
+from .speed import accuracy_latency, compute_table, table2, trained_networks
+
+__all__ = [
+    "REFERENCE_DIR",
+    "STAGES",
+    "TRAINED",
+    "Artifacts",
+    "Exhibit",
+    "Published",
+    "StageArtifacts",
+    "accuracy_latency",
+    "compute_table",
+    "distillation_gain",
+    "figure1",
+    "load_artifacts",
+    "load_published",
+    "load_stage",
+    "per_class_iou",
+    "reproducibility",
+    "search_story",
+    "stage_status_table",
+    "study_test_iou",
+    "summary",
+    "table1",
+    "table2",
+    "trained_networks",
+    "training_curves",
+]

@@ -1,0 +1,203 @@
+"""Where every number came from: the stages found (Table 0), the reproducibility manifest (Tables 4a-e:
+commit, config key, hardware and seed per stage; package versions; latency machines; dataset checksums;
+the resolved config where it departs from the paper) and the analysis' own ``metrics.json`` summary.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+
+from ..config import RunConfig, to_dict
+from ..data.fetch import SPLIT_DIGESTS
+from ..runs import config_key, load_json
+from .artifacts import TRAINED, Artifacts
+from .exhibit import Exhibit
+
+
+def stage_status_table(art: Artifacts) -> Exhibit:
+    """Which upstream stages this analysis found, and in what state."""
+    rows = []
+    for stage, s in art.stages.items():
+        m = s.manifest or {}
+        rows.append(
+            {
+                "stage": stage,
+                "status": s.status,
+                "finished": m.get("finished_at") or "",
+                "seconds": m.get("seconds"),
+                "hardware": m.get("hardware", ""),
+            }
+        )
+    cap = (
+        f"Read from outputs/{art.cfg.profile}/<stage>/manifest.json. Stages marked 'not run' or "
+        "'incomplete' leave their rows below empty; 'other config' means the stage finished for a "
+        "different resolved config (other overrides) than this analysis."
+    )
+    return Exhibit("Table 0", "Stages found", cap, pd.DataFrame(rows), formats={"seconds": "{:.0f}"})
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else v
+    return out
+
+
+def reproducibility(art: Artifacts) -> list[Exhibit]:
+    """Provenance of every number: per-stage commit, config key, hardware and seed; package versions;
+    machines that timed latency; dataset checksums; the resolved config where it departs from the paper."""
+    prof = f"outputs/{art.cfg.profile}"
+    key = config_key(art.cfg)
+    rows, versions = [], {}
+    for stage, s in art.stages.items():
+        m = s.manifest or {}
+        git = m.get("git") or {}
+        rows.append(
+            {
+                "stage": stage,
+                "status": s.status,
+                "commit": (git.get("sha") or "")[:10],
+                "dirty": git.get("dirty"),
+                "config key": m.get("config_key", ""),
+                "hardware": m.get("hardware", ""),
+                "device": m.get("device", ""),
+                "seed": m.get("seed"),
+            }
+        )
+        for pkg, v in (m.get("versions") or {}).items():
+            versions.setdefault(pkg, {}).setdefault(str(v), []).append(stage)
+    cap = (
+        f"From {prof}/<stage>/manifest.json. This analysis' config key is {key}; a stage with another key "
+        "ran with other overrides. 'dirty': uncommitted changes in the checkout when the stage ran."
+    )
+    out = [Exhibit("Table 4a", "Provenance per stage", cap, pd.DataFrame(rows), formats={"seed": "{:.0f}"})]
+    vrows = [
+        {
+            "package": p,
+            "version": " / ".join(f"{v} ({', '.join(st)})" if len(by) > 1 else v for v, st in by.items()),
+        }
+        for p, by in versions.items()
+    ]
+    out.append(
+        Exhibit(
+            "Table 4b",
+            "Software",
+            f"Package versions recorded in the manifests ({prof}/<stage>/"
+            "manifest.json); a package listed with several versions changed between stages.",
+            pd.DataFrame(vrows),
+            missing="" if vrows else "no stage ran",
+        )
+    )
+    envs = []
+    for path in sorted((art.cfg.output_dir / "latency").glob("*.json")):
+        data = load_json(path)
+        if "environment" in data and "hardware_tag" in data:
+            e = data["environment"]
+            envs.append(
+                {
+                    "hardware tag": data["hardware_tag"],
+                    "CPU": e.get("cpu_model"),
+                    "cores": e.get("cpu_count"),
+                    "torch threads": e.get("torch_threads"),
+                    "GPU": e.get("gpu_name", ""),
+                    "torch": e.get("torch_version"),
+                    "measured": e.get("measured_at", ""),
+                }
+            )
+    out.append(
+        Exhibit(
+            "Table 4c",
+            "Machines that timed latency",
+            f"The environment block of every {prof}/latency/<hardware tag>.json.",
+            pd.DataFrame(envs),
+            missing="" if envs else "05_latency not run",
+            formats={"cores": "{:.0f}", "torch threads": "{:.0f}"},
+        )
+    )
+    out.append(_dataset_exhibit(art))
+    here, paper = _flat(to_dict(art.cfg)), _flat(to_dict(RunConfig()))
+    diff = [
+        {"key": k, "this run": v, "paper default": paper.get(k)}
+        for k, v in here.items()
+        if v != paper.get(k) and k not in ("profile",)
+    ]
+    cap = (
+        f"The resolved config of this analysis (profile '{art.cfg.profile}', key {key}) where it differs "
+        f"from the dataclass defaults, which are the paper's settings; "
+        f"every stage saved its full resolved config "
+        f"as {prof}/<stage>/config.yaml."
+    )
+    out.append(
+        Exhibit(
+            "Table 4e",
+            "Resolved config, departures from the paper",
+            cap,
+            pd.DataFrame(diff).astype(str),
+            missing="" if diff else "none",
+        )
+    )
+    return out
+
+
+def _dataset_exhibit(art: Artifacts) -> Exhibit:
+    """Split sizes (00_data metrics) and checksums: recorded by 00_data (``stats.json`` ``checksums``) when
+    present, else the digests ``make data`` pins and verifies (CamVid); synthetic scenes have no files."""
+    s = art.stages["00_data"]
+    dataset = art.cfg.data.dataset
+    stats = s.read_json("stats.json") or {}
+    images = (s.metrics or {}).get("images", {})
+    recorded = stats.get("checksums") or {}
+    rows = []
+    for split in ("train", "val", "test"):
+        if split in recorded:
+            digest, source = recorded[split], "recorded by 00_data"
+        elif dataset == "camvid":
+            digest, source = SPLIT_DIGESTS[split], "pinned in data/fetch.py, verified by `make data`"
+        elif dataset == "synthetic":
+            digest, source = "", "generated from a fixed seed per split (no files)"
+        else:
+            digest, source = "", "not recorded"
+        rows.append(
+            {
+                "dataset": dataset,
+                "split": split,
+                "images": images.get(split),
+                "sha256": digest,
+                "checksum source": source,
+            }
+        )
+    cap = (
+        f"Images per split from outputs/{art.cfg.profile}/00_data/metrics.json; sha256 over the sorted "
+        "'<relative path> <file sha256>' lines of a split's images and labels (fasterseg_core.data.fetch)."
+    )
+    return Exhibit(
+        "Table 4d",
+        "Dataset",
+        cap,
+        pd.DataFrame(rows),
+        formats={"images": "{:.0f}"},
+        missing="" if s.ran else f"00_data {s.status}",
+    )
+
+
+def summary(art: Artifacts, exhibits: list[Exhibit]) -> dict[str, Any]:
+    """The analysis' ``metrics.json``: stage statuses, which exhibits have content, headline numbers."""
+    out: dict[str, Any] = {
+        "stages": {k: s.status for k, s in art.stages.items()},
+        "exhibits": {e.label: ("missing: " + e.missing) if e.missing else "ok" for e in exhibits},
+    }
+    for stage in TRAINED:
+        if (m := art.trained(stage)) is not None:
+            out[stage] = {
+                "best_val_miou": m["best"]["val"]["miou"],
+                "last_val_miou": m["last"]["val"]["miou"],
+                "epochs": m["epochs"],
+            }
+    out["latency_rows"] = len(art.latency)
+    return out
