@@ -51,9 +51,8 @@ from fasterseg_core.config import RunConfig, TrainConfig, load_config
 from fasterseg_core.data import build_dataset
 from fasterseg_core.engine import DistInfo, epoch_loader, train
 from fasterseg_core.latency.measure import environment_record, stable_malloc_env
-from fasterseg_core.models import build_network, published_architecture
+from fasterseg_core.models import build_network, init_weights_, published_architecture
 from fasterseg_core.runs import resolve_device
-from fasterseg_core.search import init_weights_
 
 REPO = Path(__file__).resolve().parents[1]
 # variant → (config section, architecture role, with the frozen teacher)

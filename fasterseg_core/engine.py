@@ -259,6 +259,10 @@ def train(
     net = net.to(device)
     if spec.channels_last:
         net = net.to(memory_format=torch.channels_last)
+    if spec.sync_bn and device.type != "cuda":
+        raise ValueError(
+            "sync_bn needs CUDA: torch has no CPU SyncBatchNorm; set sync_bn: false for CPU/gloo runs"
+        )
     if spec.sync_bn and info.world > 1:
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     if teacher is not None:
@@ -348,7 +352,9 @@ def train(
                 train_cm.update(outputs["out"].detach().argmax(1), labels)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(epoch=epoch, loss=f"{sums['loss'] / it:.3f}", lr=f"{lr:.2e}", refresh=False)
+                    bar.set_postfix(
+                        epoch=epoch, loss=f"{sums['loss'] / it:.3f}", lr=f"{lr:.2e}", refresh=False
+                    )
             scheduler.step()  # §9.2: lr × 0.992 after every epoch
             if info.world > 1:  # log the global batch's loss (DDP averages the ranks' shard gradients)
                 reduced = torch.tensor(list(sums.values()), dtype=torch.float64, device=device)

@@ -49,6 +49,7 @@ from .latency.lut import LatencyTable
 from .losses import OhemCrossEntropy, sum_over_heads
 from .metrics import ConfusionMatrix
 from .models.architecture import Architecture
+from .models.network import init_weights_
 from .models.supernet import HEAD_NAMES, Supernet, build_supernet
 from .runs import Run, save_torch, seed_everything
 from .search_latency import (
@@ -139,16 +140,6 @@ def _pad_for_supernet(images: torch.Tensor) -> torch.Tensor:
 
 
 # ---- model ----------------------------------------------------------------------------------------------
-def init_weights_(module: nn.Module) -> None:
-    """§7.3: Kaiming-normal (fan_in, ReLU) conv weights, BN weight 1 and bias 0; conv biases untouched."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
 def supernet_loss_backward(
     net: Supernet,
     images: torch.Tensor,

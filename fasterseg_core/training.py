@@ -37,9 +37,14 @@ from .engine import TrainResult, current_dist, init_distributed, train
 from .evaluate import evaluate, load_checkpoint_model
 from .export import save_colour_predictions
 from .metrics import ConfusionMatrix
-from .models import Architecture, CheckpointMismatchError, build_network, published_architecture
+from .models import (
+    Architecture,
+    CheckpointMismatchError,
+    build_network,
+    init_weights_,
+    published_architecture,
+)
 from .runs import REPO_ROOT, Run, save_json, start_run, upstream_path
-from .search import init_weights_
 
 _log = logging.getLogger(__name__)
 
@@ -201,7 +206,7 @@ def run_training(cfg: RunConfig, run: Run, *, progress: bool = True) -> TrainSta
                 pd.DataFrame(cm.mat.numpy(), index=names, columns=names).to_csv(files[f"confusion_{split}"])
         if which == "best" and info.main:
             ds = splits["test" if "test" in splits else "val"]
-            picks = [i * len(ds) // 4 for i in range(min(4, len(ds)))]
+            picks = sorted({i * len(ds) // 4 for i in range(min(4, len(ds)))})
             files["predictions"] = run.dir / "predictions"
             save_colour_predictions(model, ds, picks, files["predictions"], device, train_set.table)
     if not info.main:

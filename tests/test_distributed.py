@@ -34,9 +34,8 @@ from fasterseg_core.engine import CHECKPOINT_FORMAT, DistInfo, epoch_loader, ohe
 from fasterseg_core.evaluate import evaluate
 from fasterseg_core.losses import OhemCrossEntropy, distillation_kl
 from fasterseg_core.metrics import ConfusionMatrix
-from fasterseg_core.models import build_network, published_architecture
+from fasterseg_core.models import build_network, init_weights_, published_architecture
 from fasterseg_core.runs import load_torch, save_torch
-from fasterseg_core.search import init_weights_
 
 REPO = Path(__file__).resolve().parents[1]
 WORLD = 2

@@ -13,9 +13,8 @@ from torch.utils.data import Dataset
 from fasterseg_core.config import TrainConfig, load_config
 from fasterseg_core.data import build_dataset
 from fasterseg_core.engine import DistInfo, TrainingDiverged, epoch_indices, rank_batches, train
-from fasterseg_core.models import build_network, published_architecture
+from fasterseg_core.models import build_network, init_weights_, published_architecture
 from fasterseg_core.runs import load_torch, start_run
-from fasterseg_core.search import init_weights_
 from fasterseg_core.training import StageInputMissing, run_training
 
 SPEC = TrainConfig(epochs=2, iters_per_epoch=2, batch_size=2, crop_size_hw=(64, 128), eval_every_epochs=1)

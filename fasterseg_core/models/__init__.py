@@ -8,7 +8,7 @@ from .checkpoint import CheckpointMismatchError, export_official_state_dict, loa
 from .derive import derive_architecture
 from .fuse import fuse_for_inference
 from .heads import ConvBnRelu, FeatureFusion, Head
-from .network import FasterSegNetwork, build_network
+from .network import FasterSegNetwork, build_network, init_weights_
 from .ops import OP_NAMES, OPS, WIDTH_CHOICES, ConvNorm, channels, resize
 from .published import build_published, published_architecture
 from .slimmable import USBatchNorm2d, USConv2d, make_divisible
@@ -36,6 +36,7 @@ __all__ = [
     "derive_architecture",
     "export_official_state_dict",
     "fuse_for_inference",
+    "init_weights_",
     "load_official_state_dict",
     "make_divisible",
     "published_architecture",

@@ -295,3 +295,13 @@ def build_network(
         skip_mode="single_conv" if deploy else "factorized",
         aux=aux,
     )
+
+
+def init_weights_(module: nn.Module) -> None:
+    """§7.3: Kaiming-normal (fan_in, ReLU) conv weights, BN weight 1 and bias 0; conv biases untouched."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
