@@ -164,7 +164,9 @@ def plot_architecture(arch: Architecture, title: str = "") -> Figure:
         label = _OP_SHORT[p.op] + ("↓" if p.stride == 2 else "")
         ax.text(x, y, f"{label}\n{p.c_out}", ha="center", va="center", fontsize=7, zorder=3)
     ax.add_patch(Rectangle((stem_xy[0] - 0.5, -0.18), 1.0, 0.36, facecolor="white", edgecolor="k", zorder=2))
-    ax.text(*stem_xy, f"stem\n{arch.channels(8, arch.stem_chi)}", ha="center", va="center", fontsize=7, zorder=3)
+    ax.text(
+        *stem_xy, f"stem\n{arch.channels(8, arch.stem_chi)}", ha="center", va="center", fontsize=7, zorder=3
+    )
     ax.add_patch(Rectangle((head_xy[0] - 0.5, -0.18), 1.0, 0.36, facecolor="white", edgecolor="k", zorder=2))
     ax.text(*head_xy, "FFM +\nhead", ha="center", va="center", fontsize=7, zorder=3)
     ax.set_yticks([0, -1, -2], ["1/8", "1/16", "1/32"])
@@ -174,7 +176,9 @@ def plot_architecture(arch: Architecture, title: str = "") -> Figure:
     ax.set_xlabel("cell (layer)")
     ax.set_ylabel("input resolution")
     ax.spines[["top", "right"]].set_visible(False)
-    handles = [Patch(facecolor=_OP_COLOUR[o], label=f"{_OP_SHORT[o]} = {o}") for o in _OP_COLOUR if o != "skip"]
+    handles = [
+        Patch(facecolor=_OP_COLOUR[o], label=f"{_OP_SHORT[o]} = {o}") for o in _OP_COLOUR if o != "skip"
+    ]
     handles += [Patch(facecolor="white", edgecolor=c, lw=2, label=f"branch {b} (→1/{8 * 2 ** e})")
                 for b, (c, e) in enumerate(zip(_BRANCH_COLOUR, arch.lasts))]  # fmt: skip
     if len(arch.branches) > 1:
@@ -217,7 +221,9 @@ def plot_arch_evolution(arch_history: Sequence[dict], role: str = "student") -> 
     if role == "teacher":
         groups.pop("gamma")  # the teacher's widths are fixed (one column)
     cmap = plt.get_cmap("tab10")
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 7), layout="constrained", squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(groups), figsize=(4.2 * len(groups), 7), layout="constrained", squeeze=False
+    )
     for ax, (kind, (names, choices)) in zip(axes[0], groups.items()):
         probs = []  # (epochs, rows, n_choices)
         labels: list[str] = []
@@ -299,13 +305,26 @@ def plot_latency(frame: pd.DataFrame) -> Figure:
             row = row.iloc[0]
             y = i + (j - (len(backends) - 1) / 2) * height
             if row.status == "ok":
-                ax.barh(y, row.median_ms, height=height * 0.9, color=colours[j % 10],
-                        xerr=[[0], [max(0.0, row.p90_ms - row.median_ms)]], error_kw={"lw": 0.8},
-                        label=backend if i == 0 or backend not in ax.get_legend_handles_labels()[1] else None)
+                ax.barh(
+                    y,
+                    row.median_ms,
+                    height=height * 0.9,
+                    color=colours[j % 10],
+                    xerr=[[0], [max(0.0, row.p90_ms - row.median_ms)]],
+                    error_kw={"lw": 0.8},
+                    label=backend if i == 0 or backend not in ax.get_legend_handles_labels()[1] else None,
+                )
                 ax.text(row.median_ms * 1.05, y, f"{row.median_ms:.1f}", va="center", fontsize=7)
             else:
-                ax.text(0.0, y, f"  {backend}: {row.status}", va="center", fontsize=7, color="grey",
-                        transform=ax.get_yaxis_transform())
+                ax.text(
+                    0.0,
+                    y,
+                    f"  {backend}: {row.status}",
+                    va="center",
+                    fontsize=7,
+                    color="grey",
+                    transform=ax.get_yaxis_transform(),
+                )
     ax.set_yticks(range(len(networks)), networks)
     ax.invert_yaxis()
     ax.set_xscale("log")
