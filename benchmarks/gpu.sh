@@ -6,6 +6,7 @@
 #
 #   bash benchmarks/gpu.sh [OUT_JSON]        # default: $OUT/gpu_latency.json or outputs/gpu_latency.json
 #
+# Extra CLI arguments go in GPU_LAT_ARGS, e.g. GPU_LAT_ARGS="--timed-seconds 1.5" for a shorter run.
 # Needs python3 with torch (+ torchvision, onnx, onnxruntime for the ORT rows); the package is used from
 # this checkout without installing it (the GPU machines cannot fetch packages).
 set -euo pipefail
@@ -21,10 +22,11 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.versio
 time python3 -m fasterseg_core.latency --device cuda --size 1024x2048 \
   --arch student --arch teacher --arch lraspp_mobilenet_v3_large --arch deeplabv3_mobilenet_v3_large \
   --backend eager --backend channels_last --backend fp16 --backend bf16 --backend compile \
-  --backend ort --backend tensorrt --agreement 3 --hardware-tag "$tag" --json "$out_json"
+  --backend cudagraph --backend cudagraph_fp16 \
+  --backend ort --backend tensorrt --agreement 3 --hardware-tag "$tag" --json "$out_json" ${GPU_LAT_ARGS:-}
 # The paper's protocol timed the nearest-interpolation deployment variant (spec §10).
-time python3 -m fasterseg_core.latency --device cuda --size 1024x2048 --deploy --arch student \
-  --backend eager --backend fp16 --backend compile --hardware-tag "$tag-deploy" --json "${out_json%.json}_deploy.json"
+time python3 -m fasterseg_core.latency --device cuda --size 1024x2048 --deploy --arch student --arch teacher \
+  --backend eager --backend fp16 --backend compile --backend cudagraph --backend cudagraph_fp16 --hardware-tag "$tag-deploy" --json "${out_json%.json}_deploy.json" ${GPU_LAT_ARGS:-}
 python3 - "$out_json" <<'PY'
 import json, sys
 rows = json.load(open(sys.argv[1]))

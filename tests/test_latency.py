@@ -40,7 +40,7 @@ def test_available_backends_return_positive_finite_figures(backend):
     assert rec["backend_version"].startswith(expected_runtime)
 
 
-@pytest.mark.parametrize("backend", ["fp16", "tensorrt"])
+@pytest.mark.parametrize("backend", ["fp16", "tensorrt", "cudagraph", "cudagraph_fp16"])
 def test_unavailable_backend_is_reported_not_substituted(backend):
     r = measure(_tiny_net(), (1, 3, 16, 16), "cpu", backend, **FAST)
     assert r.status == "unavailable"
@@ -54,6 +54,20 @@ def test_prepare_raises_for_unavailable_and_rejects_unknown():
     with pytest.raises(ValueError, match="unknown backend"):
         prepare(_tiny_net(), torch.randn(1, 3, 8, 8), "openvino", "cpu")
     assert set(BACKENDS) >= {"eager", "compile", "ort", "ort_int8"}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["cudagraph", "cudagraph_fp16"])
+def test_cuda_graph_replay_matches_eager(backend):
+    net = _tiny_net()
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    ref = prepare(net, x, "eager", "cuda")
+    cand = prepare(net, x, backend, "cuda")
+    tol = 1e-4 if backend == "cudagraph" else 2e-2
+    torch.testing.assert_close(cand.run().float().cpu(), ref.forward(x), rtol=tol, atol=tol)
+    other = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(cand.forward(other), ref.forward(other), rtol=tol, atol=tol)
 
 
 def test_prepare_leaves_the_callers_network_untouched():

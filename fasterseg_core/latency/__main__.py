@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
 
                 d["lut_estimate_ms"] = estimate_latency(published_architecture(name), lut)
             results.append(d)
+            if args.json:  # written after every row, so a run stopped at a time limit keeps what it measured
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(results, indent=1))
             figure = (
                 f"{r.median_ms:8.2f} ms  {r.fps:7.1f} FPS" if r.status == "ok" else f"{r.status}: {r.reason}"
             )
@@ -151,9 +154,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name:30s} {backend:14s} {figure}  ({cx.params / 1e6:.2f} M params, "
                 f"{cx.thop_macs / 1e9:.2f} G MACs thop)"
             )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1))
     return 0
 
 
