@@ -268,6 +268,8 @@ def train(
     if teacher is not None:
         teacher = teacher.to(device).eval()  # §9.3: frozen, eval-mode batch norm
         teacher.requires_grad_(False)
+        if spec.channels_last:  # same layout as the images, so no per-layer reorders
+            teacher = teacher.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
         net.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
     )
