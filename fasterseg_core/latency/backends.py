@@ -28,6 +28,7 @@ output as a torch tensor (for agreement checks), plus ``info`` describing what a
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import io
 import tempfile
@@ -261,19 +262,18 @@ def prepare(
     info: dict[str, Any] = {"backend": backend}
     wrapped = OutputOnly(net).eval()
 
-    if backend in ("cudagraph", "cudagraph_fp16"):
-        if device.type != "cuda":
-            raise BackendUnavailable("CUDA graphs need a CUDA device")
-        return _cudagraph_prepared(wrapped, x, device, backend == "cudagraph_fp16", info, sync)
-
-    if backend in ("eager", "channels_last", "compile", "bf16", "fp16"):
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(backend, torch.float32)
+    if backend not in ("ort", "ort_int8", "tensorrt"):  # torch paths: eager, its layouts, dtypes, graphs
+        low = {"bf16": torch.bfloat16, "fp16": torch.float16, "cudagraph_fp16": torch.float16}
+        dtype = low.get(backend, torch.float32)
+        graphed = backend.startswith("cudagraph")
         if backend == "fp16" and device.type != "cuda":
             raise BackendUnavailable("fp16 inference is timed on CUDA only (CPU fp16 convs are emulated)")
+        if graphed and device.type != "cuda":
+            raise BackendUnavailable("CUDA graphs need a CUDA device")
         # Low precision runs with bf16/fp16 weights and activations in NHWC: that is what oneDNN (AMX/
         # AVX512-BF16) and cuDNN tensor cores are fastest at. (CPU autocast re-casts every weight on every
         # call and measured ~8x slower than this here.)
-        nhwc = backend in ("channels_last", "bf16", "fp16")
+        nhwc = backend in ("channels_last", "bf16", "fp16", "cudagraph_fp16")
         if dtype != torch.float32:
             wrapped, x = wrapped.to(dtype), x.to(dtype)
         if nhwc:
@@ -288,14 +288,30 @@ def prepare(
             except Exception as e:
                 raise BackendFailed(f"torch.compile failed: {type(e).__name__}: {str(e)[:400]}") from e
         info.update(
-            backend_version=f"torch {torch.__version__}",
+            backend_version=f"torch {torch.__version__}" + (" (CUDA graph of eager)" if graphed else ""),
             dtype=str(dtype).replace("torch.", ""),
             memory_format="channels_last" if nhwc else "contiguous",
         )
 
-        def run() -> torch.Tensor:
-            with torch.inference_mode():
-                return fn(x)
+        if graphed:
+            try:  # the graph owns its input buffer (x may alias the caller's example)
+                graph, static_out = _capture_graph(wrapped, x.clone(memory_format=torch.preserve_format))
+            except Exception as e:
+                raise BackendFailed(f"CUDA graph capture failed: {type(e).__name__}: {str(e)[:400]}") from e
+            # Agreement on new images captures a graph on each image and replays it once: copying new images
+            # into the timed graph's input buffer gave stale or NaN outputs on an H200 with torch 2.11
+            # (benchmarks/cudagraph_check.py), while replay on the captured input matched eager.
+            fn = functools.partial(_replay_once, wrapped)
+
+            def run() -> torch.Tensor:
+                graph.replay()
+                return static_out
+
+        else:
+
+            def run() -> torch.Tensor:
+                with torch.inference_mode():
+                    return fn(x)
 
         def forward_any(inp: torch.Tensor) -> torch.Tensor:
             inp = inp.to(device, dtype)
@@ -339,63 +355,26 @@ def prepare(
     return _tensorrt_prepared(trt, net, example, device, info)
 
 
-def _capture_graph(wrapped: nn.Module, static_in: torch.Tensor, device: torch.device):
+def _capture_graph(wrapped: nn.Module, static_in: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
     """Capture one eval forward pass of ``wrapped`` on ``static_in`` as a CUDA graph → (graph, output)."""
     # Warm up on a side stream first (cuDNN algorithm choice and allocator growth must not be captured).
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
+    side = torch.cuda.Stream(static_in.device)
+    side.wait_stream(torch.cuda.current_stream(static_in.device))
     with torch.cuda.stream(side), torch.inference_mode():
         for _ in range(3):
             wrapped(static_in)
-    torch.cuda.current_stream(device).wait_stream(side)
+    torch.cuda.current_stream(static_in.device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.inference_mode(), torch.cuda.graph(graph):
         static_out = wrapped(static_in)
     return graph, static_out
 
 
-def _cudagraph_prepared(
-    wrapped: nn.Module,
-    x: torch.Tensor,
-    device: torch.device,
-    half: bool,
-    info: dict[str, Any],
-    sync: Callable[[], None],
-) -> Prepared:
-    """A CUDA graph of one eval forward pass on a static input buffer; ``run`` replays it."""
-    dtype = torch.float16 if half else torch.float32
-    fmt = torch.channels_last if half else torch.contiguous_format
-    if half:
-        wrapped = wrapped.to(dtype).to(memory_format=torch.channels_last)
-
-    def static(inp: torch.Tensor) -> torch.Tensor:
-        return inp.to(device, dtype).contiguous(memory_format=fmt).clone()
-
-    static_in = static(x)
-    try:
-        graph, static_out = _capture_graph(wrapped, static_in, device)
-    except Exception as e:
-        raise BackendFailed(f"CUDA graph capture failed: {type(e).__name__}: {str(e)[:400]}") from e
-    info.update(
-        backend_version=f"torch {torch.__version__} (CUDA graph of eager)",
-        dtype=str(dtype).replace("torch.", ""),
-        memory_format="channels_last" if half else "contiguous",
-    )
-
-    def run() -> torch.Tensor:
-        graph.replay()
-        return static_out
-
-    def forward_any(inp: torch.Tensor) -> torch.Tensor:
-        # A graph captured on this very image, replayed once: the path ``run`` times. (Copying new images
-        # into the timed graph's input buffer gave stale or NaN outputs on an H200 with torch 2.11 in our
-        # diagnostic, benchmarks/cudagraph_check.py, while replay on the captured input matched eager; the
-        # agreement check therefore never relies on buffer reuse.)
-        g, out = _capture_graph(wrapped, static(inp), device)
-        g.replay()
-        return out.float().cpu()
-
-    return Prepared(run, info, sync, forward_any)
+def _replay_once(wrapped: nn.Module, inp: torch.Tensor) -> torch.Tensor:
+    """Output of a CUDA graph captured on ``inp`` and replayed once (the path the timed ``run`` takes)."""
+    graph, out = _capture_graph(wrapped, inp)
+    graph.replay()
+    return out
 
 
 def _tensorrt_prepared(
