@@ -1,6 +1,6 @@
 """Seconds per search iteration (architecture + weight step) and peak memory, against a teacher training step.
 
-    python benchmarks/search.py [--profile camvid-cpu] [--iters 3] [--threads 0] [--layers 0]
+    python benchmarks/search.py [--profile camvid-cpu] [--iters 3] [--threads 0] [--layers 0] [--paths mix sample]
 
 At the profile's search crop and batch (``search.search_crop_hw``, ``search.search_batch_size``) and
 supernet depth (``model.num_layers``), on the profile's device, in one process:
@@ -8,18 +8,21 @@ supernet depth (``model.num_layers``), on the profile's device, in one process:
 1. one training step of the published teacher (``build_published("teacher", num_classes=11)``; OHEM on
    ``out`` + 0.2 × the two aux heads, SGD) — the yardstick;
 2. one search iteration (spec §3.4): the architecture step (four passes + the student's latency term,
-   Adam) and the weight step (four passes, clipping, SGD).
+   Adam) and the weight step (four passes, clipping, SGD), for each path mode asked: ``mix`` (the paper:
+   all five operators of every cell, both inputs of every two-input cell) and ``sample`` (the opt-in
+   ``search.path_sampling`` deviation: one sampled operator and input per cell).
 
 Inputs are random tensors (data loading is not timed). The latency term uses a table with one made-up
 value per entry: its cost does not depend on the values. Peak memory is the process's maximum resident
 set size (CPU) or ``torch.cuda.max_memory_allocated`` (CUDA), read after the teacher's warm-up step and
-again after the supernet's (so the second figure includes the teacher's ~1 GB). The timed repetitions
-alternate teacher step and search iteration; the ratio (target ≤ 6×) is the median of their ratios.
+again after each path mode's warm-up (cumulative: it includes the teacher's ~1 GB). The timed repetitions
+alternate teacher step and search iterations; each ratio (target ≤ 6×) is the median of per-repetition ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import resource
@@ -85,6 +88,9 @@ def main() -> None:
     parser.add_argument(
         "--layers", type=int, default=0, help="supernet layers L (0 = the profile's model.num_layers)"
     )
+    parser.add_argument(
+        "--paths", nargs="+", choices=("mix", "sample"), default=["mix", "sample"], help="path modes to time"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -120,33 +126,43 @@ def main() -> None:
     ]
     gen = torch.Generator().manual_seed(1)
 
-    def arch() -> None:
-        arch_step(net, x, y, crit, a_opts, latency, sc.latency_lambda_init, generator=gen)
+    def arch(path: str) -> None:
+        arch_step(net, x, y, crit, a_opts, latency, sc.latency_lambda_init, generator=gen, path=path)
 
-    def weights() -> None:
-        weight_step(net, x, y, crit, w_opt, SEARCH_PASSES, clip_norm=sc.grad_clip_norm, generator=gen)
+    def weights(path: str) -> None:
+        weight_step(
+            net, x, y, crit, w_opt, SEARCH_PASSES, clip_norm=sc.grad_clip_norm, generator=gen, path=path
+        )
 
-    arch(), weights()  # warm-up
-    mem_search = _peak_mb(device)
-    t_teacher, t_arch, t_weight = [], [], []
+    mem_search = {}
+    for path in args.paths:  # warm-up; memory after each (cumulative: the process's peak so far)
+        arch(path), weights(path)
+        mem_search[path] = _peak_mb(device)
+    t_teacher: list[float] = []
+    t_arch: dict[str, list[float]] = {path: [] for path in args.paths}
+    t_weight: dict[str, list[float]] = {path: [] for path in args.paths}
     for _ in range(args.iters):
         t_teacher.append(_seconds(teacher_step, device))
-        t_arch.append(_seconds(arch, device))
-        t_weight.append(_seconds(weights, device))
-    t_search = [a + w for a, w in zip(t_arch, t_weight)]
-    ratios = [s / t for s, t in zip(t_search, t_teacher)]
+        for path in args.paths:
+            t_arch[path].append(_seconds(functools.partial(arch, path), device))
+            t_weight[path].append(_seconds(functools.partial(weights, path), device))
 
-    med_t, med_s, ratio = (statistics.median(v) for v in (t_teacher, t_search, ratios))
+    med_t = statistics.median(t_teacher)
     print(f"teacher training step : {med_t:8.3f} s   peak memory {mem_teacher:8.0f} MiB")
-    print(
-        f"search iteration      : {med_s:8.3f} s   peak memory {mem_search:8.0f} MiB   "
-        f"(arch step {statistics.median(t_arch):.3f} s + weight step {statistics.median(t_weight):.3f} s)"
-    )
-    print(f"ratio search / teacher: {ratio:8.2f}×   target ≤ 6×: {'met' if ratio <= 6 else 'missed'}")
-    print(
-        f"| {args.profile} | {batch}×{crop[0]}×{crop[1]} | L={cfg.model.num_layers} | {med_t:.2f} s | "
-        f"{med_s:.2f} s | {ratio:.1f}× | {mem_search:.0f} MiB |"
-    )
+    print(f"(profile {args.profile}: search.path_sampling = {str(sc.path_sampling).lower()})")
+    for path in args.paths:
+        t_search = [a + w for a, w in zip(t_arch[path], t_weight[path])]
+        ratio = statistics.median([s / t for s, t in zip(t_search, t_teacher)])
+        med_s = statistics.median(t_search)
+        print(
+            f"search iteration {path:6s}: {med_s:8.3f} s   peak memory {mem_search[path]:8.0f} MiB   (arch step "
+            f"{statistics.median(t_arch[path]):.3f} s + weight step {statistics.median(t_weight[path]):.3f} s)"
+        )
+        print(f"ratio search / teacher: {ratio:8.2f}×   target ≤ 6×: {'met' if ratio <= 6 else 'missed'}")
+        print(
+            f"| {args.profile} | {path} | {batch}×{crop[0]}×{crop[1]} | L={cfg.model.num_layers} | {med_t:.2f} s | "
+            f"{med_s:.2f} s | {ratio:.1f}× | {mem_search[path]:.0f} MiB |"
+        )
 
 
 if __name__ == "__main__":

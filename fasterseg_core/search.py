@@ -20,6 +20,13 @@ row, ``ratio_k_s``); architecture index k = 0 teacher, 1 student (they share eve
    The latency objective and λ live in :mod:`~fasterseg_core.search_latency`, derivation and artefacts
    in :mod:`~fasterseg_core.search_results`.
 
+Deviation, opt-in (``search.path_sampling: true``, default false): every pass runs one sampled operator per
+cell and one sampled input per two-input cell instead of all of them (``path="sample"`` of
+:meth:`~fasterseg_core.models.supernet.Supernet.forward`), and the per-epoch evaluation runs the most likely
+path (``path="argmax"``). The objective, the four passes, the latency term and λ are unchanged; a search
+iteration then costs a few training steps of a derived network instead of tens (``benchmarks/search.py``).
+Pretraining with uniform α then samples operators uniformly (single-path one-shot training).
+
 Determinism: every epoch's randomness (data order, augmentation, random/Gumbel widths) is drawn from
 generators seeded by (seed, phase, epoch) alone, and the checkpoint written after each epoch holds the
 weights, α/β/γ, optimiser and scheduler states, λ and the history. Resuming after an interruption
@@ -77,6 +84,16 @@ SEARCH_PASSES = ((0, "max"), (1, "gumbel"), (1, "max"), (1, "min"))
 # How each index is evaluated after a search epoch: the teacher at full width, the student at the widths
 # derivation keeps (argmax γ, §4.3).
 EVAL_WIDTHS = {0: "max", 1: "argmax"}
+
+
+def train_path(path_sampling: bool) -> str:
+    """The supernet path mode of the training passes: "sample" with ``search.path_sampling``, else "mix"."""
+    return "sample" if path_sampling else "mix"
+
+
+def eval_path(path: str) -> str:
+    """Evaluation runs the mixture (the paper) or, for a sampled search, the most likely path."""
+    return "argmax" if path == "sample" else "mix"
 
 
 # ---- data -----------------------------------------------------------------------------------------------
@@ -149,6 +166,7 @@ def supernet_loss_backward(
     *,
     inputs: Sequence[torch.Tensor],
     generator: torch.Generator | None = None,
+    path: str = "mix",
 ) -> float:
     """Σ over ``passes`` of the OHEM loss summed over the five heads (§3.2), backpropagated into ``inputs``.
 
@@ -159,6 +177,7 @@ def supernet_loss_backward(
     Args:
         images: (N, 3, H, W) float crops; labels: (N, H, W) int64 at crop size (resized to the logits here).
         passes: (architecture index, width mode) per forward pass.
+        path: the supernet's path mode, "mix" (the paper) or "sample" (``search.path_sampling``).
 
     Returns:
         The summed loss (a float).
@@ -166,7 +185,7 @@ def supernet_loss_backward(
     total = 0.0
     target = None
     for arch_idx, mode in passes:
-        heads = net(images, arch_idx, mode, generator=generator)["heads"]
+        heads = net(images, arch_idx, mode, generator=generator, path=path)["heads"]
         if target is None:
             target = _labels_at(labels, next(iter(heads.values())).shape[-2:])
         loss = sum_over_heads(criterion, heads, target)
@@ -186,6 +205,7 @@ def arch_step(
     *,
     latency_scale: float = 1.0,
     generator: torch.Generator | None = None,
+    path: str = "mix",
 ) -> dict[str, float]:
     """One first-order architecture update (§3.4 step 1) on an arch-half batch.
 
@@ -198,7 +218,7 @@ def arch_step(
         opt.zero_grad(set_to_none=True)
     arch_params = net.arch_parameters()
     out = {"loss": supernet_loss_backward(net, images, labels, criterion, SEARCH_PASSES, inputs=arch_params,
-                                          generator=generator)}  # fmt: skip
+                                          generator=generator, path=path)}  # fmt: skip
     if latency is not None:
         lat, terms = latency(generator)
         if lam > 0:
@@ -219,13 +239,20 @@ def weight_step(
     *,
     clip_norm: float,
     generator: torch.Generator | None = None,
+    path: str = "mix",
 ) -> float:
-    """One weight update (§3.4 step 2): zero **all** gradients, loss, backward, clip, SGD. Returns the loss."""
+    """One weight update (§3.4 step 2): zero **all** gradients, loss, backward, clip, SGD. Returns the loss.
+
+    With ``path="sample"`` the operators no pass ran keep ``grad = None`` and SGD leaves them (and their
+    momentum and weight decay) untouched this step, as in single-path supernet training.
+    """
     # The May-2021 fix: without zeroing every parameter's gradient here, gradients the architecture step
     # left on the weights leak into this SGD step. (Our arch step computes none, but the rule stays explicit.)
     net.zero_grad(set_to_none=True)
     weights = net.weight_parameters()
-    loss = supernet_loss_backward(net, images, labels, criterion, passes, inputs=weights, generator=generator)
+    loss = supernet_loss_backward(
+        net, images, labels, criterion, passes, inputs=weights, generator=generator, path=path
+    )
     nn.utils.clip_grad_norm_(weights, clip_norm)  # "all model parameters": the arch grads are None here
     optimizer.step()
     return loss
@@ -233,9 +260,11 @@ def weight_step(
 
 @torch.no_grad()
 def evaluate_heads(
-    net: Supernet, loader: Iterable, arch_idx: int, width_mode: str, device: torch.device
+    net: Supernet, loader: Iterable, arch_idx: int, width_mode: str, device: torch.device, path: str = "mix"
 ) -> dict[str, ConfusionMatrix]:
     """Confusion matrix of each of the five heads of one index over a whole split (eval mode, §3.5).
+
+    ``path``: "mix" (the paper) or "argmax" (the most likely operator and input; a sampled search).
 
     Images are zero-padded to supernet-compatible sides and the logits cropped back to the label size.
     """
@@ -245,7 +274,7 @@ def evaluate_heads(
     try:
         for images, labels in loader:
             h, w = images.shape[-2:]
-            heads = net(_pad_for_supernet(images.to(device)), arch_idx, width_mode)["heads"]
+            heads = net(_pad_for_supernet(images.to(device)), arch_idx, width_mode, path=path)["heads"]
             labels = labels.to(device)
             for name, logits in heads.items():
                 cms[name].update(logits[..., :h, :w].argmax(1), labels)
@@ -356,6 +385,7 @@ def search(cfg: RunConfig, run: Run, lut: LatencyTable, *, progress: bool = True
     from tqdm.auto import tqdm
 
     sc, device = cfg.search, run.device
+    path = train_path(sc.path_sampling)
     if sc.search_epochs < 1:
         raise ValueError("search.search_epochs must be at least 1 (the architecture is derived after each)")
     if tuple(lut.input_hw) != tuple(sc.latency_input_hw):
@@ -431,9 +461,9 @@ def search(cfg: RunConfig, run: Run, lut: LatencyTable, *, progress: bool = True
         for (wx, wy), (ax, ay) in zip(*loaders):
             t_it = time.perf_counter()
             a = arch_step(net, ax.to(device), ay.to(device), criterion, a_opts, latency, lam,
-                          latency_scale=latency_scale, generator=gen)  # fmt: skip
+                          latency_scale=latency_scale, generator=gen, path=path)  # fmt: skip
             w = weight_step(net, wx.to(device), wy.to(device), criterion, w_opt, SEARCH_PASSES,
-                            clip_norm=sc.grad_clip_norm, generator=gen)  # fmt: skip
+                            clip_norm=sc.grad_clip_norm, generator=gen, path=path)  # fmt: skip
             step = {"loss_arch": a.pop("loss"), "loss_weights": w} | {f"{k}_ms": v for k, v in a.items()}
             for k, v in step.items():
                 sums[k] = sums.get(k, 0.0) + v / iters
@@ -449,7 +479,7 @@ def search(cfg: RunConfig, run: Run, lut: LatencyTable, *, progress: bool = True
         t1 = time.perf_counter()
         miou = {
             role: {h: cm.compute()["miou"] for h, cm in evaluate_heads(net, eval_loader, k, EVAL_WIDTHS[k],
-                                                                        device).items()}
+                                                                        device, eval_path(path)).items()}
             for k, role in enumerate(ROLES)
         }  # fmt: skip
         derived = derive_networks(net, cfg, lut, data.num_classes, pair_miou(miou))
@@ -505,6 +535,7 @@ def _pretrain(net, data, cfg, device, ckpt_dir, key, progress, tqdm):  # type: i
         The pretraining history (one record per epoch).
     """
     sc = cfg.search
+    path = train_path(sc.path_sampling)
     iters = iterations_per_epoch(sc.iters_per_epoch, sc.min_iters_per_epoch, len(data.pretrain),
                                  sc.pretrain_batch_size)  # fmt: skip
     criterion = OhemCrossEntropy(ohem_min_kept(sc.pretrain_batch_size, sc.pretrain_crop_hw), sc.ohem_thresh)
@@ -531,7 +562,7 @@ def _pretrain(net, data, cfg, device, ckpt_dir, key, progress, tqdm):  # type: i
         for x, y in loader:
             t_it = time.perf_counter()
             loss = weight_step(net, x.to(device), y.to(device), criterion, opt, PRETRAIN_PASSES,
-                               clip_norm=sc.grad_clip_norm, generator=gen)  # fmt: skip
+                               clip_norm=sc.grad_clip_norm, generator=gen, path=path)  # fmt: skip
             total += loss
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.3g}")

@@ -230,6 +230,34 @@ def test_arch_step_moves_only_architecture_and_weight_step_does_not_leak(tiny_ne
     assert all(p.grad is None for p in net.arch_parameters())  # the weight step leaves α/β/γ alone
 
 
+def test_sampled_path_steps_train_alpha_beta_and_only_the_sampled_operators(tiny_net: Supernet) -> None:
+    """search.path_sampling: the arch step still moves α/β of both indices, and the weight step changes
+    only the operators some pass ran (the others keep grad None: no update, no weight decay)."""
+    torch.set_num_threads(1)
+    net = tiny_net.train()
+    crit = OhemCrossEntropy(ohem_min_kept(2, (64, 64)))
+    arch_before = {n: p.detach().clone() for n, p in net.arch.items()}
+    opts = [torch.optim.Adam(net.arch_parameters(k), lr=3e-4, betas=(0.5, 0.999)) for k in (0, 1)]
+    x, y = _batch(1)
+    arch_step(net, x, y, crit, opts, SupernetLatency(net, fake_lut()), 0.01,
+              generator=torch.Generator().manual_seed(0), path="sample")  # fmt: skip
+    for k in (0, 1):
+        assert not torch.equal(net.arch[f"alpha_{k}_0"], arch_before[f"alpha_{k}_0"])
+        assert not torch.equal(net.arch[f"beta_{k}_1"], arch_before[f"beta_{k}_1"])
+    assert all(p.grad is None for p in net.weight_parameters())
+
+    ops = [op for _, cell in net.cell_slots() for m in (cell.op, cell.down) if m is not None for op in m.ops]
+    before = [[p.detach().clone() for p in op.parameters()] for op in ops]
+    opt = torch.optim.SGD(net.weight_parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    weight_step(net, *_batch(2), crit, opt, SEARCH_PASSES, clip_norm=5.0,
+                generator=torch.Generator().manual_seed(3), path="sample")  # fmt: skip
+    changed = [
+        any(not torch.equal(a, b) for a, b in zip(old, op.parameters())) for old, op in zip(before, ops)
+    ]
+    ran = [any(p.grad is not None for p in op.parameters()) for op in ops]
+    assert changed == ran and 0 < sum(changed) < len(ops) / 2  # four passes, one operator per cell each
+
+
 def test_derived_networks_build_and_train(tiny_net: Supernet) -> None:
     torch.set_num_threads(1)
     cfg = load_config("smoke", {"model.num_layers": 6, "model.base_channels": 6})
@@ -259,13 +287,17 @@ def test_derived_networks_build_and_train(tiny_net: Supernet) -> None:
 
 # ---- the whole stage: artefacts and resume (§3.5) -------------------------------------------------------
 def _tiny_cfg(root: Path, lut_path: Path):
-    return load_config("smoke", {
+    return load_config("smoke", _tiny_overrides(root, lut_path))
+
+
+def _tiny_overrides(root: Path, lut_path: Path) -> dict:
+    return {
         "output_root": str(root), "model.num_layers": 6, "model.base_channels": 6,
         "data.synthetic_train_images": 8, "data.synthetic_eval_images": 2, "data.synthetic_hw": [64, 128],
         "search.pretrain_epochs": 2, "search.search_epochs": 2, "search.iters_per_epoch": 1,
         "search.pretrain_crop_hw": [64, 64], "search.search_crop_hw": [64, 64], "search.base_scale": 1.0,
         "search.latency_input_hw": list(HW), "search.latency_table": str(lut_path),
-    })  # fmt: skip
+    }  # fmt: skip
 
 
 def test_a_table_that_does_not_fit_fails_before_training(tmp_path: Path) -> None:
@@ -274,6 +306,19 @@ def test_a_table_that_does_not_fit_fails_before_training(tmp_path: Path) -> None
     with pytest.raises(ValueError, match="does not fit this search.*19 classes"):
         run_search(cfg, start_run(cfg, "01_search"), progress=False)
     assert not (tmp_path / "smoke" / "01_search" / "checkpoints" / "pretrain.pt").exists()
+
+
+def test_search_with_path_sampling_runs_end_to_end(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    lut_path = fake_lut().save(tmp_path / "lut.json")
+    cfg = load_config("smoke", {**_tiny_overrides(tmp_path, lut_path), "search.path_sampling": True,
+                                "search.pretrain_epochs": 1, "search.search_epochs": 1})  # fmt: skip
+    result = run_search(cfg, start_run(cfg, "01_search"), progress=False)
+    assert [h["phase"] for h in result.history] == ["pretrain", "search"]
+    for role in ("teacher", "student"):
+        net = build_network(getattr(result, role), 19).eval()
+        with torch.no_grad():
+            assert net(torch.randn(1, 3, 64, 128))["out"].shape == (1, 19, 64, 128)
 
 
 @pytest.mark.slow

@@ -126,6 +126,86 @@ def test_gumbel_follows_width_logits(net: Supernet) -> None:
         net.load_arch_state(state)
 
 
+def _ops_with_grad(net: Supernet) -> list[list[int]]:
+    """Per mixed op (``op`` and ``down`` of every cell): indices of the operators whose weights got a gradient."""
+    used = []
+    for _, cell in net.cell_slots():
+        for mixed in (cell.op, cell.down):
+            if mixed is not None:
+                used.append(
+                    [o for o, op in enumerate(mixed.ops) if any(p.grad is not None for p in op.parameters())]
+                )
+    return used
+
+
+@pytest.mark.parametrize("arch_idx,mode", [(0, "max"), (1, "gumbel"), (1, "min")])
+def test_sampled_path_runs_one_operator_per_cell_and_trains_alpha_and_beta(
+    net: Supernet, arch_idx: int, mode: str
+) -> None:
+    """``path="sample"`` (search.path_sampling): one operator per cell, shared by its op and down, and one
+    input per two-input cell; α and β still receive a gradient through the straight-through sample."""
+    torch.set_num_threads(1)
+    net.train()
+    net.zero_grad(set_to_none=True)
+    x = torch.randn(1, 3, *X_HW, generator=torch.Generator().manual_seed(1))
+    out = net(x, arch_idx, mode, generator=torch.Generator().manual_seed(2), path="sample")
+    assert all(y.shape == (1, 19, X_HW[0] // 8, X_HW[1] // 8) for y in out["heads"].values())
+    _loss(out).backward()
+    used = _ops_with_grad(net)
+    # at most one operator each: none for a dead output (the input not taken by the next cell, not
+    # computed) or the parameter-free identity skip of a stride-1 op
+    assert all(len(ops) <= 1 for ops in used) and sum(map(len, used)) > 0, used
+    both_live = 0
+    for _, cell in net.cell_slots():  # a cell's op and down run the same sampled operator
+        if cell.down is not None:
+            ran = [
+                [o for o, op in enumerate(m.ops) if op.conv1.weight.grad is not None]
+                for m in (cell.op, cell.down)
+            ]
+            if ran[0] and ran[1]:  # both outputs live (and the op not the weight-free identity skip)
+                both_live += 1
+                assert ran[0] == ran[1], ran
+    assert both_live > 0
+    for name, p in net.arch.items():
+        if int(name.split("_")[1]) == arch_idx and name.startswith(("alpha", "beta")):
+            assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    # the stride-8 chain always reaches the heads, so each of its cells' α rows is trained
+    assert (net.arch[f"alpha_{arch_idx}_0"].grad.abs().sum(-1) > 0).all()
+    # different draws pick different operators; the same draw the same ones
+    picks = []
+    for seed in (2, 2, 3):
+        net.zero_grad(set_to_none=True)
+        _loss(net(x, arch_idx, mode, generator=torch.Generator().manual_seed(seed), path="sample")).backward()
+        picks.append(_ops_with_grad(net))
+    assert picks[0] == picks[1] != picks[2]
+
+
+def test_argmax_path_runs_the_most_likely_operator_deterministically(net: Supernet) -> None:
+    state = net.arch_state(1)
+    try:
+        preferred = {n: torch.zeros_like(t) for n, t in state.items() if n.startswith("alpha")}
+        for t in preferred.values():
+            t[:, 3] = 5.0  # conv_2x everywhere
+        net.load_arch_state(preferred)
+        net.train()
+        net.zero_grad(set_to_none=True)
+        x = torch.randn(1, 3, *X_HW)
+        a = net(x, 1, "max", path="argmax")
+        _loss(a).backward()
+        used = _ops_with_grad(net)
+        assert all(ops in ([3], []) for ops in used) and used.count([3]) >= SMALL["num_layers"], (
+            used
+        )  # [] dead
+        assert all(p.grad is None for n, p in net.arch.items() if n.startswith(("alpha", "beta")))
+        with torch.no_grad():
+            b = net(x, 1, "max", path="argmax")
+        assert all(torch.equal(a["heads"][h], b["heads"][h]) for h in HEAD_NAMES)
+        with pytest.raises(ValueError, match="path must be one of"):
+            net(x, 1, "max", path="single")
+    finally:
+        net.load_arch_state(state)
+
+
 def test_cell_slots_follow_the_width_table(net: Supernet) -> None:
     L = SMALL["num_layers"]
     slots = {(s.layer, s.scale): (s, cell) for s, cell in net.cell_slots()}

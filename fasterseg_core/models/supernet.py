@@ -23,6 +23,14 @@ width, ``"random"`` draws each feature's width uniformly from W (pretraining's s
 ``"argmax"`` takes each γ row's most likely width, the one derivation keeps (§4.3; used to evaluate the
 searched student).
 Stem and head widths are fixed per index (teacher 12/12, student 8/12).
+
+Path modes: ``"mix"`` (the paper, default) runs all five operators of every mixed op and both inputs of
+every two-input cell, weighted by softmax(α) / softmax(β). ``"sample"`` — a deliberate deviation, opt-in via
+``search.path_sampling`` — runs one operator per cell and one input per two-input cell, drawn from a hard
+straight-through Gumbel-softmax of the α / β row (as the widths are, §2.4; single-path sampling as in
+GDAS, Dong & Yang, CVPR 2019): a forward pass then costs about what one derived network costs instead of
+~5-10x that, and α/β still get a gradient through the sample's straight-through factor. ``"argmax"`` runs
+the most likely operator and input (deterministic; evaluation of a sampled search).
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ if TYPE_CHECKING:
     from ..config import ModelConfig
 
 WIDTH_MODES = ("max", "min", "random", "gumbel", "argmax")
+PATH_MODES = ("mix", "sample", "argmax")
 HEAD_NAMES = ("8s", "16s", "32s", "8s_32s", "16s_32s")
 ARCH_INIT = 1e-3  # §2.3: every architecture logit starts at 1e-3 (uniform after softmax)
 
@@ -108,20 +117,24 @@ class MixedOp(nn.Module):
         op_weights: torch.Tensor,
         widths: tuple[float, float],
         gate: torch.Tensor | None,
+        only: int | None = None,
     ) -> torch.Tensor:
-        """Mix all operators.
+        """Mix all operators, or run one.
 
         Args:
             x: (N, make_divisible(c_in·w_in), H, W) float.
-            op_weights: (5,) softmax(α row).
+            op_weights: (5,) softmax(α row), or a (straight-through) one-hot row when ``only`` is set.
             widths: (w_in, w_out) ratios.
             gate: g_in·g_out straight-through Gumbel factor (value 1.0), or None for fixed widths.
+            only: run just this operator, scaled by ``op_weights[only]`` (path modes "sample"/"argmax").
 
         Returns:
             (N, make_divisible(c_out·w_out), H / stride, W / stride).
         """
         total: torch.Tensor | None = None
-        for p, op in zip(op_weights, self.ops):
+        for o, (p, op) in enumerate(zip(op_weights, self.ops)):
+            if only is not None and o != only:
+                continue
             op.set_ratio(widths)
             y = p * op(x)
             total = y if total is None else total + y
@@ -380,15 +393,26 @@ class Supernet(nn.Module):
         return out
 
     def _gumbel_rows(self, logits: torch.Tensor, generator: torch.Generator | None) -> list[WidthSample]:
-        # Hard straight-through Gumbel-softmax, τ = 1, on log_softmax(row) (§2.4).
-        dev = generator.device if generator is not None else logits.device
-        u = torch.rand(logits.shape, generator=generator, device=dev, dtype=logits.dtype).to(logits.device)
-        g = -torch.log(-torch.log(u + 1e-20) + 1e-20)
-        soft = torch.softmax(F.log_softmax(logits, dim=-1) + g, dim=-1)
-        idx = soft.argmax(dim=-1)
-        hard = F.one_hot(idx, logits.shape[1]).to(soft.dtype) - soft.detach() + soft
-        gates = hard.gather(1, idx[:, None]).squeeze(1)  # exactly 1.0, gradient of soft[idx]
-        return [WidthSample(self.width_choices[i], gates[r]) for r, i in enumerate(idx.tolist())]
+        hard, idx = hard_gumbel(logits, generator)
+        return [WidthSample(self.width_choices[i], hard[r, i]) for r, i in enumerate(idx)]
+
+    def _path_rows(
+        self, logits: torch.Tensor, path: str, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, list[int | None]]:
+        """Per row of α or β: the weights the forward applies and, unless ``path == "mix"``, the one choice.
+
+        Returns:
+            ``(weights (rows, n), choices)``: "mix" → softmax rows, choices all None; "sample" → the hard
+            straight-through Gumbel sample (one-hot valued, gradient of its softmax); "argmax" → one-hot rows
+            of the largest logit (no gradient).
+        """
+        if path == "mix":
+            return torch.softmax(logits, dim=-1), [None] * logits.shape[0]
+        if path == "sample":
+            hard, idx = hard_gumbel(logits, generator)
+            return hard, list(idx)
+        idx_t = logits.argmax(dim=-1)
+        return F.one_hot(idx_t, logits.shape[1]).to(logits.dtype), list(idx_t.tolist())
 
     def resolve_width(self, ref: WidthRef, arch_idx: int, samples: list[list[WidthSample]]) -> WidthSample:
         """The width a :class:`CellSlot` reference points to, given :meth:`sample_widths`' result."""
@@ -398,6 +422,39 @@ class Supernet(nn.Module):
             return WidthSample(self.stem_head_chi[arch_idx][1] / 12, None)
         return samples[ref.scale][ref.row]
 
+    def _live_outputs(self, picks: list[list[int | None] | None]) -> dict[str, tuple[bool, bool]]:
+        """Which cell outputs (out, down) reach the heads, given the input choice of each two-input cell.
+
+        With all inputs mixed (``picks`` all None) every output is used. With one sampled input per cell
+        (path "sample"/"argmax"), the input not taken and the cells feeding only it are dead: they are not
+        computed (they would get no gradient anyway).
+
+        Args:
+            picks: per scale (index 1, 2; index 0 None), the chosen input (0 from_down, 1 from_keep) of each
+                β row, or None for a mixture.
+        """
+        live: dict[str, tuple[bool, bool]] = {}
+        needed_next = {slot.scale: True for slot in self._layer_slots[-1]}  # the decoder reads every scale
+        for i in reversed(range(self.num_layers)):
+            needed = {}
+            for slot in self._layer_slots[i]:
+                s = slot.scale
+                if i == self.num_layers - 1:
+                    need_out = True
+                else:
+                    nxt = next(n for n in self._layer_slots[i + 1] if n.scale == s)
+                    pick = None if nxt.beta_row is None or s == 0 else picks[s][nxt.beta_row]  # type: ignore[index]
+                    need_out = needed_next[s] and (s == 0 or (nxt.beta_row is not None and pick in (None, 1)))
+                need_down = False
+                if slot.width_down is not None:
+                    up = next(n for n in self._layer_slots[i + 1] if n.scale == s + 1)
+                    pick = None if up.beta_row is None else picks[s + 1][up.beta_row]  # type: ignore[index]
+                    need_down = needed_next[s + 1] and pick in (None, 0)
+                live[slot.key] = (need_out, need_down)
+                needed[s] = need_out or need_down
+            needed_next = needed
+        return live
+
     # ---- forward -------------------------------------------------------------------------------
     def forward(
         self,
@@ -406,6 +463,7 @@ class Supernet(nn.Module):
         width_mode: str,
         *,
         generator: torch.Generator | None = None,
+        path: str = "mix",
     ) -> dict[str, torch.Tensor | list[torch.Tensor] | dict[str, torch.Tensor]]:
         """Run the supernet for one architecture index.
 
@@ -414,7 +472,9 @@ class Supernet(nn.Module):
             arch_idx: 0 teacher (its stem/head, its α/β), 1 student.
             width_mode: "max", "min", "random", "gumbel" (student only) or "argmax", see the module
                 docstring.
-            generator: optional RNG for the random widths.
+            generator: optional RNG for the random widths (and the sampled paths).
+            path: "mix" (all operators and inputs, the paper), "sample" or "argmax" (one of each per cell;
+                see the module docstring).
 
         Returns:
             ``{"out": (N, C, h, w), "aux": [4 × (N, C, h, w)], "heads": {name: (N, C, h, w)}}`` with
@@ -422,14 +482,12 @@ class Supernet(nn.Module):
         """
         if arch_idx not in range(len(self.stems)):
             raise ValueError(f"arch_idx must be 0 (teacher) or 1 (student), got {arch_idx}")
+        if path not in PATH_MODES:
+            raise ValueError(f"path must be one of {PATH_MODES}, got {path!r}")
         k = arch_idx
         samples = self.sample_widths(k, width_mode, generator)
-        alphas = [torch.softmax(self.arch[f"alpha_{k}_{s}"], dim=-1) for s in range(3)]
-        betas = [
-            None,
-            torch.softmax(self.arch[f"beta_{k}_1"], dim=-1),
-            torch.softmax(self.arch[f"beta_{k}_2"], dim=-1),
-        ]
+        alphas = [self._path_rows(self.arch[f"alpha_{k}_{s}"], path, generator) for s in range(3)]
+        betas = [None] + [self._path_rows(self.arch[f"beta_{k}_{s}"], path, generator) for s in (1, 2)]
 
         def width(ref: WidthRef) -> WidthSample:
             return self.resolve_width(ref, k, samples)
@@ -439,6 +497,7 @@ class Supernet(nn.Module):
                 return b.gate
             return a.gate if b.gate is None else a.gate * b.gate
 
+        live = self._live_outputs([None] + [rows[1] for rows in betas[1:]])  # type: ignore[index]
         outs: list[torch.Tensor | None] = [self.stems[k](x), None, None]  # previous layer's out per scale
         downs: list[torch.Tensor | None] = [None, None, None]  # previous layer's down per scale
         for i in range(self.num_layers):
@@ -447,23 +506,28 @@ class Supernet(nn.Module):
             for slot in self._layer_slots[i]:
                 s, cell = slot.scale, self.cells[slot.key]
                 w_in, w_out = width(slot.width_in), width(slot.width_out)
-                p = alphas[s][slot.alpha_row]
+                p, only = alphas[s][0][slot.alpha_row], alphas[s][1][slot.alpha_row]
                 inputs: list[tuple[torch.Tensor, torch.Tensor | None]]
                 if s == 0:
                     inputs = [(outs[0], None)]  # type: ignore[list-item]
                 elif slot.beta_row is None:
                     inputs = [(downs[s - 1], None)]  # type: ignore[list-item]
                 else:
-                    b = betas[s][slot.beta_row]  # type: ignore[index]
+                    b, pick = betas[s][0][slot.beta_row], betas[s][1][slot.beta_row]  # type: ignore[index]
                     inputs = [(downs[s - 1], b[0]), (outs[s], b[1])]  # type: ignore[list-item]
+                    if pick is not None:  # one input, scaled by its (straight-through) one-hot weight
+                        inputs = [inputs[pick]]
+                need_out, need_down = live[slot.key]
                 out_sum = down_sum = None
                 for feat, weight in inputs:
-                    o = cell.op(feat, p, (w_in.ratio, w_out.ratio), gate(w_in, w_out))
-                    o = o if weight is None else weight * o
-                    out_sum = o if out_sum is None else out_sum + o
-                    if cell.down is not None:
+                    # both mixed ops of a cell share the α row, so they run the same sampled operator (§2.2)
+                    if need_out:
+                        o = cell.op(feat, p, (w_in.ratio, w_out.ratio), gate(w_in, w_out), only)
+                        o = o if weight is None else weight * o
+                        out_sum = o if out_sum is None else out_sum + o
+                    if cell.down is not None and need_down:
                         w_down = width(slot.width_down)  # type: ignore[arg-type]
-                        d = cell.down(feat, p, (w_in.ratio, w_down.ratio), gate(w_in, w_down))
+                        d = cell.down(feat, p, (w_in.ratio, w_down.ratio), gate(w_in, w_down), only)
                         d = d if weight is None else weight * d
                         down_sum = d if down_sum is None else down_sum + d
                 new_outs[s], new_downs[s] = out_sum, down_sum
@@ -480,6 +544,27 @@ class Supernet(nn.Module):
             "aux": [heads[n] for n in HEAD_NAMES if n != "8s_32s"],
             "heads": heads,
         }
+
+
+def hard_gumbel(logits: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, list[int]]:
+    """Hard straight-through Gumbel-softmax, τ = 1, on log_softmax of each row (spec §2.4).
+
+    Noise ``g = −log(−log(U+1e−20)+1e−20)`` is drawn on the generator's device, then moved.
+
+    Args:
+        logits: (rows, n).
+
+    Returns:
+        ``(hard (rows, n), idx)``: ``hard`` is one-hot valued (exactly 1.0 at the chosen index) and carries
+        the gradient of the Gumbel-softmax sample; ``idx`` the chosen index per row.
+    """
+    dev = generator.device if generator is not None else logits.device
+    u = torch.rand(logits.shape, generator=generator, device=dev, dtype=logits.dtype).to(logits.device)
+    g = -torch.log(-torch.log(u + 1e-20) + 1e-20)
+    soft = torch.softmax(F.log_softmax(logits, dim=-1) + g, dim=-1)
+    idx = soft.argmax(dim=-1)
+    hard = F.one_hot(idx, logits.shape[1]).to(soft.dtype) - soft.detach() + soft
+    return hard, idx.tolist()
 
 
 def build_supernet(model_cfg: ModelConfig, num_classes: int) -> Supernet:
