@@ -484,6 +484,9 @@ def search(cfg: RunConfig, run: Run, lut: LatencyTable, *, progress: bool = True
         }  # fmt: skip
         derived = derive_networks(net, cfg, lut, data.num_classes, pair_miou(miou))
         cand_fps = [1000.0 / ms for ms in derived["student"].candidates_ms.values() if ms is not None]
+        # Deviation: when neither candidate derives under the original's rules (the derived student then
+        # comes from the corrected derivation), λ follows that student instead of freezing for the epoch.
+        cand_fps = cand_fps or [1000.0 / derived["student"].latency_ms]
         record = {
             "phase": "search",
             "epoch": epoch + 1,

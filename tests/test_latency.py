@@ -256,3 +256,15 @@ def _shifted(net: nn.Module) -> nn.Module:
     with torch.no_grad():
         moved[-1].bias.add_(torch.tensor([5.0, -5.0, 0.0, 0.0]))
     return moved
+
+
+def test_cpu_compile_freezes_weights_runs_channels_last_and_matches_eager():
+    net = _tiny_net()
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    compiled = prepare(net, x, "compile", "cpu")
+    assert "frozen weights" in compiled.info["backend_version"]
+    assert compiled.info["memory_format"] == "channels_last"
+    eager = prepare(net, x, "eager", "cpu")
+    torch.testing.assert_close(compiled.run(), eager.run(), rtol=1e-4, atol=1e-5)
+    other = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(compiled.forward(other), eager.forward(other), rtol=1e-4, atol=1e-5)
