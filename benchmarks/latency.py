@@ -5,7 +5,7 @@ ratios to eager, the arithmetic floor, and low-precision agreement on real CamVi
     python benchmarks/latency.py --sizes 512x1024 --json outputs/bench_latency.json
 
 Targets (issue #4, 2 CPU cores): the best fp32 student path at 1024x2048 within 1.1x of the arithmetic
-floor (2 x multiply-adds / peak FLOP/s, the peak measured here with a 2048^2 matrix product), and the best
+floor (2 x multiply-adds / peak FLOP/s, the peak measured here as the best of five 1-s loops of a 2048^2 matrix product), and the best
 low-precision path >= 2x faster than the best fp32 path with argmax agreement >= 99% on CamVid val images.
 
 Runs under the stable-allocator environment (re-executes itself once; see latency.measure). Variants of
@@ -34,15 +34,24 @@ LOW = ("bf16", "ort_int8")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 
 
-def peak_gflops(dtype: torch.dtype, n: int = 2048, seconds: float = 1.0) -> float:
+def peak_gflops(dtype: torch.dtype, n: int = 2048, seconds: float = 1.0, samples: int = 5) -> float:
+    """The machine's peak: the best of ``samples`` loops of ``seconds`` of an n x n matrix product.
+
+    The best, not the median: a loop that shares the cores with another process reads low, and a low peak
+    would make the floor (and every ratio to it) look better than it is (one 1-s sample read 167 GFLOP/s
+    here where undisturbed ones read 220-280).
+    """
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):
         a @ b
-    reps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        reps += 1
-    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+    best = 0.0
+    for _ in range(samples):
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            a @ b
+            reps += 1
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9)
+    return best
 
 
 def camvid_images(size: tuple[int, int], count: int) -> list[torch.Tensor]:
