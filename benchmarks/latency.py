@@ -5,8 +5,9 @@ ratios to eager, the arithmetic floor, and low-precision agreement on real CamVi
     python benchmarks/latency.py --sizes 512x1024 --json outputs/bench_latency.json
 
 Targets (issue #4, 2 CPU cores): the best fp32 student path at 1024x2048 within 1.1x of the arithmetic
-floor (2 x multiply-adds / peak FLOP/s, the peak measured here as the best of five 1-s loops of a 2048^2 matrix product), and the best
-low-precision path >= 2x faster than the best fp32 path with argmax agreement >= 99% on CamVid val images.
+floor (2 x multiply-adds / peak FLOP/s, the peak measured here as the best of five 1-s loops of a 2048^2
+matrix product), and the best low-precision path >= 2x faster than the best fp32 path with argmax agreement
+>= 99% on CamVid val images.
 
 Runs under the stable-allocator environment (re-executes itself once; see latency.measure). Variants of
 one network are timed in this one process, so ratios are comparable; the absolute numbers still move with

@@ -108,7 +108,7 @@ class SearchConfig:
     latency_normalize: bool = True
     # Deviation, opt-in: each training pass runs one operator per cell and one input per two-input cell,
     # sampled by straight-through Gumbel-softmax of α / β (single-path, as GDAS), instead of all five
-    # operators and both inputs (§2.4); evaluation runs the most likely path. ~5x cheaper per iteration.
+    # operators and both inputs (§2.4); evaluation runs the most likely path. ~10x cheaper per iteration.
     path_sampling: bool = False
 
 

@@ -132,9 +132,8 @@ class MixedOp(nn.Module):
             (N, make_divisible(c_out·w_out), H / stride, W / stride).
         """
         total: torch.Tensor | None = None
-        for o, (p, op) in enumerate(zip(op_weights, self.ops)):
-            if only is not None and o != only:
-                continue
+        pairs = zip(op_weights, self.ops) if only is None else [(op_weights[only], self.ops[only])]
+        for p, op in pairs:
             op.set_ratio(widths)
             y = p * op(x)
             total = y if total is None else total + y
@@ -409,8 +408,7 @@ class Supernet(nn.Module):
         if path == "mix":
             return torch.softmax(logits, dim=-1), [None] * logits.shape[0]
         if path == "sample":
-            hard, idx = hard_gumbel(logits, generator)
-            return hard, list(idx)
+            return hard_gumbel(logits, generator)  # type: ignore[return-value]
         idx_t = logits.argmax(dim=-1)
         return F.one_hot(idx_t, logits.shape[1]).to(logits.dtype), list(idx_t.tolist())
 
@@ -422,37 +420,35 @@ class Supernet(nn.Module):
             return WidthSample(self.stem_head_chi[arch_idx][1] / 12, None)
         return samples[ref.scale][ref.row]
 
-    def _live_outputs(self, picks: list[list[int | None] | None]) -> dict[str, tuple[bool, bool]]:
-        """Which cell outputs (out, down) reach the heads, given the input choice of each two-input cell.
+    def _live_outputs(self, picks: list[list[int] | None]) -> dict[str, tuple[bool, bool]]:
+        """Which outputs (out, down) of each cell reach the heads when every two-input cell reads one input.
 
-        With all inputs mixed (``picks`` all None) every output is used. With one sampled input per cell
-        (path "sample"/"argmax"), the input not taken and the cells feeding only it are dead: they are not
-        computed (they would get no gradient anyway).
+        With one input per cell (path "sample"/"argmax"), the input not taken and the cells feeding only it
+        are dead: they are not computed (they would get no gradient anyway).
 
         Args:
-            picks: per scale (index 1, 2; index 0 None), the chosen input (0 from_down, 1 from_keep) of each
-                β row, or None for a mixture.
+            picks: per scale (index 1, 2; index 0 None), the chosen input of each β row (0 from_down,
+                1 from_keep).
         """
+
+        def reads(layer: int, scale: int, choice: int) -> bool:
+            """Whether cell (layer, scale) exists, is needed and reads its input ``choice``."""
+            slot = slot_at.get((layer, scale))
+            if slot is None or not needed.get((layer, scale), False):
+                return False
+            return slot.beta_row is None or picks[scale][slot.beta_row] == choice  # type: ignore[index]
+
+        slot_at = {(sl.layer, sl.scale): sl for sl in self.slots}
+        last = self.num_layers - 1
+        needed: dict[tuple[int, int], bool] = {}
         live: dict[str, tuple[bool, bool]] = {}
-        needed_next = {slot.scale: True for slot in self._layer_slots[-1]}  # the decoder reads every scale
-        for i in reversed(range(self.num_layers)):
-            needed = {}
-            for slot in self._layer_slots[i]:
-                s = slot.scale
-                if i == self.num_layers - 1:
-                    need_out = True
-                else:
-                    nxt = next(n for n in self._layer_slots[i + 1] if n.scale == s)
-                    pick = None if nxt.beta_row is None or s == 0 else picks[s][nxt.beta_row]  # type: ignore[index]
-                    need_out = needed_next[s] and (s == 0 or (nxt.beta_row is not None and pick in (None, 1)))
-                need_down = False
-                if slot.width_down is not None:
-                    up = next(n for n in self._layer_slots[i + 1] if n.scale == s + 1)
-                    pick = None if up.beta_row is None else picks[s + 1][up.beta_row]  # type: ignore[index]
-                    need_down = needed_next[s + 1] and pick in (None, 0)
-                live[slot.key] = (need_out, need_down)
-                needed[s] = need_out or need_down
-            needed_next = needed
+        for slot in reversed(self.slots):  # later layers first: a cell is needed if a needed cell reads it
+            i, s = slot.layer, slot.scale
+            # the decoder reads every last-layer out; stride 8 has one input, so its chain is always read
+            need_out = i == last or (reads(i + 1, s, 1) if s > 0 else needed[(i + 1, 0)])
+            need_down = slot.width_down is not None and reads(i + 1, s + 1, 0)
+            live[slot.key] = (need_out, need_down)
+            needed[(i, s)] = need_out or need_down
         return live
 
     # ---- forward -------------------------------------------------------------------------------
@@ -497,7 +493,9 @@ class Supernet(nn.Module):
                 return b.gate
             return a.gate if b.gate is None else a.gate * b.gate
 
-        live = self._live_outputs([None] + [rows[1] for rows in betas[1:]])  # type: ignore[index]
+        # with every input mixed every output is read; otherwise skip the cells no chosen path reads
+        picks = [None] + [rows[1] for rows in betas[1:]]  # type: ignore[index]
+        live = None if path == "mix" else self._live_outputs(picks)  # type: ignore[arg-type]
         outs: list[torch.Tensor | None] = [self.stems[k](x), None, None]  # previous layer's out per scale
         downs: list[torch.Tensor | None] = [None, None, None]  # previous layer's down per scale
         for i in range(self.num_layers):
@@ -517,7 +515,7 @@ class Supernet(nn.Module):
                     inputs = [(downs[s - 1], b[0]), (outs[s], b[1])]  # type: ignore[list-item]
                     if pick is not None:  # one input, scaled by its (straight-through) one-hot weight
                         inputs = [inputs[pick]]
-                need_out, need_down = live[slot.key]
+                need_out, need_down = live[slot.key] if live is not None else (True, True)
                 out_sum = down_sum = None
                 for feat, weight in inputs:
                     # both mixed ops of a cell share the α row, so they run the same sampled operator (§2.2)
