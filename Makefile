@@ -88,7 +88,7 @@ $(JS_STAMP):
 	fi
 
 data: $(SETUP_STAMP)
-	$(PY) -m fasterseg_core.data.fetch camvid --dest data/camvid $(if $(CAMVID_SOURCE),--source $(CAMVID_SOURCE))
+	$(PY) -m fasterseg_core data camvid --dest data/camvid $(if $(CAMVID_SOURCE),--source $(CAMVID_SOURCE))
 
 # pytest exit code 5 means "no tests collected": not a failure for an empty selection.
 test: setup
@@ -97,7 +97,7 @@ test: setup
 
 report: setup
 	@if [[ "$(PROFILE)" == camvid* && -z "$(FASTERSEG_DATA)" && ! -d data/camvid ]]; then $(MAKE) data; fi
-	$(PY) -m fasterseg_core.report --profile $(PROFILE) \
+	$(PY) -m fasterseg_core report --profile $(PROFILE) \
 		$(if $(OVERRIDES),--overrides '$(OVERRIDES)') \
 		$(if $(HARDWARE_TAG),--hardware-tag '$(HARDWARE_TAG)') \
 		$(if $(filter 1 yes true,$(FORCE)),--force)

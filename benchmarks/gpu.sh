@@ -19,13 +19,13 @@ gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/nu
 tag="cuda-$(echo "${gpu%%,*}" | tr ' ' '-' | tr -cd '[:alnum:]-')"
 echo "GPU: $gpu  (hardware tag $tag)"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
-time python3 -m fasterseg_core.latency --device cuda --size 1024x2048 \
+time python3 -m fasterseg_core latency --device cuda --size 1024x2048 \
   --arch student --arch teacher --arch lraspp_mobilenet_v3_large --arch deeplabv3_mobilenet_v3_large \
   --backend eager --backend channels_last --backend fp16 --backend bf16 --backend compile \
   --backend cudagraph --backend cudagraph_fp16 \
   --backend ort --backend tensorrt --agreement 3 --hardware-tag "$tag" --json "$out_json" ${GPU_LAT_ARGS:-}
 # The paper's protocol timed the nearest-interpolation deployment variant (spec §10).
-time python3 -m fasterseg_core.latency --device cuda --size 1024x2048 --deploy --arch student --arch teacher \
+time python3 -m fasterseg_core latency --device cuda --size 1024x2048 --deploy --arch student --arch teacher \
   --backend eager --backend fp16 --backend compile --backend cudagraph --backend cudagraph_fp16 --hardware-tag "$tag-deploy" --json "${out_json%.json}_deploy.json" ${GPU_LAT_ARGS:-}
 python3 - "$out_json" <<'PY'
 import json, sys

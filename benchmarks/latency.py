@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fasterseg_core.flops import count_complexity
 from fasterseg_core.latency import measure, prepare, stable_malloc_env
 from fasterseg_core.latency.agreement import agreement
+from fasterseg_core.latency.flops import count_complexity
 from fasterseg_core.latency.peers import PEERS, build_peer
 from fasterseg_core.models.published import build_published
 

@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
     from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
     from fasterseg_core.models import build_published
-    from fasterseg_core.models.checkpoint import keyed_state_dict_for, load_official_state_dict
     from fasterseg_core.models.fuse import fuse_for_inference
+    from fasterseg_core.models.state_dict import keyed_state_dict_for, load_official_state_dict
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

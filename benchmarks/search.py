@@ -33,12 +33,12 @@ import torch
 
 from fasterseg_core.config import load_config
 from fasterseg_core.latency.lut import LatencyTable, lut_entries
-from fasterseg_core.losses import OhemCrossEntropy, sum_over_heads
+from fasterseg_core.losses import OhemCrossEntropy, ohem_min_kept, sum_over_heads
 from fasterseg_core.models.published import build_published
 from fasterseg_core.models.supernet import build_supernet
 from fasterseg_core.runs import resolve_device
-from fasterseg_core.search import SEARCH_PASSES, arch_step, ohem_min_kept, weight_step
-from fasterseg_core.search_latency import SupernetLatency
+from fasterseg_core.search.objective import SupernetLatency
+from fasterseg_core.search.steps import SEARCH_PASSES, arch_step, weight_step
 
 NUM_CLASSES = 11  # CamVid
 
@@ -118,7 +118,7 @@ def main() -> None:
     lut = LatencyTable({e.key: 1.0 for e in lut_entries(tuple(sc.latency_input_hw), num_classes=NUM_CLASSES)},
                        tuple(sc.latency_input_hw), "constant", "none")  # fmt: skip
     latency = SupernetLatency(net, lut, faithful_quirks=sc.faithful_quirks, weights=sc.latency_weights)
-    crit = OhemCrossEntropy(ohem_min_kept(batch, crop), sc.ohem_thresh)
+    crit = OhemCrossEntropy(ohem_min_kept(batch, crop, loss_stride=8), sc.ohem_thresh)
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=sc.search_lr, momentum=sc.momentum,
                             weight_decay=sc.weight_decay)  # fmt: skip
     a_opts = [

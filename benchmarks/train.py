@@ -8,7 +8,7 @@ Default mode (issue 6): at the profile's training crop and batch (``camvid-cpu``
 CamVid from ``$FASTERSEG_DATA``, ``data/camvid`` or ``../shared/data``), in one process:
 
 * **training images/s** of ``teacher`` (arch 0), ``distill`` (arch 1 + the frozen teacher's forward) and
-  ``student`` (arch 1), the published §6 networks: one :func:`fasterseg_core.engine.train` epoch of
+  ``student`` (arch 1), the published §6 networks: one :func:`fasterseg_core.engine.fit` epoch of
   ``--iters`` iterations (forward, OHEM + aux losses, backward, SGD step; the engine's own ``seconds``,
   which leave out checkpoint writing) on real training crops drawn beforehand and held in memory, so that
   the loader is not in this figure;
@@ -49,7 +49,9 @@ from torch.utils.data import Dataset
 
 from fasterseg_core.config import RunConfig, TrainConfig, load_config
 from fasterseg_core.data import build_dataset
-from fasterseg_core.engine import DistInfo, epoch_loader, train
+from fasterseg_core.data.sampling import epoch_loader
+from fasterseg_core.distributed import DistInfo
+from fasterseg_core.engine import fit, training_loss
 from fasterseg_core.latency.measure import environment_record, stable_malloc_env
 from fasterseg_core.models import build_network, init_weights_, published_architecture
 from fasterseg_core.runs import resolve_device
@@ -115,7 +117,7 @@ def engine_seconds(
     iters: int,
     teacher: nn.Module | None = None,
 ) -> float:
-    """Seconds of one :func:`~fasterseg_core.engine.train` epoch of ``iters`` iterations on ``data``.
+    """Seconds of one :func:`~fasterseg_core.engine.fit` epoch of ``iters`` iterations on ``data``.
 
     The engine's history ``seconds``: sampling, collate, host→device copy, forward, loss, backward and step
     of every iteration (the engine reads each loss back, so the device is synchronised); no evaluation (no
@@ -123,7 +125,8 @@ def engine_seconds(
     """
     spec = replace(spec, epochs=1, iters_per_epoch=iters, eval_every_epochs=10**9)
     with tempfile.TemporaryDirectory(prefix="fasterseg-bench-") as tmp:
-        result = train(spec, net, data, None, device, Path(tmp), teacher=teacher, progress=False)
+        loss = training_loss(spec, teacher, device)
+        result = fit(spec, net, loss, data, None, device, Path(tmp), progress=False)
     return float(result.history[0]["seconds"])
 
 
@@ -131,7 +134,7 @@ def loader_seconds(dataset: Dataset, spec: TrainConfig, workers: int, batches: i
     """Seconds for the engine's epoch loader to deliver ``batches`` batches (worker start-up included)."""
     spec = replace(spec, iters_per_epoch=batches)
     t0 = time.perf_counter()
-    for _ in epoch_loader(dataset, spec, epoch, DistInfo(), workers):
+    for _ in epoch_loader(dataset, spec.batch_size, spec.iters_per_epoch, spec.seed, epoch, DistInfo(), workers):
         pass
     return time.perf_counter() - t0
 

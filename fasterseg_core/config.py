@@ -1,9 +1,13 @@
 """Typed, validated run configuration: YAML profile + dotted overrides → frozen dataclasses.
 
-The dataclass defaults are the paper's settings (``shared/spec/fasterseg.md`` §3 for the search, §9 for
-training, §10 for latency); every default cites its source. A profile (``params/<name>.yaml``) only lists
-what it changes. An unknown key or a value of the wrong type fails at once, naming the valid keys, so a
-misspelled papermill override fails in a notebook's first cell rather than hours later.
+The dataclass defaults are the paper's settings; every default cites its section of ``docs/method.md``
+(§3 the search, §9 training, §10 latency), the project's description of the method. A profile (``params/<name>.yaml``)
+lists only what it changes. Everything is checked before any file is touched: an unknown key, a wrong
+type or a value outside its range fails at once with one line naming the key, the value, the rule and a
+valid example, so a misspelled papermill override fails in a notebook's first cell, not hours later.
+
+Ranges live in the type annotations (``Annotated[int, AtLeast(1)]``), so validation, the YAML schema and
+the widget form of ``notebooks/control.ipynb`` read the same rule.
 
     cfg = load_config("smoke", {"teacher.epochs": 2})
     cfg.teacher.lr            # 0.01
@@ -13,51 +17,73 @@ misspelled papermill override fails in a notebook's first cell rather than hours
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
-import types
-import typing
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 
-# Where profiles live: `params/` next to the package (editable install / source checkout), or the
-# folder named by FASTERSEG_PARAMS_DIR (for an installed package with profiles elsewhere).
-_REPO_ROOT = Path(__file__).resolve().parents[1]
+from .schema import AtLeast, ConfigError, Positive, Range, Sides, build
 
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "DistillConfig",
+    "LatencyConfig",
+    "ModelConfig",
+    "ReportConfig",
+    "RunConfig",
+    "SearchConfig",
+    "TrainConfig",
+    "dump_config",
+    "from_dict",
+    "load_config",
+    "profile_path",
+    "project_root",
+    "to_dict",
+]
 
-class ConfigError(ValueError):
-    """A profile or override that does not fit the typed configuration."""
+Count = Annotated[int, AtLeast(1)]
+NonNegative = Annotated[int, AtLeast(0)]
+Fraction = Annotated[float, Range(0.0, 1.0)]
+Rate = Annotated[float, Positive()]
+Crop = Annotated[tuple[int, int], Sides(multiple=32, minimum=64)]  # what the networks' strides need
+# Whole-image sizes (latency, the search's table) only need the stem's three stride-2 convolutions to
+# divide them: CamVid's 360×480 is valid; later stages resize internally.
+ImageSize = Annotated[tuple[int, int], Sides(multiple=8, minimum=64)]
+Chi = Annotated[int, Range(1, 12)]  # a width in twelfths of the full width (§0 notation)
 
 
 @dataclass(frozen=True)
 class DataConfig:
     dataset: Literal["cityscapes", "camvid", "synthetic"] = "cityscapes"  # paper: Cityscapes fine
-    # Folder holding the dataset. Empty: $FASTERSEG_DATA/<dataset>, else <repo>/data/<dataset>.
+    # Folder holding the dataset. Empty: $FASTERSEG_DATA/<dataset>, else <project>/data/<dataset>.
     root: str = ""
     # Resize factor applied to every image/label before augmentation. Paper training: 1.0 (§9.1);
     # the search pre-downsamples by 2 (§3.1, see SearchConfig.base_scale). CPU profiles use < 1.
-    base_scale: float = 1.0
-    scales: tuple[float, ...] = (0.75, 1.0, 1.25)  # §9.1 discrete random scale
+    base_scale: Annotated[float, Range(0.0, 4.0, lo_open=True)] = 1.0
+    scales: Annotated[tuple[Rate, ...], Range(1, None, length=True)] = (0.75, 1.0, 1.25)  # §9.1
     use_flip: bool = True  # §9.1 random horizontal flip, p = 0.5
-    num_workers: int = 6  # §9.1 (authors' loader)
+    num_workers: NonNegative = 6  # §9.1 (authors' loader)
     # 0 = every image of a split. A positive number keeps the first N (deterministic subsets for CPU runs).
-    max_train_images: int = 0
-    max_eval_images: int = 0
+    max_train_images: NonNegative = 0
+    max_eval_images: NonNegative = 0
     # Synthetic street scenes (no download): images per split and their size (H, W).
-    synthetic_train_images: int = 64
-    synthetic_eval_images: int = 16
-    synthetic_hw: tuple[int, int] = (128, 256)
+    synthetic_train_images: Count = 64
+    synthetic_eval_images: Count = 16
+    synthetic_hw: Crop = (128, 256)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    num_layers: int = 16  # §2.2, L = 16
-    base_channels: int = 12  # §0 notation, F = 12 ("Fch")
-    width_choices_chi: tuple[int, ...] = (4, 6, 8, 10, 12)  # §0, W = [4/12 … 12/12]
-    teacher_stem_head_chi: tuple[int, int] = (12, 12)  # §5, teacher (1, 1)
-    student_stem_head_chi: tuple[int, int] = (8, 8)  # §5, student (8/12, 8/12)
+    num_layers: Annotated[int, AtLeast(3)] = 16  # §2.2, L = 16
+    base_channels: Count = 12  # §0 notation, F = 12 ("Fch")
+    width_choices_chi: Annotated[tuple[Chi, ...], Range(1, None, length=True)] = (4, 6, 8, 10, 12)  # §0
+    teacher_stem_head_chi: tuple[Chi, Chi] = (12, 12)  # §5, teacher (1, 1)
+    student_stem_head_chi: tuple[Chi, Chi] = (8, 8)  # §5, student (8/12, 8/12)
     # Where stage networks come from: "searched" needs the search stage's arch JSON; "published" uses the
     # authors' Fig. 6 networks shipped with the package; "auto" = searched when present, else published.
     arch_source: Literal["auto", "searched", "published"] = "auto"
@@ -65,41 +91,42 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class SearchConfig:
-    pretrain_epochs: int = 20  # §3.4
-    search_epochs: int = 30  # §3.4
-    pretrain_batch_size: int = 3  # §3.4
-    search_batch_size: int = 2  # §3.4
-    pretrain_crop_hw: tuple[int, int] = (256, 512)  # §3.4, on the half-resolution images
-    search_crop_hw: tuple[int, int] = (224, 448)  # §3.4
-    base_scale: float = 0.5  # §3.1, images downsampled by 2 before augmentation
+    pretrain_epochs: NonNegative = 20  # §3.4
+    search_epochs: Count = 30  # §3.4; the architecture is derived after each, so at least one
+    pretrain_batch_size: Count = 3  # §3.4
+    search_batch_size: Count = 2  # §3.4
+    pretrain_crop_hw: Crop = (256, 512)  # §3.4, on the half-resolution images
+    search_crop_hw: Crop = (224, 448)  # §3.4
+    base_scale: Annotated[float, Range(0.0, 4.0, lo_open=True)] = 0.5  # §3.1, images downsampled by 2
     # Iterations per epoch; 0 = the authors' max(n_train // 2 // batch, min_iters_per_epoch).
-    iters_per_epoch: int = 0
-    min_iters_per_epoch: int = 400  # §3.4
-    pretrain_lr: float = 0.02  # §3.4
-    search_lr: float = 0.01  # §3.4
-    momentum: float = 0.9  # §3.4
-    weight_decay: float = 5e-4  # §3.4
-    lr_decay_per_epoch: float = 0.978  # §3.4 ExponentialLR
-    grad_clip_norm: float = 5.0  # §3.4
-    arch_lr: float = 3e-4  # §3.4 Adam
-    arch_betas: tuple[float, float] = (0.5, 0.999)  # §3.4
-    arch_weight_decay: float = 0.0  # §3.4
-    ohem_thresh: float = 0.7  # §3.2
-    latency_weights: tuple[float, float, float] = (1 / 500, 497 / 500, 2 / 500)  # §3.3 (α, β, γ terms)
-    latency_lambda_init: float = 0.01  # §3.3
+    iters_per_epoch: NonNegative = 0
+    min_iters_per_epoch: Count = 400  # §3.4
+    pretrain_lr: Rate = 0.02  # §3.4
+    search_lr: Rate = 0.01  # §3.4
+    momentum: Fraction = 0.9  # §3.4
+    weight_decay: Annotated[float, AtLeast(0.0)] = 5e-4  # §3.4
+    lr_decay_per_epoch: Annotated[float, Range(0.0, 1.0, lo_open=True)] = 0.978  # §3.4 ExponentialLR
+    grad_clip_norm: Rate = 5.0  # §3.4
+    arch_lr: Rate = 3e-4  # §3.4 Adam
+    arch_betas: tuple[Fraction, Fraction] = (0.5, 0.999)  # §3.4
+    arch_weight_decay: Annotated[float, AtLeast(0.0)] = 0.0  # §3.4
+    ohem_thresh: Fraction = 0.7  # §3.2
+    # §3.3 (α, β, γ terms)
+    latency_weights: tuple[float, float, float] = (1 / 500, 497 / 500, 2 / 500)
+    latency_lambda_init: Annotated[float, AtLeast(0.0)] = 0.01  # §3.3
     # Target FPS window for the adaptive λ. Empty: the table FPS of the published student on this device's
     # lookup table ± target_window_rel (the paper's 155–175 FPS is ±6 % around its 1080 Ti figure).
-    target_fps_window: tuple[float, ...] = ()
-    target_window_rel: float = 0.06
-    latency_input_hw: tuple[int, int] = (1024, 2048)  # §3.3, the table's resolution
+    target_fps_window: tuple[Rate, ...] = ()
+    target_window_rel: Annotated[float, Range(0.0, 1.0, lo_open=True, hi_open=True)] = 0.06
+    latency_input_hw: ImageSize = (1024, 2048)  # §3.3, the table's resolution
     # Reproduce the original code's quirks (§3.3 naming bug and β row, §4 cumulative re-softmax); false
     # uses the corrected computation.
     faithful_quirks: bool = True
     seed: int = 12345  # §3.4
     # Added by the search (issue 5). Val images evaluated after every search epoch; 0 = all of them (§3.5).
-    eval_max_images: int = 0
+    eval_max_images: NonNegative = 0
     # A saved latency table to steer the search (ours, or the authors' export such as
-    # ../shared/reference/fasterseg_latency_lookup_table.json; relative paths from the repository root).
+    # ../shared/reference/fasterseg_latency_lookup_table.json; relative paths from the project folder).
     # Empty: build one for this device at latency_input_hw, cached under outputs/<profile>/latency/ (§3.3, §10).
     latency_table: str = ""
     # Deviation: multiply the latency term by 6.414 ms / (published student's latency on this table), so λ
@@ -114,46 +141,53 @@ class SearchConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training stage (teacher, distilled student or scratch student), §9."""
+    """One training stage without a teacher (the teacher, or the scratch-trained student), §9."""
 
-    epochs: int = 600  # §9.2
-    iters_per_epoch: int = 1000  # §9.1 "epoch" = 1000 iterations
-    batch_size: int = 12  # §9.1
-    crop_size_hw: tuple[int, int] = (512, 1024)  # §9.1
-    lr: float = 0.01  # §9.2
-    momentum: float = 0.9  # §9.2
-    weight_decay: float = 5e-4  # §9.2
-    lr_decay_per_epoch: float = 0.992  # §9.2
-    ohem_thresh: float = 0.7  # §9.3
-    aux_weight: float = 0.2  # §9.3
-    eval_every_epochs: int = 10  # §9.2 (and after epoch 1)
+    epochs: Count = 600  # §9.2
+    iters_per_epoch: Count = 1000  # §9.1 "epoch" = 1000 iterations
+    batch_size: Count = 12  # §9.1
+    crop_size_hw: Crop = (512, 1024)  # §9.1
+    lr: Rate = 0.01  # §9.2
+    momentum: Fraction = 0.9  # §9.2
+    weight_decay: Annotated[float, AtLeast(0.0)] = 5e-4  # §9.2
+    lr_decay_per_epoch: Annotated[float, Range(0.0, 1.0, lo_open=True)] = 0.992  # §9.2
+    ohem_thresh: Fraction = 0.7  # §9.3
+    aux_weight: Annotated[float, AtLeast(0.0)] = 0.2  # §9.3
+    eval_every_epochs: Count = 10  # §9.2 (and after epoch 1)
     eval_flip: bool = False  # §9.4 paper-time setting uncertain; off as in the final code
     seed: int = 12345  # §9.2
     amp: Literal["none", "bf16", "fp16"] = "none"  # deviation: optional; the paper trained fp32
     channels_last: bool = False
     sync_bn: bool = False
-    # Distillation only (§9.3): KL(softmax(s) ‖ softmax(t)), temperature 1, weight 1, mean over all elements.
-    kd_weight: float = 1.0
-    kd_temperature: float = 1.0
+
+
+@dataclass(frozen=True)
+class DistillConfig(TrainConfig):
+    """The distilled student (§9.3): the training recipe plus the distillation term and its teacher."""
+
+    # KL(softmax(t) ‖ softmax(s)) at temperature T (the teacher's distribution is the reference, as the
+    # authors compute it), weight 1, mean over all elements (§9.3).
+    kd_weight: Annotated[float, AtLeast(0.0)] = 1.0
+    kd_temperature: Rate = 1.0
     kd_reduction: Literal["mean", "batchmean"] = "mean"
-    # Distillation only: teacher weights. Empty: the teacher stage's best checkpoint of this run; else a
-    # path, e.g. the authors' released weights0.pt.
+    # Teacher weights. Empty: the teacher stage's best checkpoint of this run; else a path (relative to the
+    # project folder), e.g. the authors' released weights0.pt.
     teacher_checkpoint: str = ""
 
 
 @dataclass(frozen=True)
 class LatencyConfig:
-    input_hw: tuple[int, int] = (1024, 2048)  # §10
-    warmup_iters: int = 10  # §10
-    min_loop_seconds: float = 1.0  # §10 calibration loop
-    timed_seconds: float = 3.0  # §10: int(3 × FPS estimate) timed executions ≈ 3 s
+    input_hw: ImageSize = (1024, 2048)  # §10
+    warmup_iters: NonNegative = 10  # §10
+    min_loop_seconds: Rate = 1.0  # §10 calibration loop
+    timed_seconds: Rate = 3.0  # §10: int(3 × FPS estimate) timed executions ≈ 3 s
     # Backends to time (fasterseg_core.latency.BACKENDS); unavailable ones are reported as such, never
     # replaced. bf16/fp16/ort_int8 are the low-precision deployment paths, checked against fp32.
     backends: tuple[str, ...] = ("eager", "channels_last", "compile", "ort", "bf16", "ort_int8")
-    num_threads: int = 0  # 0 = torch default
+    num_threads: NonNegative = 0  # 0 = torch default
     include_peers: bool = True  # torchvision LRASPP / DeepLabV3 MobileNetV3 as yardsticks
     # Real validation images (resized to input_hw) for int8 calibration and low-precision agreement.
-    agreement_images: int = 8
+    agreement_images: Count = 8
 
 
 @dataclass(frozen=True)
@@ -166,13 +200,13 @@ class ReportConfig:
 class RunConfig:
     profile: str = "paper"
     device: str = "auto"  # "auto" = cuda when available, else cpu
-    output_root: str = "outputs"  # relative paths are taken from the repository root
+    output_root: str = "outputs"  # relative paths are taken from the project folder
     hardware_tag: str = ""  # empty: derived from the machine (e.g. "cpu-2core")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     teacher: TrainConfig = field(default_factory=TrainConfig)
-    distill: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     student: TrainConfig = field(default_factory=TrainConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -180,79 +214,80 @@ class RunConfig:
     @property
     def output_dir(self) -> Path:
         """``<output_root>/<profile>``, where every stage of this run writes."""
-        root = Path(self.output_root)
-        if not root.is_absolute():
-            root = _REPO_ROOT / root
-        return root / self.profile
+        return resolve_path(self.output_root) / self.profile
 
 
 # ---------------------------------------------------------------------------------------------------
-# strict conversion
+# the project folder: profiles, notebooks, outputs, data
 
 
-def _convert(value: Any, tp: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping (section), got {type(value).__name__}")
-        return _build(tp, value, where)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise ConfigError(f"{where}: {value!r} is not one of {list(choices)}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for arg in typing.get_args(tp):
-            try:
-                return _convert(value, arg, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{where}: {value!r} fits none of {tp}")
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)} ({value!r})")
-        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if tp is type(None):
-        if value is not None:
-            raise ConfigError(f"{where}: expected null, got {value!r}")
-        return None
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{where}: unsupported type {tp}")  # pragma: no cover - programming error
+def project_root() -> Path:
+    """The project folder (the one holding ``params/`` and ``notebooks/``).
+
+    ``$FASTERSEG_ROOT`` when set; otherwise the nearest folder at or above the working directory that holds
+    ``params/`` (notebooks run with ``notebooks/`` as their working directory, the Makefile and the command
+    line from the project folder). Nothing is derived from where the package is installed.
+
+    Raises:
+        ConfigError: no such folder.
+    """
+    env = os.environ.get("FASTERSEG_ROOT")
+    if env:
+        return Path(env).expanduser().resolve()
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "params").is_dir() and (folder / "notebooks").is_dir():
+            return folder
+    raise ConfigError(
+        f"no project folder (one holding params/ and notebooks/) at or above {here}; run from the project "
+        "folder or set FASTERSEG_ROOT=/path/to/the/project"
+    )
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(
-            f"unknown key(s) {[prefix + k for k in unknown]}; valid keys in "
-            f"{where or 'the top level'}: {names}"
-        )
-    kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
-    return cls(**kwargs)
+def resolve_path(path: str | os.PathLike) -> Path:
+    """An absolute path as is; a relative one taken from the project folder (profiles are written there)."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else project_root() / p
+
+
+# ---------------------------------------------------------------------------------------------------
+# loading
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, where ``1e-3`` (no dot) is a string; people write learning rates that way,
+    so numbers in exponent form without a dot are floats here too, as in YAML 1.2."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file; a syntax error names the file, line and column."""
+    try:
+        return yaml.load(path.read_text(), Loader=_Loader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}:{at}: YAML syntax error ({problem}); fix the file") from None
+
+
+def profile_path(profile: str | os.PathLike) -> Path:
+    """The YAML file of a profile name (``params/<name>.yaml`` of the project) or an explicit path."""
+    p = Path(profile)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.exists():
+            raise ConfigError(f"profile file {p} does not exist")
+        return p
+    folder = project_root() / "params"
+    candidate = folder / f"{profile}.yaml"
+    if not candidate.exists():
+        have = sorted(x.stem for x in folder.glob("*.yaml"))
+        raise ConfigError(f"no profile {str(profile)!r} in {folder}; available: {have}")
+    return candidate
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -265,42 +300,67 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def profile_path(profile: str | os.PathLike) -> Path:
-    """The YAML file of a profile name (``params/<name>.yaml``) or an explicit path."""
-    p = Path(profile)
-    if p.suffix in (".yaml", ".yml"):
-        if not p.exists():
-            raise ConfigError(f"profile file {p} does not exist")
-        return p
-    folder = Path(os.environ.get("FASTERSEG_PARAMS_DIR", _REPO_ROOT / "params"))
-    candidate = folder / f"{profile}.yaml"
-    if not candidate.exists():
-        have = sorted(x.stem for x in folder.glob("*.yaml")) if folder.exists() else []
-        raise ConfigError(f"no profile {profile!r} in {folder}; available: {have}")
-    return candidate
-
-
-def load_config(profile: str | os.PathLike = "paper", overrides: dict[str, Any] | None = None) -> RunConfig:
+def load_config(profile: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Build the run configuration from a profile and dotted overrides.
 
     Args:
-        profile: a profile name (``params/<name>.yaml``) or a path to a YAML file.
+        profile: a profile name (``params/<name>.yaml``), a path to a YAML file, or ``None`` for the
+            dataclass defaults alone (the paper's settings, profile name "paper").
         overrides: ``{"teacher.epochs": 2, "data.root": "/data/camvid"}``; applied after the profile.
 
     Returns:
-        A frozen :class:`RunConfig`. ``profile`` is set to the profile's name.
+        A frozen, validated :class:`RunConfig`. ``profile`` is set to the profile's name.
 
     Raises:
-        ConfigError: unknown key, wrong type, or missing profile; the message lists the valid keys.
+        ConfigError: unknown key, wrong type, out-of-range value, broken YAML or missing profile; one line
+            naming the key, the value, the rule and a valid example.
     """
-    path = profile_path(profile)
-    tree = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    tree.setdefault("profile", path.stem)
+    tree: dict[str, Any] = {}
+    if profile is not None:
+        path = profile_path(profile)
+        tree = read_yaml(path) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        tree.setdefault("profile", path.stem)
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ConfigError(f"overrides must be a mapping of dotted keys, got {overrides!r}")
     for k, v in (overrides or {}).items():
-        _set_dotted(tree, k, v)
-    return _build(RunConfig, tree, "")
+        _set_dotted(tree, str(k), v)
+    return from_dict(tree)
+
+
+def from_dict(tree: dict[str, Any]) -> RunConfig:
+    """A validated :class:`RunConfig` from a nested dict (the inverse of :func:`to_dict`)."""
+    cfg = build(RunConfig, tree, "")
+    check_rules(cfg)
+    return cfg
+
+
+def check_rules(cfg: RunConfig) -> None:
+    """Rules between fields, after every field passed its own range (one error line each)."""
+    sc, mc = cfg.search, cfg.model
+    if sc.target_fps_window and (len(sc.target_fps_window) != 2 or not 0 < sc.target_fps_window[0] <
+                                 sc.target_fps_window[1]):  # fmt: skip
+        raise ConfigError(
+            f"search.target_fps_window: {list(sc.target_fps_window)} must be [low, high] FPS with "
+            "0 < low < high, or [] for the default window; e.g. search.target_fps_window: [155, 175]"
+        )
+    if any(w < 0 for w in sc.latency_weights) or not math.isclose(sum(sc.latency_weights), 1.0, rel_tol=1e-6):
+        raise ConfigError(
+            f"search.latency_weights: {list(sc.latency_weights)} must be 3 non-negative weights summing to 1; "
+            "e.g. the paper's [0.002, 0.994, 0.004]"
+        )
+    chis = mc.width_choices_chi
+    if list(chis) != sorted(set(chis)):
+        raise ConfigError(
+            f"model.width_choices_chi: {list(chis)} must be distinct and increasing; e.g. [4, 6, 8, 10, 12]"
+        )
+    for name in ("teacher_stem_head_chi", "student_stem_head_chi"):
+        if not set(getattr(mc, name)) <= set(chis):
+            raise ConfigError(
+                f"model.{name}: {list(getattr(mc, name))} must be widths of model.width_choices_chi "
+                f"{list(chis)}; e.g. [8, 8]"
+            )
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -316,14 +376,10 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(cfg)
 
 
-def from_dict(tree: dict[str, Any]) -> RunConfig:
-    """Inverse of :func:`to_dict` (strict, like :func:`load_config`)."""
-    return _build(RunConfig, tree, "")
-
-
 def dump_config(cfg: RunConfig, path: str | os.PathLike) -> Path:
     """Write the resolved configuration as YAML (the provenance record saved with every run)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return path
+

@@ -1,6 +1,6 @@
 """Segmentation and distillation losses of FasterSeg: OHEM cross-entropy and the KL distillation term.
 
-Spec: ``shared/spec/fasterseg.md`` §9.3 (re-implements the authors' ``ProbOhemCrossEntropy2d`` and the
+Method: ``docs/method.md`` §9.3 (re-implements the authors' ``ProbOhemCrossEntropy2d`` and the
 ``KLDivLoss`` of ``train/train.py``) and §3.2 (the search's loss, summed over all supernet heads).
 
 * :func:`ohem_cross_entropy` — online hard example mining: cross-entropy averaged over the pixels the
@@ -8,6 +8,10 @@ Spec: ``shared/spec/fasterseg.md`` §9.3 (re-implements the authors' ``ProbOhemC
 * :func:`sum_over_heads` — Σ_h w_h · criterion(pred_h, target): the search sums all five supernet heads
   with weight 1 (§3.2); training weights the aux heads 0.2 (§9.3).
 * :func:`distillation_kl` — KL(softmax(t) ‖ softmax(s)) with the original's ``'mean'`` reduction.
+* :func:`ohem_min_kept` — how many pixels OHEM keeps at least, for training and for the search.
+* :class:`SegmentationLoss` and :class:`DistillationLoss` — the training stages' objectives (§9.3): OHEM on
+  ``out`` plus 0.2 × each aux head, and for the distilled student that plus the KL term against a frozen
+  teacher. The training loop takes either; distillation is a loss, not a mode of the loop.
 
 Every loss takes logits (N, C, H, W) float and labels (N, H, W) int64 holding class ids 0…C−1 and the
 ignore index (255) at the same resolution.
@@ -16,9 +20,11 @@ ignore index (255) at the same resolution.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 IGNORE_INDEX = 255
 
@@ -48,7 +54,7 @@ def ohem_cross_entropy(
     thresh: float = 0.7,
     ignore_index: int = IGNORE_INDEX,
 ) -> torch.Tensor:
-    """Cross-entropy over the hard pixels (spec §9.3, the authors' ``ProbOhemCrossEntropy2d``).
+    """Cross-entropy over the hard pixels (§9.3, the authors' ``ProbOhemCrossEntropy2d``).
 
     Algorithm: softmax probabilities; each valid pixel's probability of its label (ignored pixels count
     as probability 1); sort ascending; ``t`` = the value at rank ``min(N, min_kept) − 1`` (N = all pixels,
@@ -148,7 +154,7 @@ def distillation_kl(
     temperature: float = 1.0,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """Distillation term of spec §9.3: ``KLDivLoss(reduction)(log softmax(s/T), softmax(t/T)) · T²``.
+    """Distillation term of §9.3: ``KLDivLoss(reduction)(log softmax(s/T), softmax(t/T)) · T²``.
 
     With the paper's settings (T = 1, ``reduction="mean"``) this is the original's
     ``KLDivLoss()(log(softmax(s)), softmax(t))``: Σ p_t (log p_t − log p_s) averaged over **all**
@@ -185,3 +191,74 @@ def distillation_kl(
     kl = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True)
     kl = kl.mean() if reduction == "mean" else kl.sum() / student_logits.shape[0]
     return kl * temperature**2
+
+
+def ohem_min_kept(batch_size: int, crop_hw: Sequence[int], loss_stride: int = 1) -> int:
+    """1/16 of the pixels the loss sees: ``batch · H · W // (16 · loss_stride²)``.
+
+    Training computes its loss at the crop's resolution (``loss_stride`` 1: 393,216 for 12 × 512 × 1024,
+    §9.3); the search at the supernet's 1/8 resolution (``loss_stride`` 8, §3.2).
+    """
+    return batch_size * int(crop_hw[0]) * int(crop_hw[1]) // (16 * loss_stride * loss_stride)
+
+
+class SegmentationLoss:
+    """§9.3: ``OHEM(out) + aux_weight · Σ OHEM(aux)`` on fp32 logits at the labels' resolution.
+
+    Args:
+        min_kept: OHEM's minimum of kept pixels per (per-process) batch (:func:`ohem_min_kept`).
+        thresh: OHEM's probability threshold.
+        aux_weight: weight of each auxiliary head (0.2).
+    """
+
+    parts = ("seg_loss",)  # what __call__ reports beside the total (history.csv columns)
+
+    def __init__(self, min_kept: int, thresh: float, aux_weight: float) -> None:
+        self.criterion = OhemCrossEntropy(min_kept, thresh)
+        self.aux_weight = aux_weight
+
+    def __call__(self, outputs: Mapping[str, Any], target: torch.Tensor, images: torch.Tensor
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+        """Loss of one batch.
+
+        Args:
+            outputs: the network's ``{"out": (N, C, H, W), "aux": [(N, C, H, W), …]}``.
+            target: (N, H, W) int64 labels.
+            images: (N, 3, H, W), the network's input (unused here; distillation feeds it to the teacher).
+
+        Returns:
+            (total loss, {"seg_loss": the same}).
+        """
+        heads = [outputs["out"], *outputs["aux"]]
+        weights = [1.0] + [self.aux_weight] * (len(heads) - 1)
+        seg = sum_over_heads(self.criterion, [h.float() for h in heads], target, weights)
+        return seg, {"seg_loss": seg}
+
+
+class DistillationLoss:
+    """§9.3 for the distilled student: the segmentation loss plus ``weight · KL(t ‖ s)`` of ``out``.
+
+    Args:
+        segmentation: the student's :class:`SegmentationLoss`.
+        teacher: the frozen teacher (eval mode, no gradients, on the images' device and layout).
+        weight, temperature, reduction: the KL term (:func:`distillation_kl`).
+        amp_dtype: the autocast dtype the student runs in (``None``: fp32); the teacher runs in the same.
+    """
+
+    parts = ("seg_loss", "kd_loss")
+
+    def __init__(self, segmentation: SegmentationLoss, teacher: nn.Module, weight: float, temperature: float,
+                 reduction: str, amp_dtype: torch.dtype | None = None) -> None:  # fmt: skip
+        self.segmentation, self.teacher = segmentation, teacher
+        self.weight, self.temperature, self.reduction, self.amp_dtype = weight, temperature, reduction, amp_dtype
+
+    def __call__(self, outputs: Mapping[str, Any], target: torch.Tensor, images: torch.Tensor
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+        """Loss of one batch: (total, {"seg_loss", "kd_loss"}); shapes as :class:`SegmentationLoss`."""
+        with torch.no_grad(), torch.autocast(images.device.type, dtype=self.amp_dtype,
+                                             enabled=self.amp_dtype is not None):  # fmt: skip
+            t_out = self.teacher(images)["out"]
+        seg, parts = self.segmentation(outputs, target, images)
+        kd = self.weight * distillation_kl(outputs["out"].float(), t_out.float(), temperature=self.temperature,
+                                           reduction=self.reduction)  # fmt: skip
+        return seg + kd, parts | {"kd_loss": kd}

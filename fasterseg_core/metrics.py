@@ -1,4 +1,4 @@
-"""Segmentation metrics from one confusion matrix accumulated over a whole split (spec §9.4).
+"""Segmentation metrics from one confusion matrix accumulated over a whole split (§9.4).
 
 Count first, derive at the end: ``hist[gt, pred]`` is summed over every valid pixel of every batch (on the
 device, with one ``bincount`` per update), and the scores come from it only in :meth:`ConfusionMatrix.compute`:
@@ -7,7 +7,7 @@ device, with one ``bincount`` per update), and the scores come from it only in :
   ground truth and prediction;
 * ``miou`` = nanmean of IoU over all C classes;
 * ``miou_no_back`` = nanmean of IoU over classes 1…C−1 (what the authors' ``compute_score`` returns as
-  "mean IU no back"; for Cityscapes it drops road, spec §9.4);
+  "mean IU no back"; for Cityscapes it drops road, §9.4);
 * ``pixel_acc`` = correct / labelled over all valid pixels ("mean pixel acc" in the authors' logs);
 * ``mean_class_acc`` = nanmean over classes of ``hist[c, c] / Σ_p hist[c, p]`` (NaN where a class has no
   ground-truth pixel).
@@ -24,6 +24,9 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 import torch.distributed as dist
+
+# The scores every table reports, in this order (fractions 0..1; ``compute()`` also gives per-class IoU).
+SCORE_KEYS = ("miou", "miou_no_back", "pixel_acc", "mean_class_acc")
 
 
 class ConfusionMatrix:
@@ -152,3 +155,21 @@ class ConfusionMatrix:
 def _nanmean(x: torch.Tensor) -> float:
     x = x[~torch.isnan(x)]
     return float(x.mean()) if x.numel() else math.nan
+
+
+def format_scores(scores: dict, frame: pd.DataFrame) -> str:
+    """The scores of :meth:`ConfusionMatrix.compute` and its per-class frame as a plain-text report."""
+    pct = frame.copy()
+    for col in ("iou", "acc"):
+        pct[col] = pct[col] * 100
+    pct = pct.rename(columns={"iou": "IoU %", "acc": "acc %"})
+    lines = [
+        f"mIoU            {scores['miou'] * 100:6.2f} %",
+        f"mIoU no back    {scores['miou_no_back'] * 100:6.2f} %   (classes 1…C-1, the authors' 'mean IU no back')",
+        f"pixel acc       {scores['pixel_acc'] * 100:6.2f} %",
+        f"mean class acc  {scores['mean_class_acc'] * 100:6.2f} %",
+        f"pixels          {scores['pixels']}",
+        "",
+        pct.to_string(float_format=lambda v: f"{v:6.2f}"),
+    ]
+    return "\n".join(lines)

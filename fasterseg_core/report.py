@@ -1,31 +1,15 @@
-"""The pipeline driver: stage notebooks → executed notebooks → one HTML and one PDF report.
+"""The report: the stages' executed notebooks → one HTML → one PDF (rendering only; the pipeline that
+runs the stages is :mod:`fasterseg_core.pipeline`).
 
-    python -m fasterseg_core.report --profile smoke [--overrides '{"teacher.epochs": 2}']
-                                    [--hardware-tag cpu-laptop] [--force] [--no-pdf]
-
-Stages are the numbered notebooks ``notebooks/NN_stage.ipynb``, run in name order (00_data →
-01_search → 02_teacher → 03_distill → 04_student → 05_latency → 06_analysis; whichever exist) through
-papermill from this one Python process (kernel ``python3``, cwd ``notebooks/``) with the parameters
-``profile``, ``overrides`` and ``hardware_tag``. Executed notebooks go to
-``<output_root>/<profile>/notebooks/``.
-
-* A stage is skipped when its run (:mod:`fasterseg_core.runs`) is complete for the same resolved config
-  and hardware tag, its executed notebook exists, and no earlier stage ran in this invocation (a rerun
-  upstream makes everything downstream stale). ``force`` reruns every stage.
-* A failed stage stops the pipeline. The report still renders what exists, the failure marked on the
-  front page and at the stage, and the exit code is 1.
-* ``<output_root>/<profile>/pipeline.json`` records each stage's status, time and error.
-
-Rendering follows ``shared/docs/toolchain.md`` §3: the executed notebooks are merged into one
-notebook, converted once with nbconvert and ``templates/report`` (A4, code hidden unless
-``report.show_code``), given a front page (pipeline status, table of contents) and printed once by
-headless Chromium. The widget, require.js and MathJax scripts ``make setup`` installs under
-``build/node_modules`` are copied to ``report/vendor/`` so the HTML works offline.
+Rendering follows the toolchain notes (nbconvert's lab exporter, headless Chromium's print): the executed
+notebooks are merged into one notebook, converted once with nbconvert and the ``report`` template shipped
+in this package (A4, code hidden unless ``report.show_code``), given a front page (pipeline status, table
+of contents) and printed once by headless Chromium. The widget, require.js and MathJax scripts ``make
+setup`` installs under ``build/node_modules`` are copied to ``report/vendor/`` so the HTML works offline.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import datetime as dt
 import html
@@ -37,20 +21,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import nbformat
 
-from .config import ConfigError, RunConfig, load_config
-from .runs import REPO_ROOT, git_state, is_complete, resolve_hardware_tag, save_json
-
-# The pipeline's stages in order (issue 7); a notebook is named after its stage, as is its output folder.
-STAGES = ("00_data", "01_search", "02_teacher", "03_distill", "04_student", "05_latency", "06_analysis")
-NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
-TEMPLATES_DIR = REPO_ROOT / "templates"
-JS_MODULES_DIR = REPO_ROOT / "build" / "node_modules"
+from .config import RunConfig, project_root
 
 _WIDGET_STATE_MIME = "application/vnd.jupyter.widget-state+json"
 _FRONT_MARKER = "<!--fasterseg-report-front-->"
@@ -73,104 +50,31 @@ CHROMIUM_ARGS = (
     "--no-first-run",
     "--disable-quic",
 )
-_INSTALL_HINT = (
-    "`make setup` installs it when run as root; otherwise: "
-    "sudo apt-get install -y --no-install-recommends chromium poppler-utils fonts-liberation"
-)
+
+
+def install_hint() -> str:
+    """How to get headless Chromium and poppler."""
+    return ("`make setup` installs it when run as root; otherwise: "
+            "sudo apt-get install -y --no-install-recommends chromium poppler-utils fonts-liberation")  # fmt: skip
+
+
+def js_modules_dir() -> Path:
+    """``build/node_modules`` of the project folder, where ``make setup`` installs the offline scripts."""
+    return project_root() / "build" / "node_modules"
 
 
 class ReportError(RuntimeError):
     """The report could not be rendered (missing tool, failed conversion or print)."""
 
 
-@dataclass
-class StageResult:
-    """What happened to one stage in a pipeline invocation."""
-
-    stage: str
-    status: str  # "ok" | "skipped" | "failed" | "not-run"
-    seconds: float = 0.0
-    error: str = ""
-    notebook: str = ""  # the executed notebook (absent for "not-run")
-
-
-# ---------------------------------------------------------------------------------------------------
-# running the stages
-
-
-def stage_notebooks(folder: Path = NOTEBOOKS_DIR) -> list[Path]:
-    """The stage notebooks ``NN_name.ipynb`` in ``folder``, in pipeline order."""
-    return sorted(folder.glob("[0-9][0-9]_*.ipynb"))
-
-
-def run_stages(
-    cfg: RunConfig,
-    parameters: dict[str, Any],
-    force: bool = False,
-    notebooks_dir: Path = NOTEBOOKS_DIR,
-    record: dict[str, Any] | None = None,
-) -> list[StageResult]:
-    """Execute the stage notebooks in order, skipping complete ones, stopping at the first failure.
-
-    Args:
-        cfg: the resolved config (for the skip test and the output folder).
-        parameters: papermill parameters, ``{"profile", "overrides", "hardware_tag"}``.
-        force: rerun every stage.
-        notebooks_dir: where the ``NN_stage.ipynb`` notebooks are (and the kernel's cwd).
-        record: the pipeline record; its ``stages`` list is updated and saved after every stage.
-    """
-    import papermill  # slow import (~1.3 s); only the driver needs it
-
-    out_dir = cfg.output_dir / "notebooks"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results: list[StageResult] = []
-    stale = force  # once a stage runs, every later stage must run too
-    failed = False
-    for source in stage_notebooks(notebooks_dir):
-        stage, executed = source.stem, out_dir / source.name
-        if failed:
-            results.append(StageResult(stage, "not-run", error="an earlier stage failed"))
-        elif not stale and executed.exists() and is_complete(cfg, stage, parameters["hardware_tag"]):
-            results.append(StageResult(stage, "skipped", notebook=str(executed)))
-            print(f"[{stage}] complete for this config, skipped (FORCE=1 reruns)", flush=True)
-        else:
-            stale = True
-            print(f"[{stage}] running {source.name} ...", flush=True)
-            start = time.perf_counter()
-            executed.unlink(missing_ok=True)  # never show a previous run's notebook for this attempt
-            try:
-                papermill.execute_notebook(
-                    str(source),
-                    str(executed),
-                    parameters=parameters,
-                    kernel_name="python3",
-                    cwd=str(notebooks_dir),
-                    progress_bar=False,
-                )
-                result = StageResult(stage, "ok", notebook=str(executed))
-            except Exception as err:  # noqa: BLE001 - a failed cell or a dead kernel: both stop the pipeline
-                failed = True
-                if isinstance(err, papermill.PapermillExecutionError):
-                    message = f"{err.ename}: {err.evalue}"
-                else:
-                    message = f"{type(err).__name__}: {err}"
-                result = StageResult(stage, "failed", error=message)
-                result.notebook = str(executed) if executed.exists() else ""
-            result.seconds = round(time.perf_counter() - start, 1)
-            results.append(result)
-            print(f"[{stage}] {result.status} in {result.seconds:.1f} s {result.error}".rstrip(), flush=True)
-        if record is not None:
-            record["stages"] = [asdict(r) for r in results]
-            save_json(record, cfg.output_dir / "pipeline.json")
-    return results
-
-
 # ---------------------------------------------------------------------------------------------------
 # one notebook from many, then HTML
 
 
-def merge_notebooks(results: list[StageResult], show_code: bool) -> nbformat.NotebookNode:
+def merge_notebooks(results: list[dict[str, Any]], show_code: bool) -> nbformat.NotebookNode:
     """One notebook of every executed stage, each opened by a stage marker (and a failure banner).
+
+    ``results``: the pipeline's per-stage records (``stage``, ``status``, ``error``, ``notebook``).
 
     Widget states are merged (model ids are unique per kernel session); the parameters cells are
     dropped when code is hidden, since they would render as empty boxes.
@@ -178,18 +82,18 @@ def merge_notebooks(results: list[StageResult], show_code: bool) -> nbformat.Not
     merged = nbformat.v4.new_notebook()
     widget_state: dict[str, Any] = {}
     for result in results:
-        if not result.notebook:
+        if not result["notebook"]:
             continue
-        nb = nbformat.read(result.notebook, as_version=4)
+        nb = nbformat.read(result["notebook"], as_version=4)
         for key in ("kernelspec", "language_info"):
             if key in nb.metadata and key not in merged.metadata:
                 merged.metadata[key] = nb.metadata[key]
         widget_state.update(nb.metadata.get("widgets", {}).get(_WIDGET_STATE_MIME, {}).get("state", {}))
-        marker = f'<div class="report-stage" id="stage-{result.stage}"></div>'
-        if result.status == "failed":
+        marker = f'<div class="report-stage" id="stage-{result["stage"]}"></div>'
+        if result["status"] == "failed":
             marker += (
-                f'\n<div class="report-failure"><b>Stage {result.stage} failed</b>: '
-                f"{html.escape(result.error)}<br>The error is shown below where it happened; "
+                f'\n<div class="report-failure"><b>Stage {result["stage"]} failed</b>: '
+                f"{html.escape(result['error'])}<br>The error is shown below where it happened; "
                 "later stages were not run.</div>"
             )
         merged.cells.append(nbformat.v4.new_markdown_cell(marker))
@@ -197,7 +101,7 @@ def merge_notebooks(results: list[StageResult], show_code: bool) -> nbformat.Not
             if not show_code and _PARAMETER_TAGS & set(cell.metadata.get("tags", [])):
                 continue
             cell = copy.deepcopy(cell)
-            cell["id"] = f"{result.stage}-{i}"  # cell ids must stay unique across notebooks
+            cell["id"] = f"{result['stage']}-{i}"  # cell ids must stay unique across notebooks
             merged.cells.append(cell)
     if widget_state:
         merged.metadata["widgets"] = {
@@ -211,10 +115,11 @@ def _vendor_assets(report_dir: Path) -> bool:
     vendor = report_dir / "vendor"
     if (vendor / ".complete").exists():
         return True
-    sources = {name: JS_MODULES_DIR / rel for name, rel in _VENDOR_FILES.items()}
+    modules = js_modules_dir()
+    sources = {name: modules / rel for name, rel in _VENDOR_FILES.items()}
     if not all(path.exists() for path in sources.values()):
         print(
-            f"warning: offline report scripts missing under {JS_MODULES_DIR} (run `make setup`); "
+            f"warning: offline report scripts missing under {modules} (run `make setup`); "
             "widgets and math in report.html will load from public CDNs",
             file=sys.stderr,
         )
@@ -239,7 +144,7 @@ def to_html(nb: nbformat.NotebookNode, show_code: bool, vendored: bool) -> str:
     from traitlets.config import Config
 
     c = Config()
-    c.HTMLExporter.extra_template_basedirs = [str(TEMPLATES_DIR)]
+    c.HTMLExporter.extra_template_basedirs = [str(resources.files("fasterseg_core") / "templates")]
     c.HTMLExporter.template_name = "report"
     c.HTMLExporter.exclude_input = not show_code
     c.HTMLExporter.exclude_input_prompt = True
@@ -283,7 +188,7 @@ def _number_headings(body: str) -> tuple[str, list[tuple[int, str, str]]]:
     return "".join(out), toc
 
 
-def _front_page(cfg: RunConfig, record: dict[str, Any], results: list[StageResult], toc: list) -> str:
+def _front_page(cfg: RunConfig, record: dict[str, Any], results: list[dict[str, Any]], toc: list) -> str:
     esc = html.escape
     git = record.get("git") or {}
     commit = (git.get("sha") or "no commit")[:10] + (" (uncommitted changes)" if git.get("dirty") else "")
@@ -294,11 +199,11 @@ def _front_page(cfg: RunConfig, record: dict[str, Any], results: list[StageResul
     )
     rows = []
     for r in results:
-        name = f'<a href="#stage-{r.stage}">{r.stage}</a>' if r.notebook else r.stage
-        time_s = f"{r.seconds:.1f} s" if r.status in ("ok", "failed") else ""
+        name = f'<a href="#stage-{r["stage"]}">{r["stage"]}</a>' if r["notebook"] else r["stage"]
+        time_s = f"{r['seconds']:.1f} s" if r["status"] in ("ok", "failed") else ""
         rows.append(
-            f'<tr><td>{name}</td><td class="report-status-{r.status}">{r.status}</td>'
-            f"<td>{time_s}</td><td>{esc(r.error)}</td></tr>"
+            f'<tr><td>{name}</td><td class="report-status-{r["status"]}">{r["status"]}</td>'
+            f"<td>{time_s}</td><td>{esc(r['error'])}</td></tr>"
         )
     contents, depth = [], 1  # nested <ol> per heading level
     for level, anchor, text in toc:
@@ -335,7 +240,7 @@ def print_pdf(html_path: Path, pdf_path: Path, timeout_s: float = 600) -> None:
     exe = find_chromium()
     if exe is None:
         raise ReportError(
-            f"headless Chromium not found (looked for {', '.join(_CHROMIUM_NAMES)}): {_INSTALL_HINT}"
+            f"headless Chromium not found (looked for {', '.join(_CHROMIUM_NAMES)}): {install_hint()}"
         )
     tmp_pdf = pdf_path.with_name(f".{pdf_path.name}.tmp")
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as user_data:
@@ -361,7 +266,7 @@ def print_pdf(html_path: Path, pdf_path: Path, timeout_s: float = 600) -> None:
 
 
 def render_report(
-    cfg: RunConfig, results: list[StageResult], record: dict[str, Any], pdf: bool = True
+    cfg: RunConfig, results: list[dict[str, Any]], record: dict[str, Any], pdf: bool = True
 ) -> Path:
     """Write ``report/report.html`` (and ``report.pdf``) from the stages' executed notebooks.
 
@@ -388,85 +293,3 @@ def render_report(
         record["report"].update(pdf=str(pdf_path), pdf_seconds=round(time.perf_counter() - start, 1))
         print(f"[report] {pdf_path} ({record['report']['pdf_seconds']:.1f} s)", flush=True)
     return report_dir
-
-
-def build_report(
-    profile: str,
-    overrides: dict[str, Any] | None = None,
-    hardware_tag: str = "",
-    force: bool = False,
-    pdf: bool = True,
-    notebooks_dir: Path = NOTEBOOKS_DIR,
-) -> dict[str, Any]:
-    """Run the pipeline for a profile, then render its report; the library form of ``make report``.
-
-    Returns:
-        The pipeline record also saved as ``<output_root>/<profile>/pipeline.json``: parameters, git
-        state, per-stage ``{stage, status, seconds, error, notebook}``, report paths and times.
-
-    Raises:
-        ConfigError: the profile or overrides do not fit the config (before any notebook runs).
-        ReportError: rendering failed (e.g. Chromium missing); the record says how far it got.
-    """
-    overrides = dict(overrides or {})
-    cfg = load_config(profile, overrides)  # a misspelled override fails here, before any kernel starts
-    if pdf and find_chromium() is None:  # fail before an hour of stages, not after
-        raise ReportError(
-            f"headless Chromium not found, the PDF needs it: {_INSTALL_HINT} (or pass --no-pdf for the HTML only)"
-        )
-    start = time.perf_counter()
-    record: dict[str, Any] = {
-        "profile": cfg.profile,
-        "overrides": overrides,
-        "hardware_tag": resolve_hardware_tag(cfg, hardware_tag),
-        "force": force,
-        "git": git_state(),
-        "started_at": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "stages": [],
-    }
-    parameters = {"profile": profile, "overrides": overrides, "hardware_tag": hardware_tag}
-    results = run_stages(cfg, parameters, force=force, notebooks_dir=notebooks_dir, record=record)
-    try:
-        render_report(cfg, results, record, pdf=pdf)
-    finally:
-        record["seconds"] = round(time.perf_counter() - start, 1)
-        save_json(record, cfg.output_dir / "pipeline.json")
-    return record
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command line of :func:`build_report`; exit 0 all stages ok, 1 a stage failed, 2 bad input."""
-    parser = argparse.ArgumentParser(
-        prog="python -m fasterseg_core.report", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--profile", default="camvid-cpu", help="params/<profile>.yaml (default camvid-cpu)")
-    parser.add_argument(
-        "--overrides", default="{}", help="JSON object of dotted keys, e.g. '{\"teacher.epochs\": 2}'"
-    )
-    parser.add_argument("--hardware-tag", default="", help="name for this machine in latency results")
-    parser.add_argument("--force", action="store_true", help="rerun stages that are already complete")
-    parser.add_argument("--no-pdf", action="store_true", help="render report.html only")
-    parser.add_argument("--notebooks", type=Path, default=NOTEBOOKS_DIR, help="folder of NN_stage.ipynb")
-    args = parser.parse_args(argv)
-    try:
-        overrides = json.loads(args.overrides)
-    except json.JSONDecodeError as err:
-        parser.error(f"--overrides is not JSON ({err}); example: '{{\"teacher.epochs\": 2}}'")
-    if not isinstance(overrides, dict):
-        parser.error(f"--overrides must be a JSON object of dotted keys, got {args.overrides!r}")
-    try:
-        record = build_report(
-            args.profile, overrides, args.hardware_tag, args.force, not args.no_pdf, args.notebooks
-        )
-    except (ConfigError, ReportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    failed = [s["stage"] for s in record["stages"] if s["status"] == "failed"]
-    if failed:
-        print(f"error: stage {failed[0]} failed; see the report and pipeline.json", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,15 +1,19 @@
-"""Run folders and provenance: where a stage writes, what it records, and how the next stage finds it.
+"""The pipeline's stages, their run folders and provenance: where a stage writes, what it records, when a
+finished stage can be reused, and how the next stage finds it.
 
-Every stage (one numbered notebook) writes to a fixed folder ``<output_root>/<profile>/<stage>/``
-(house style §3.8: no timestamps in folder names, reruns overwrite):
+:data:`STAGES` is the one table of stages: notebook, output folder, config section, network role, label
+and the upstream stages whose outputs it reads. Every stage (one numbered notebook) writes to a fixed
+folder ``<output_root>/<profile>/<stage>/`` (house style §3.8: no timestamps in folder names):
 
 * ``config.yaml``   the resolved configuration (:func:`fasterseg_core.config.dump_config`)
 * ``manifest.json`` git commit and dirty flag, package versions, device, hardware tag, seed, start/end
-  time, status (``running`` → ``complete``) and the config key the pipeline driver compares
+  time, status and the stage's identity
 * ``metrics.json``  the stage's small results; other artifacts (checkpoints, figures) beside them
 
-A stage is *complete for a config* when its manifest says ``complete`` and records the same config key
-and hardware tag; :mod:`fasterseg_core.report` skips such stages unless forced.
+A stage's **identity** (:func:`stage_identity`) hashes what can change its outputs: its own config
+sections and the identities of the upstream stages it reads. A stage is *complete for a config* when its
+manifest says ``complete`` with the same identity and hardware tag, so changing ``distill.*`` leaves
+``02_teacher`` complete, and changing ``latency.*`` leaves every training stage complete.
 
     run = start_run(cfg, "02_teacher", seed=cfg.teacher.seed)
     save_torch(state, run.path("checkpoints", "best.pt"))
@@ -36,24 +40,105 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import RunConfig, dump_config, to_dict
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from .config import RunConfig, dump_config, project_root, to_dict
 
 # Packages whose versions go into every manifest (the ones that change numbers or rendering).
-_VERSIONED_PACKAGES = (
-    "fasterseg-core",
-    "torch",
-    "torchvision",
-    "numpy",
-    "pillow",
-    "pandas",
-    "matplotlib",
-    "onnx",
-    "onnxruntime",
-    "papermill",
-    "nbconvert",
-)
+_VERSIONED_PACKAGES = ("fasterseg-core", "torch", "torchvision", "numpy", "pillow", "pandas", "matplotlib",
+                       "onnx", "onnxruntime", "papermill", "nbconvert")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------
+# the stage table
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage: a notebook ``notebooks/<name>.ipynb`` writing ``outputs/<profile>/<name>/``.
+
+    Attributes:
+        name: notebook stem and output folder, e.g. ``"02_teacher"``.
+        label: how tables name its result, e.g. ``"Distilled student"``.
+        sections: the config sections that can change its outputs (part of its identity).
+        upstream: stages whose outputs it may read (their identities are part of its identity).
+        section: the training section it runs (``"teacher"``, ``"distill"``, ``"student"``), else ``None``.
+        role: the architecture it trains, ``"teacher"`` or ``"student"``, else ``None``.
+    """
+
+    name: str
+    label: str
+    sections: tuple[str, ...]
+    upstream: tuple[str, ...] = ()
+    section: str | None = None
+    role: str | None = None
+
+
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        # 00_data's loader-speed figure uses the teacher's crop and batch, hence the teacher section.
+        Stage("00_data", "Data", ("data", "teacher")),
+        Stage("01_search", "Search", ("data", "model", "search")),
+        Stage("02_teacher", "Teacher", ("data", "model", "teacher"), ("01_search",), "teacher", "teacher"),
+        Stage("03_distill", "Distilled student", ("data", "model", "distill"), ("01_search", "02_teacher"),
+              "distill", "student"),
+        Stage("04_student", "Trained student", ("data", "model", "student"), ("01_search",), "student",
+              "student"),
+        Stage("05_latency", "Latency", ("data", "model", "latency"), ("01_search", "02_teacher", "03_distill")),
+        Stage("06_analysis", "Analysis", ("report",), ("00_data", "01_search", "02_teacher", "03_distill",
+                                                        "04_student", "05_latency")),
+    )
+}  # fmt: skip
+TRAINING_STAGES = tuple(name for name, s in STAGES.items() if s.section is not None)
+
+
+def get_stage(name: str) -> Stage:
+    """The :class:`Stage` of a name; the short names ``teacher``/``distill``/``student`` are accepted."""
+    by_section = {s.section: s for s in STAGES.values() if s.section}
+    stage = STAGES.get(name) or by_section.get(name)
+    if stage is None:
+        raise ValueError(f"no stage {name!r}; stages: {list(STAGES)} (training: teacher, distill, student)")
+    return stage
+
+
+def architecture_source(cfg: RunConfig) -> str:
+    """``"searched"`` or ``"published"``: where the training stages' networks come from for this config
+    (``model.arch_source: auto`` = the search's when ``01_search`` is complete for this config)."""
+    source = cfg.model.arch_source
+    if source == "auto":
+        return "searched" if is_complete(cfg, "01_search", any_hardware=True) else "published"
+    return source
+
+
+def _reads(cfg: RunConfig, stage: Stage, upstream: str) -> bool:
+    """Whether ``stage`` reads ``upstream``'s outputs under this config (its identity then depends on it)."""
+    if upstream == "01_search" and stage.section is not None:
+        return architecture_source(cfg) == "searched"
+    if upstream == "02_teacher" and stage.name == "03_distill":
+        return not cfg.distill.teacher_checkpoint
+    return True
+
+
+def stage_identity(cfg: RunConfig, name: str, ignore: tuple[str, ...] = ()) -> str:
+    """A short hash of what a stage computes from: its config sections and its upstream identities.
+
+    Args:
+        name: the stage.
+        ignore: keys of the stage's own training section left out, e.g. ``("epochs", "eval_every_epochs")``
+            for the resume key: raising ``epochs`` continues a finished run instead of starting over.
+    """
+    stage = STAGES[name]
+    tree = to_dict(cfg)
+    blob: dict[str, Any] = {"stage": name}
+    for section in stage.sections:
+        values = tree[section]
+        if section == stage.section:
+            values = {k: v for k, v in values.items() if k not in ignore}
+        blob[section] = values
+    blob["device"] = cfg.device
+    blob["upstream"] = {u: stage_identity(cfg, u) for u in stage.upstream if _reads(cfg, stage, u)}
+    if name == "03_distill" and cfg.distill.teacher_checkpoint:
+        blob["teacher_checkpoint"] = cfg.distill.teacher_checkpoint
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -105,22 +190,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# ---------------------------------------------------------------------------------------------------
-# provenance
-
-
-def config_key(cfg: RunConfig) -> str:
-    """A short hash of what a run computes from: the resolved config without ``report`` (rendering
-    only), ``output_root`` (where, not what) and ``hardware_tag`` (recorded on its own)."""
-    tree = to_dict(cfg)
-    for name in ("report", "output_root", "hardware_tag"):
-        tree.pop(name, None)
-    blob = json.dumps(tree, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def git_state(repo: Path = REPO_ROOT) -> dict[str, Any]:
-    """``{"sha": ..., "dirty": ...}`` of the checkout, or ``None`` values outside a git checkout."""
+def git_state(repo: Path | None = None) -> dict[str, Any]:
+    """``{"sha": ..., "dirty": ...}`` of the project checkout, or ``None`` values outside a git checkout."""
+    repo = repo or project_root()
 
     def git(*args: str) -> str | None:
         try:
@@ -147,7 +219,8 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def _now() -> str:
+def now() -> str:
+    """The current UTC time as ISO 8601 (seconds), as every manifest records it."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -167,10 +240,13 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} in JSON: {value!r}")
 
 
+TMP_SUFFIX = ".tmp"
+
+
 def _atomic_target(path: str | os.PathLike) -> tuple[Path, Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     # mkstemp creates 0600 files; artifacts are meant to be read by others (umask-respecting 0644).
     umask = os.umask(0)
@@ -230,22 +306,25 @@ def load_manifest(cfg: RunConfig, stage: str) -> dict[str, Any] | None:
     return load_json(path) if path.exists() else None
 
 
-def is_complete(cfg: RunConfig, stage: str, hardware: str = "") -> bool:
-    """Whether the stage finished for this config on this hardware tag (the pipeline's skip test)."""
+def is_complete(cfg: RunConfig, stage: str, hardware: str = "", *, any_hardware: bool = False) -> bool:
+    """Whether the stage finished for this config (same identity) on this hardware tag.
+
+    ``any_hardware``: accept a run on another machine (a GPU-trained teacher evaluated on a CPU).
+    """
     manifest = load_manifest(cfg, stage)
     return (
         manifest is not None
         and manifest.get("status") == "complete"
-        and manifest.get("config_key") == config_key(cfg)
-        and manifest.get("hardware") == resolve_hardware_tag(cfg, hardware)
+        and manifest.get("identity") == stage_identity(cfg, stage)
+        and (any_hardware or manifest.get("hardware") == resolve_hardware_tag(cfg, hardware))
     )
 
 
 def upstream_path(cfg: RunConfig, stage: str, *parts: str) -> Path:
     """Path of an artifact an earlier stage wrote, checked before a later stage relies on it.
 
-    The upstream run must be complete and made from the same config (its hardware may differ, e.g. a
-    GPU-trained teacher timed on a CPU).
+    The upstream run must be complete with the identity this config gives it (its hardware may differ,
+    e.g. a GPU-trained teacher timed on a CPU).
 
     Raises:
         FileNotFoundError: the stage has not completed for this config, or the artifact is missing.
@@ -257,10 +336,11 @@ def upstream_path(cfg: RunConfig, stage: str, *parts: str) -> Path:
             f"stage {stage} has no complete run in {folder}; run it first "
             f"(make report PROFILE={cfg.profile}, or its notebook)"
         )
-    if manifest.get("config_key") != config_key(cfg):
+    if manifest.get("identity") != stage_identity(cfg, stage):
         raise FileNotFoundError(
-            f"stage {stage} in {folder} ran with a different config (key {manifest.get('config_key')} "
-            f"!= {config_key(cfg)}); rerun it with this profile and overrides (FORCE=1 reruns everything)"
+            f"stage {stage} in {folder} ran with a different {'/'.join(STAGES[stage].sections)} config "
+            f"(identity {manifest.get('identity')} != {stage_identity(cfg, stage)}); rerun it with this profile "
+            "and overrides (make report reruns what is stale)"
         )
     path = folder.joinpath(*parts)
     if not path.exists():
@@ -295,7 +375,7 @@ class Run:
         if metrics is not None:
             self.save_metrics(metrics)
         elapsed = time.monotonic() - self._started
-        self.manifest.update(status="complete", finished_at=_now(), seconds=round(elapsed, 1))
+        self.manifest.update(status="complete", finished_at=now(), seconds=round(elapsed, 1))
         save_json(self.manifest, self.dir / "manifest.json")
 
 
@@ -319,7 +399,7 @@ def start_run(cfg: RunConfig, stage: str, hardware_tag: str = "", seed: int | No
         "stage": stage,
         "profile": cfg.profile,
         "status": "running",
-        "config_key": config_key(cfg),
+        "identity": stage_identity(cfg, stage),
         "hardware": resolve_hardware_tag(cfg, hardware_tag),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device)
@@ -328,7 +408,7 @@ def start_run(cfg: RunConfig, stage: str, hardware_tag: str = "", seed: int | No
         "seed": seed,
         "git": git_state(),
         "versions": package_versions(),
-        "started_at": _now(),
+        "started_at": now(),
         "finished_at": None,
     }
     save_json(manifest, folder / "manifest.json")

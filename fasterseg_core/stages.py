@@ -1,102 +1,242 @@
 """One function per pipeline stage, called by the numbered notebooks (house style §3.2, §3.6).
 
-Each stage function takes the resolved configuration and the open run of its stage
-(:func:`fasterseg_core.runs.start_run`), reads upstream artefacts, writes its own into ``run.dir`` and
-returns a small result object for the notebook's tables and figures.
+Each takes the resolved configuration and the open run of its stage (:func:`fasterseg_core.runs.start_run`),
+reads upstream artefacts, writes its own into ``run.dir`` and returns a small result for the notebook's
+tables and figures. The stages themselves are listed once, in :data:`fasterseg_core.runs.STAGES`.
 
 * :func:`run_search` — ``01_search``: latency table for this device, pretraining, search, derivation.
-* :func:`run_training` — ``02_teacher``, ``03_distill``, ``04_student`` (:mod:`fasterseg_core.training`).
+* :func:`run_training` — ``02_teacher``, ``03_distill``, ``04_student`` (method §9): the teacher from
+  scratch; the student with the KL term against the frozen teacher; the student from scratch (the
+  reproduction study's extension). Then the best and last checkpoints are scored on every labelled split.
 * :func:`run_latency` — ``05_latency``: every network × backend on this machine, table vs measurement.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
+from torch import nn
 
-from .config import RunConfig
+from .checkpoints import load_checkpoint_model, load_stage_model
+from .config import RunConfig, resolve_path
 from .data import build_dataset
-from .evaluate import load_stage_model
-from .latency.lut import LatencyTable, build_lut, load_authors_lut
+from .distributed import init_distributed, local_device
+from .engine import TrainResult, evaluate, fit, training_loss
+from .latency.cache import search_latency_table
 from .latency.suite import LatencyRecord, candidate_networks, load_records, measure_suite, real_images
-from .runs import REPO_ROOT, Run, upstream_path
+from .metrics import SCORE_KEYS, ConfusionMatrix
+from .models import (
+    Architecture,
+    CheckpointMismatchError,
+    build_network,
+    init_weights_,
+    published_architecture,
+)
+from .predictions import save_colour_predictions
+from .runs import Run, architecture_source, get_stage, save_json, stage_identity, upstream_path
 from .search import SearchResult, search
-from .training import run_training
-from .training import scores_table as training_scores
 
-__all__ = ["load_lut", "run_latency", "run_search", "run_training", "search_latency_table", "training_scores"]
-
-LUT_BACKEND = "eager"  # the search's table times plain PyTorch modules on the run's device
+__all__ = ["StageInputMissing", "TrainStageResult", "run_latency", "run_search", "run_training", "scores_table"]
 
 
-def lut_cache_path(cfg: RunConfig, hardware_tag: str, input_hw: tuple[int, int]) -> Path:
-    """``outputs/<profile>/latency/lut_<tag>_<H>x<W>.json``: where a device's table is cached for reuse."""
-    return cfg.output_dir / "latency" / f"lut_{hardware_tag}_{input_hw[0]}x{input_hw[1]}.json"
+class StageInputMissing(FileNotFoundError):
+    """A stage needs an artifact of an earlier stage that has not run (the message names it)."""
 
 
-def load_lut(path: str | Path) -> LatencyTable:
-    """A saved table: ours (``fasterseg-lut/1``) or the authors' export (``table_ms``).
-
-    Relative paths are taken from the repository root (profiles are written from there).
-    """
-    path = Path(path)
-    if not path.is_absolute():
-        path = REPO_ROOT / path
-    if not path.exists():
-        raise FileNotFoundError(f"latency table {path} does not exist (search.latency_table)")
-    data = json.loads(path.read_text())
-    return load_authors_lut(path) if "table_ms" in data else LatencyTable.load(path)
-
-
-def search_latency_table(
-    cfg: RunConfig, run: Run, num_classes: int, *, progress: bool = True
-) -> LatencyTable:
-    """The table that steers the search: the profile's ``search.latency_table`` if set, else this device's
-    table at ``search.latency_input_hw`` — reused from the cache when complete, otherwise (re)built there
-    (only missing entries are timed, e.g. the heads of another class count).
-    """
-    sc = cfg.search
-    if sc.latency_table:
-        return load_lut(sc.latency_table)
-    hw = tuple(sc.latency_input_hw)
-    path = lut_cache_path(cfg, run.hardware, hw)
-    cached = LatencyTable.load(path) if path.exists() else None
-    if cached is not None and tuple(cached.input_hw) != hw:
-        cached = None
-    lut = build_lut(run.device, LUT_BACKEND, hw, run.hardware, progress=progress, num_classes=num_classes,
-                    resume_from=cached)  # fmt: skip
-    if cached is None or len(lut.entries) != len(cached.entries):
-        lut.save(path)
-    return lut
-
-
+# ---- 01_search -------------------------------------------------------------------------------------
 def run_search(cfg: RunConfig, run: Run, *, progress: bool = True) -> SearchResult:
     """Stage ``01_search``: latency table, supernet pretraining and search, derived teacher and student.
 
-    Resumes from the last completed epoch when the run folder holds checkpoints of the same
-    data/model/search configuration.
-
-    Args:
-        cfg: the resolved configuration.
-        run: the open ``01_search`` run.
-        progress: tqdm bars and ETA lines.
-
-    Returns:
-        The :class:`~fasterseg_core.search.SearchResult`; ``metrics.json`` is written, ``run.finish`` is
-        the notebook's.
+    Resumes from the last completed epoch when the run folder holds checkpoints of the same identity.
+    ``metrics.json`` is written; ``run.finish`` is the notebook's.
     """
     num_classes = build_dataset(cfg.data, "val", train=False).num_classes
-    lut = search_latency_table(cfg, run, num_classes, progress=progress)
+    lut = search_latency_table(cfg, run.device, run.hardware, num_classes, progress=progress)
     return search(cfg, run, lut, progress=progress)
 
 
+# ---- 02_teacher, 03_distill, 04_student -------------------------------------------------------------
+@dataclass
+class TrainStageResult:
+    """What a training stage's notebook shows."""
+
+    metrics: dict[str, Any]
+    history: pd.DataFrame
+    per_class: pd.DataFrame
+    train: TrainResult
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def stage_architecture(cfg: RunConfig, role: str) -> tuple[Architecture, str]:
+    """The architecture a training stage builds for ``role`` ("teacher"/"student") and where it came from
+    (``model.arch_source``: the search's, or the authors' published Fig. 6 networks)."""
+    if architecture_source(cfg) == "published":
+        return published_architecture(role), "published"
+    try:
+        return Architecture.from_json(upstream_path(cfg, "01_search", f"arch_{role}.json")), "searched"
+    except FileNotFoundError as e:
+        raise StageInputMissing(
+            f"model.arch_source='searched' but {e}; run notebooks/01_search.ipynb first or set "
+            "model.arch_source='published'"
+        ) from e
+
+
+def load_teacher(cfg: RunConfig, num_classes: int) -> tuple[nn.Module, str]:
+    """The teacher of ``03_distill`` (CPU, eval mode) and a description of its source: this run's
+    ``02_teacher`` best checkpoint, or ``distill.teacher_checkpoint`` (ours, or the authors' ``weights0.pt``)."""
+    if cfg.distill.teacher_checkpoint:
+        path = resolve_path(cfg.distill.teacher_checkpoint)
+        if not path.exists():
+            raise StageInputMissing(f"distill.teacher_checkpoint {path} does not exist")
+        try:  # ours (stores its architecture) …
+            net, _ = load_checkpoint_model(path, None, num_classes, official=False)
+        except CheckpointMismatchError:
+            raise
+        except ValueError:  # … or the authors' plain state dict of the published teacher (weights0.pt)
+            net, _ = load_checkpoint_model(path, "teacher", num_classes, official=True)
+        return net.eval(), str(path)
+    try:
+        path = upstream_path(cfg, "02_teacher", "checkpoints", "best.pt")
+    except FileNotFoundError as e:
+        raise StageInputMissing(
+            f"03_distill needs a trained teacher: {e}. Run notebooks/02_teacher.ipynb first (make report "
+            "runs the stages in order), or set distill.teacher_checkpoint to a checkpoint, e.g. the authors' "
+            "released weights0.pt (Cityscapes, 19 classes)"
+        ) from e
+    net, _ = load_checkpoint_model(path, None, num_classes)
+    return net.eval(), "02_teacher best"
+
+
+def run_training(cfg: RunConfig, run: Run, *, progress: bool = True) -> TrainStageResult:
+    """Train the stage ``run.stage``, then evaluate its best and last checkpoints on val and test and write
+    every artifact into ``run.dir``.
+
+    Resumes from ``checkpoints/last.pt`` when it was trained from the same data, recipe and architecture.
+    Under ``torchrun`` every rank trains; rank 0 evaluates and writes.
+
+    Returns:
+        A :class:`TrainStageResult` (rank 0; other ranks get the training history only).
+    """
+    stage = get_stage(run.stage)
+    if stage.section is None:
+        raise ValueError(f"{run.stage!r} is not a training stage")
+    spec = getattr(cfg, stage.section)
+    info = init_distributed(run.device)
+    device = local_device(run.device, info)
+    train_set = build_dataset(cfg.data, "train", train=True, crop_hw=tuple(spec.crop_size_hw))
+    val_set = build_dataset(cfg.data, "val", train=False)
+    num_classes = train_set.num_classes
+    arch, arch_source = stage_architecture(cfg, stage.role)
+    teacher, teacher_source = None, ""
+    if stage.section == "distill":  # loaded before the student is seeded: building it draws random numbers
+        teacher, teacher_source = load_teacher(cfg, num_classes)
+    loss_fn = training_loss(spec, teacher, device, info.world)
+    torch.manual_seed(spec.seed)  # §9.2 seed: the same initial weights on every rank and every rerun
+    net = build_network(arch, num_classes)
+    init_weights_(net)  # §7.3
+    if info.main:
+        arch.to_json(run.path("arch.json"))
+    extra = {"arch": arch.to_dict(), "num_classes": num_classes, "role": stage.role}
+    key = stage_identity(cfg, stage.name, ignore=("epochs", "eval_every_epochs"))
+    result = fit(spec, net, loss_fn, train_set, val_set, device, run.dir, key=key, extra_state=extra,
+                 num_workers=cfg.data.num_workers, progress=progress)  # fmt: skip
+    history = pd.DataFrame(result.history)
+    splits = {"val": val_set}
+    if cfg.data.dataset != "cityscapes":  # Cityscapes test labels are withheld (server evaluation)
+        splits["test"] = build_dataset(cfg.data, "test", train=False)
+    # every rank scores its share of the images (all-reduced inside evaluate); rank 0 writes
+    files: dict[str, Path] = {}
+    scores, per_class = _score_checkpoints(run, result, arch, splits, device, spec.eval_flip, progress,
+                                           files if info.main else None)  # fmt: skip
+    if not info.main:
+        return TrainStageResult({}, history, per_class, result)
+    files["history"] = run.path("history.csv")
+    history.to_csv(files["history"], index=False)
+    files["per_class"] = run.path("per_class_iou.csv")
+    per_class.to_csv(files["per_class"], index=False)
+    train_seconds = history["seconds"].median() if len(history) else float("nan")
+    metrics = {
+        "stage": run.stage, "role": stage.role, "distilled": stage.section == "distill",
+        "arch_source": arch_source, "num_classes": num_classes, "class_names": list(train_set.table.class_names),
+        "dataset": cfg.data.dataset, "epochs": spec.epochs, "iters_per_epoch": spec.iters_per_epoch,
+        "batch_size": spec.batch_size, "crop_hw": list(spec.crop_size_hw),
+        "params": sum(p.numel() for p in net.parameters()), "seconds_total": result.seconds_total,
+        "seconds_per_epoch": float(train_seconds),
+        "images_per_s": spec.iters_per_epoch * spec.batch_size / float(train_seconds),
+        "resumed_from_epoch": result.resumed_from, "world_size": info.world,
+        "best": {"epoch": scores["val"]["best"]["epoch"], "val": _strip_iou(scores["val"]["best"])},
+        "last": {"epoch": scores["val"]["last"]["epoch"], "val": _strip_iou(scores["val"]["last"])},
+        "val": scores["val"],
+        **({"test": scores["test"]} if "test" in scores else {}),
+        **({"teacher_source": teacher_source} if teacher_source else {}),
+    }  # fmt: skip
+    save_json(metrics, run.path("metrics.json"))
+    return TrainStageResult(metrics, history, per_class, result, files)
+
+
+def _score_checkpoints(run: Run, result: TrainResult, arch: Architecture, splits: dict[str, Any],
+                       device: torch.device, flip: bool, progress: bool, files: dict[str, Path] | None
+                       ) -> tuple[dict[str, dict[str, Any]], pd.DataFrame]:  # fmt: skip
+    """Scores of the best and last checkpoints on every split and per-class IoU rows; with ``files`` (rank 0)
+    the best checkpoint's confusion matrices and coloured predictions are written into the run folder."""
+    names = list(splits["val"].class_names)
+    scores: dict[str, dict[str, Any]] = {split: {} for split in splits}
+    rows: list[dict[str, Any]] = []
+    for which in ("best", "last"):
+        model, ckpt = load_checkpoint_model(result.checkpoint_dir / f"{which}.pt", arch, len(names))
+        model.to(device)
+        if which == "last" and ckpt["epoch"] == scores["val"]["best"]["epoch"]:
+            # the best epoch is the last one: same weights, same scores
+            for split in splits:
+                scores[split]["last"] = scores[split]["best"]
+            rows += [r | {"checkpoint": "last"} for r in rows if r["checkpoint"] == "best"]
+            break
+        for split, dataset in splits.items():
+            cm: ConfusionMatrix = evaluate(model, dataset, device, flip=flip, progress=progress,
+                                           desc=f"{which} on {split}")  # fmt: skip
+            s = cm.compute()
+            scores[split][which] = _null_nan({k: s[k] for k in (*SCORE_KEYS, "iou")} | {"epoch": ckpt["epoch"]})
+            rows += [{"split": split, "checkpoint": which, "class": n, "iou": v} for n, v in zip(names, s["iou"])]
+            if which == "best" and files is not None:
+                files[f"confusion_{split}"] = run.path(f"confusion_{split}_best.csv")
+                pd.DataFrame(cm.mat.numpy(), index=names, columns=names).to_csv(files[f"confusion_{split}"])
+        if which == "best" and files is not None:
+            ds = splits["test" if "test" in splits else "val"]
+            picks = sorted({i * len(ds) // 4 for i in range(min(4, len(ds)))})
+            files["predictions"] = run.dir / "predictions"
+            save_colour_predictions(model, ds, picks, files["predictions"], device, ds.table)
+    return scores, pd.DataFrame(rows)
+
+
+def _null_nan(scores: dict[str, Any]) -> dict[str, Any]:
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and math.isnan(v):
+            return None
+        return [clean(x) for x in v] if isinstance(v, list) else v
+
+    return {k: clean(v) for k, v in scores.items()}
+
+
+def _strip_iou(scores: dict[str, Any]) -> dict[str, Any]:
+    return {k: scores[k] for k in SCORE_KEYS}
+
+
+def scores_table(metrics: dict[str, Any]) -> pd.DataFrame:
+    """One row per (split, checkpoint) of a stage's ``metrics.json``: epoch and the four scores in %."""
+    rows = []
+    for split in ("val", "test"):
+        for which, s in metrics.get(split, {}).items():
+            rows.append({"split": split, "checkpoint": which, "epoch": s["epoch"]}
+                        | {k: None if s[k] is None else 100 * s[k] for k in SCORE_KEYS})  # fmt: skip
+    return pd.DataFrame(rows).set_index(["split", "checkpoint"]).round(2)
+
+
 # ---- 05_latency ------------------------------------------------------------------------------------
-
-
 @dataclass
 class LatencyStageResult:
     """What ``05_latency`` shows: this machine's record, where it was saved, and all machines' rows."""
@@ -126,7 +266,7 @@ def run_latency(cfg: RunConfig, run: Run, *, progress: bool = True) -> LatencySt
             pass  # no (complete) search for this config: the published networks stand alone
     candidates = candidate_networks(val.num_classes, searched, lc.include_peers)
     for c in candidates:  # trained weights make the low-precision mIoU change meaningful (issue 4)
-        for stage in ("02_teacher", "03_distill"):
+        for stage in ("02_teacher", "03_distill"):  # trained teacher and (distilled) student weights
             if c.arch is None:
                 continue
             try:
@@ -137,17 +277,11 @@ def run_latency(cfg: RunConfig, run: Run, *, progress: bool = True) -> LatencySt
             if info["arch"] == c.arch.to_dict() and info["num_classes"] == val.num_classes:
                 c.net, c.source = net.eval(), f"{c.source}; weights: {stage} best checkpoint"
     images, labels = real_images(val, tuple(lc.input_hw), lc.agreement_images)
-    record = measure_suite(
-        candidates, lc.backends, tuple(lc.input_hw), run.device, run.hardware, val.num_classes,
-        images=images, labels=labels, warmup=lc.warmup_iters, min_loop_s=lc.min_loop_seconds,
-        timed_s=lc.timed_seconds, num_threads=lc.num_threads, progress=progress,
-    )  # fmt: skip
+    record = measure_suite(candidates, lc.backends, tuple(lc.input_hw), run.device, run.hardware, val.num_classes,
+                           images=images, labels=labels, warmup=lc.warmup_iters, min_loop_s=lc.min_loop_seconds,
+                           timed_s=lc.timed_seconds, num_threads=lc.num_threads, progress=progress)  # fmt: skip
     path = record.save(cfg.output_dir / "latency" / f"{run.hardware}.json")
     frame = record.frame()
     student = frame[(frame.network == "published student") & (frame.backend == "eager")].median_ms
-    return LatencyStageResult(
-        record,
-        path,
-        load_records(path.parent),
-        float(student.iloc[0]) if len(student) and student.iloc[0] else None,
-    )
+    return LatencyStageResult(record, path, load_records(path.parent),
+                              float(student.iloc[0]) if len(student) and student.iloc[0] else None)  # fmt: skip

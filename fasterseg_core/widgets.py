@@ -2,7 +2,7 @@
 
 * :func:`control_panel`: choose a profile, epochs per training stage and a hardware tag, launch one stage
   (papermill, into ``outputs/<profile>/notebooks/``) or the whole pipeline (``python -m
-  fasterseg_core.report``) as a child process, and watch its output and progress; stop it again.
+  fasterseg_core report``) as a child process, and watch its output and progress; stop it again.
 * :func:`results_explorer`: pick a trained network (stage × best/last checkpoint), a split and an image,
   and see the image, ground truth, prediction and the image's per-class IoU.
 
@@ -22,25 +22,22 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 import torch
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 
-from .config import RunConfig, load_config
-from .data.labels import colorize
-from .metrics import ConfusionMatrix
-from .report import NOTEBOOKS_DIR, stage_notebooks
-from .runs import REPO_ROOT, stage_dir
+from .analysis.exhibit import Exhibit
+from .checkpoints import load_stage_model, stage_checkpoint_path
+from .config import RunConfig, load_config, project_root
+from .data import build_dataset
+from .pipeline import notebooks_dir, stage_notebooks
+from .plots import plot_explorer_view
+from .predictions import explore_image
+from .runs import STAGES, TRAINING_STAGES
 
-PARAMS_DIR = REPO_ROOT / "params"
-TRAINING_SECTIONS = {"02_teacher": "teacher", "03_distill": "distill", "04_student": "student"}
+TRAINING_SECTIONS = {name: STAGES[name].section for name in TRAINING_STAGES}
 # papermill's tqdm bar ("Executing:  40%|████  | 4/10 [00:02<...]") and the report driver's stage lines
 _CELL_PROGRESS = re.compile(r"(\d+)/(\d+) \[")
 _STAGE_DONE = re.compile(r"^\[(\d\d_\w+)\] (ok|skipped|failed|complete)")
@@ -50,9 +47,9 @@ _STAGE_DONE = re.compile(r"^\[(\d\d_\w+)\] (ok|skipped|failed|complete)")
 # commands (no widgets)
 
 
-def profile_names(folder: Path = PARAMS_DIR) -> list[str]:
-    """The profiles ``params/<name>.yaml``, sorted."""
-    return sorted(p.stem for p in Path(folder).glob("*.yaml"))
+def profile_names(folder: Path | None = None) -> list[str]:
+    """The profiles ``params/<name>.yaml`` of the project, sorted."""
+    return sorted(p.stem for p in Path(folder or project_root() / "params").glob("*.yaml"))
 
 
 def epoch_overrides(epochs: Mapping[str, int]) -> dict[str, int]:
@@ -68,7 +65,7 @@ def stage_command(
     profile: str,
     overrides: Mapping[str, Any],
     hardware_tag: str = "",
-    notebooks_dir: Path = NOTEBOOKS_DIR,
+    folder: Path | None = None,
 ) -> list[str]:
     """The papermill command that runs one stage notebook as the pipeline driver would.
 
@@ -80,9 +77,10 @@ def stage_command(
         FileNotFoundError: no notebook for that stage.
     """
     cfg = load_config(profile, dict(overrides))
-    source = Path(notebooks_dir) / f"{stage}.ipynb"
+    folder = folder or notebooks_dir()
+    source = Path(folder) / f"{stage}.ipynb"
     if not source.exists():
-        have = [p.stem for p in stage_notebooks(Path(notebooks_dir))]
+        have = [p.stem for p in stage_notebooks(Path(folder))]
         raise FileNotFoundError(f"no notebook {source}; stages: {have}")
     params = {"profile": profile, "overrides": dict(overrides), "hardware_tag": hardware_tag}
     executed = cfg.output_dir / "notebooks" / source.name
@@ -95,7 +93,7 @@ def stage_command(
         "-k",
         "python3",
         "--cwd",
-        str(notebooks_dir),
+        str(folder),
         "-y",
         json.dumps(params),
         "--progress-bar",
@@ -106,12 +104,13 @@ def stage_command(
 def pipeline_command(
     profile: str, overrides: Mapping[str, Any], hardware_tag: str = "", force: bool = False, pdf: bool = True
 ) -> list[str]:
-    """The ``python -m fasterseg_core.report`` command (every stage in order, then the report)."""
+    """The ``python -m fasterseg_core report`` command (every stage in order, then the report)."""
     load_config(profile, dict(overrides))  # fail here, not in the child process
     cmd = [
         sys.executable,
         "-m",
-        "fasterseg_core.report",
+        "fasterseg_core",
+        "report",
         "--profile",
         profile,
         "--overrides",
@@ -148,7 +147,7 @@ class Launcher:
         self.bar.value, self.bar.max = 0, max(total_stages, 1)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+            cmd, cwd=project_root(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
         )
         self.status.value = f"<b>running</b> {html.escape(what)} (pid {self.proc.pid})"
         threading.Thread(target=self._follow, args=(self.proc, what), daemon=True).start()
@@ -265,85 +264,14 @@ def control_panel(profile: str = "smoke", hardware_tag: str = "") -> Any:
 # the results explorer
 
 
-@dataclass
-class ExplorerView:
-    """One network's prediction on one image.
-
-    Attributes:
-        image: (H, W, 3) uint8 RGB at the evaluation resolution.
-        label: (H, W) int64 ground truth (255 ignore); pred: (H, W) int64 prediction.
-        iou: per-class table of this image (classes present in ground truth or prediction): IoU (%),
-            ground-truth and predicted pixels.
-        title: network, checkpoint, split and image.
-    """
-
-    image: np.ndarray
-    label: np.ndarray
-    pred: np.ndarray
-    iou: pd.DataFrame
-    title: str
-
-
 def available_checkpoints(cfg: RunConfig) -> list[tuple[str, str]]:
     """(stage, "best"/"last") of every checkpoint the training stages of this profile wrote."""
     return [
         (s, which)
         for s in TRAINING_SECTIONS
         for which in ("best", "last")
-        if (stage_dir(cfg, s) / "checkpoints" / f"{which}.pt").is_file()
+        if stage_checkpoint_path(cfg, s, which).is_file()
     ]
-
-
-@torch.no_grad()
-def explore_image(
-    net: torch.nn.Module, dataset: Any, index: int, device: torch.device | str, title: str
-) -> ExplorerView:
-    """Predict one image of an evaluation dataset and score it.
-
-    Args:
-        net: network returning ``{"out": (1, C, H, W)}``, in eval mode on ``device``.
-        dataset: evaluation split (items: normalised (3, H, W) float image, (H, W) int64 label), with
-            ``class_names`` and ``ignore_index``.
-        index: which item.
-    """
-    from .export import denormalise
-
-    image, label = dataset[index]
-    pred = net(image[None].to(device))["out"].argmax(1)[0].cpu()
-    cm = ConfusionMatrix(len(dataset.class_names), dataset.ignore_index)
-    cm.update(pred, label)
-    frame = cm.to_frame(dataset.class_names)
-    frame = frame[(frame.gt_pixels > 0) | (frame.pred_pixels > 0)].assign(iou=lambda f: 100 * f.iou)
-    frame = frame.rename(columns={"iou": "IoU (%)"})[["IoU (%)", "gt_pixels", "pred_pixels"]]
-    return ExplorerView(denormalise(image), label.numpy(), pred.numpy(), frame.round(1), title)
-
-
-def plot_explorer_view(view: ExplorerView, class_names: list[str], palette: np.ndarray) -> Figure:
-    """Image | ground truth | prediction, with a legend of the classes present."""
-    fig, axes = plt.subplots(
-        1, 3, figsize=(11, 11 / 3 * view.label.shape[0] / view.label.shape[1] + 0.9), layout="constrained"
-    )
-    for ax, picture, name in zip(
-        axes,
-        (view.image, colorize(view.label, palette), colorize(view.pred, palette)),
-        ("image", "ground truth", "prediction"),
-    ):
-        ax.imshow(picture)
-        ax.set_axis_off()
-        ax.set_title(name, fontsize=9)
-    present = sorted(
-        {
-            int(v)
-            for v in np.unique(np.concatenate([view.label.ravel(), view.pred.ravel()]))
-            if v < len(class_names)
-        }
-    )
-    handles = [Patch(color=palette[i] / 255.0, label=class_names[i]) for i in present]
-    fig.legend(
-        handles=handles, loc="outside lower center", ncol=min(len(handles), 7), fontsize=7, frameon=False
-    )
-    fig.suptitle(view.title, fontsize=10)
-    return fig
 
 
 def results_explorer(cfg: RunConfig, split: str = "test", device: torch.device | str = "cpu") -> Any:
@@ -356,10 +284,6 @@ def results_explorer(cfg: RunConfig, split: str = "test", device: torch.device |
         An ``ipywidgets.VBox``.
     """
     import ipywidgets as w
-
-    from .analysis import Exhibit
-    from .data import build_dataset
-    from .evaluate import load_stage_model
 
     checkpoints = available_checkpoints(cfg)
     if not checkpoints:

@@ -97,10 +97,11 @@ def differences(expected: Any, actual: Any, where: str = "", rel: float = 0.0) -
         if len(expected) != len(actual):
             return [f"{where}: {len(expected)} items expected, {len(actual)} found"]
         return [d for i, (e, a) in enumerate(zip(expected, actual)) for d in differences(e, a, f"{where}[{i}]", rel)]
-    if rel and isinstance(expected, float) and isinstance(actual, float):
-        if math.isclose(expected, actual, rel_tol=rel, abs_tol=rel) or (math.isnan(expected) and math.isnan(actual)):
-            return []
-    elif expected == actual or (expected != expected and actual != actual):  # NaN == NaN here
+    both_nan = isinstance(expected, float) and isinstance(actual, float) and math.isnan(expected) and math.isnan(actual)
+    if both_nan or expected == actual:
+        return []
+    floats = isinstance(expected, float) and isinstance(actual, float)
+    if rel and floats and math.isclose(expected, actual, rel_tol=rel, abs_tol=rel):
         return []
     return [f"{where}: expected {expected!r}, found {actual!r}"]
 

@@ -1,5 +1,5 @@
 """The analysis reads what the stages wrote: tiny artifact folders written here in the documented formats
-(``fasterseg_core.training`` / ``runs`` / ``latency.suite``), plus the published reference JSON files
+(``fasterseg_core.stages`` / ``runs`` / ``latency.suite``), plus the published reference JSON files
 (skipped when ``../shared`` is absent)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from conftest import REFERENCE
 from fasterseg_core import analysis
 from fasterseg_core.config import load_config
 from fasterseg_core.models.published import published_architecture
-from fasterseg_core.runs import config_key, save_json
+from fasterseg_core.runs import save_json, stage_identity
 
 CLASSES = ["sky", "building", "pole", "road", "car"]
 
@@ -26,7 +26,7 @@ def _manifest(cfg, stage: str, status: str = "complete", key: str | None = None)
         "stage": stage,
         "profile": cfg.profile,
         "status": status,
-        "config_key": key or config_key(cfg),
+        "identity": key or stage_identity(cfg, stage),
         "hardware": "cpu-test",
         "device": "cpu",
         "device_name": "x86_64",
@@ -44,7 +44,7 @@ def _scores(miou: float, iou: list[float | None]) -> dict:
 
 
 def write_training_stage(cfg, stage: str, iou: list[float | None], arch_source: str = "published") -> None:
-    """A finished training stage as ``fasterseg_core.training.run_training`` leaves it."""
+    """A finished training stage as ``fasterseg_core.stages.run_training`` leaves it."""
     folder = cfg.output_dir / stage
     role = "teacher" if stage == "02_teacher" else "student"
     best, last = _scores(0.5, iou), _scores(0.45, [None if v is None else v - 0.05 for v in iou])

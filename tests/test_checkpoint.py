@@ -10,7 +10,7 @@ import torch
 from conftest import load_reference
 
 from fasterseg_core.models import build_published
-from fasterseg_core.models.checkpoint import (
+from fasterseg_core.models.state_dict import (
     CheckpointMismatchError,
     export_official_state_dict,
     keyed_state_dict,

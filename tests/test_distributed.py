@@ -6,7 +6,7 @@ two gradients. ``nn.SyncBatchNorm`` would make the statistics global, but torch 
 (its forward raises "expected input tensor to be on GPU" under gloo), so the single-process equivalent of
 2 ranks × batch B/2 is one process that accumulates ``loss(half) / 2`` over the two halves and then steps.
 The reference below does exactly that, with the same shards and per-rank augmentation
-(:func:`~fasterseg_core.engine.epoch_loader` with each rank's ``DistInfo``) and DDP's buffer rule (rank 0's
+(:func:`~fasterseg_core.data.sampling.epoch_loader` with each rank's ``DistInfo``) and DDP's buffer rule (rank 0's
 running statistics are broadcast before every forward and are what rank 0 saves), and is compared with the
 ``torchrun`` run's checkpoint, history and metrics.
 
@@ -28,11 +28,13 @@ import pandas as pd
 import pytest
 import torch
 
+from fasterseg_core.checkpoints import FORMAT as CHECKPOINT_FORMAT
 from fasterseg_core.config import RunConfig, load_config
 from fasterseg_core.data import build_dataset
-from fasterseg_core.engine import CHECKPOINT_FORMAT, DistInfo, epoch_loader, ohem_min_kept, segmentation_loss
-from fasterseg_core.evaluate import evaluate
-from fasterseg_core.losses import OhemCrossEntropy, distillation_kl
+from fasterseg_core.data.sampling import epoch_loader
+from fasterseg_core.distributed import DistInfo
+from fasterseg_core.engine import evaluate
+from fasterseg_core.losses import SegmentationLoss, distillation_kl, ohem_min_kept
 from fasterseg_core.metrics import ConfusionMatrix
 from fasterseg_core.models import build_network, init_weights_, published_architecture
 from fasterseg_core.runs import load_torch, save_torch
@@ -94,7 +96,7 @@ def _overrides(tmp_path: Path, section: str, epochs: int, **extra: Any) -> dict[
 
 
 def _torchrun(tmp_path: Path, stage: str, overrides: dict[str, Any]) -> tuple[str, dict[str, list]]:
-    """Run ``torchrun --standalone --nproc-per-node 2 -m fasterseg_core.training``; (stdout, writes by rank)."""
+    """Run ``torchrun --standalone --nproc-per-node 2 -m fasterseg_core train``; (stdout, writes by rank)."""
     hook_dir, audit = tmp_path / "audit_site", tmp_path / "audit"
     hook_dir.mkdir()
     audit.mkdir()
@@ -118,7 +120,8 @@ def _torchrun(tmp_path: Path, stage: str, overrides: dict[str, Any]) -> tuple[st
         "--standalone",
         f"--nproc-per-node={WORLD}",
         "-m",
-        "fasterseg_core.training",
+        "fasterseg_core",
+        "train",
         "--profile",
         "smoke",
         "--stage",
@@ -149,12 +152,14 @@ def _reference(
         net.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
     )
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=spec.lr_decay_per_epoch)
-    criterion = OhemCrossEntropy(ohem_min_kept(spec.batch_size // WORLD, spec.crop_size_hw), spec.ohem_thresh)
+    seg_loss = SegmentationLoss(ohem_min_kept(spec.batch_size // WORLD, spec.crop_size_hw), spec.ohem_thresh,
+                                spec.aux_weight)  # fmt: skip
     rows, states = [], []
     for epoch in range(1, spec.epochs + 1):
         net.train()
         # each rank's whole epoch, drawn in the order a rank draws it (its loader reseeds the global RNG)
-        shards = [list(epoch_loader(train_set, spec, epoch, DistInfo(r, WORLD), 0)) for r in range(WORLD)]
+        shards = [list(epoch_loader(train_set, spec.batch_size, spec.iters_per_epoch, spec.seed, epoch,
+                                    DistInfo(r, WORLD), 0)) for r in range(WORLD)]  # fmt: skip
         sums = {"loss": 0.0, "seg_loss": 0.0, "kd_loss": 0.0}
         train_cm = ConfusionMatrix(train_set.num_classes)
         for it in range(spec.iters_per_epoch):
@@ -165,7 +170,7 @@ def _reference(
                     b.copy_(start[k])  # DDP broadcasts rank 0's buffers before every forward
                 images, labels = shards[r][it]
                 outputs = net(images)
-                seg = segmentation_loss(outputs, labels, criterion, spec.aux_weight)
+                seg, _ = seg_loss(outputs, labels, images)
                 kd = torch.zeros(())
                 if teacher is not None:
                     with torch.no_grad():
@@ -274,6 +279,7 @@ def test_torchrun_two_processes_distil_the_same_student_as_one(tmp_path, one_thr
     save_torch(
         {
             "format": CHECKPOINT_FORMAT,
+            "kind": "train",
             "epoch": 1,
             "model": teacher.state_dict(),
             "arch": published_architecture("teacher").to_dict(),

@@ -12,10 +12,12 @@ from torch.utils.data import Dataset
 
 from fasterseg_core.config import TrainConfig, load_config
 from fasterseg_core.data import build_dataset
-from fasterseg_core.engine import DistInfo, TrainingDiverged, epoch_indices, rank_batches, train
+from fasterseg_core.data.sampling import epoch_indices, rank_batches
+from fasterseg_core.distributed import DistInfo
+from fasterseg_core.engine import TrainingDiverged, fit, training_loss
 from fasterseg_core.models import build_network, init_weights_, published_architecture
 from fasterseg_core.runs import load_torch, start_run
-from fasterseg_core.training import StageInputMissing, run_training
+from fasterseg_core.stages import StageInputMissing, run_training
 
 SPEC = TrainConfig(epochs=2, iters_per_epoch=2, batch_size=2, crop_size_hw=(64, 128), eval_every_epochs=1)
 
@@ -23,6 +25,11 @@ SPEC = TrainConfig(epochs=2, iters_per_epoch=2, batch_size=2, crop_size_hw=(64, 
 def _smoke(tmp_path: Path, **over):
     cfg = load_config("smoke", {"output_root": str(tmp_path), **over})
     return cfg, build_dataset(cfg.data, "train", train=True, crop_hw=(64, 128))
+
+
+def train(spec, net, train_set, val_set, device, out_dir, **kwargs):
+    """The engine with the §9.3 segmentation loss of the spec (what the teacher and student stages use)."""
+    return fit(spec, net, training_loss(spec), train_set, val_set, device, out_dir, **kwargs)
 
 
 def _student(num_classes: int) -> torch.nn.Module:

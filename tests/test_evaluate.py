@@ -10,18 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from fasterseg_core.checkpoints import FORMAT, load_checkpoint_model, load_stage_model
+from fasterseg_core.cli import main as cli_main
 from fasterseg_core.config import DataConfig, load_config
 from fasterseg_core.data import build_dataset
-from fasterseg_core.evaluate import (
-    TRAIN_FORMAT,
-    evaluate,
-    load_checkpoint_model,
-    load_stage_model,
-    main,
-    predict_logits,
-)
+from fasterseg_core.engine import evaluate
 from fasterseg_core.models import CheckpointMismatchError, build_published, export_official_state_dict
-from fasterseg_core.models.checkpoint import keyed_state_dict_for
+from fasterseg_core.models.state_dict import keyed_state_dict_for
+from fasterseg_core.predictions import predict_logits
 from fasterseg_core.runs import save_torch, stage_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,10 +30,17 @@ def camvid_root() -> Path:
     return CAMVID_ROOT
 
 
+def main(args: list[str]) -> int:
+    """``python -m fasterseg_core evaluate ARGS`` in this process."""
+    return cli_main(["evaluate", *args])
+
+
 def training_checkpoint(net, epoch: int = 3) -> dict:
-    """A checkpoint in the engine's documented best.pt format (notes/train_artifacts.md)."""
+    """A checkpoint in the documented best.pt format (fasterseg_core.checkpoints)."""
     return {
-        "format": TRAIN_FORMAT,
+        "format": FORMAT,
+        "kind": "train",
+        "key": "",
         "epoch": epoch,
         "model": net.state_dict(),
         "arch": net.arch.to_dict(),
@@ -134,7 +137,7 @@ def test_load_stage_model_says_which_stage_to_run(tmp_path):
         FileNotFoundError, match=r"stage 03_distill has no last checkpoint.*03_distill\.ipynb"
     ):
         load_stage_model(cfg, "03_distill", "last")
-    with pytest.raises(ValueError, match="stage must be one of"):
+    with pytest.raises(ValueError, match="01_search is not a training stage"):
         load_stage_model(cfg, "01_search")
 
 
@@ -230,7 +233,7 @@ def test_cli_module_on_real_camvid_with_the_authors_format(tmp_path):
     path = tmp_path / "weights1.pt"
     torch.save(export_official_state_dict(build_published("student", num_classes=11)), path)
     overrides = json.dumps({"data.root": str(root), "data.base_scale": 0.25})
-    cmd = [sys.executable, "-m", "fasterseg_core.evaluate", "--profile", "camvid-cpu", "--overrides", overrides,
+    cmd = [sys.executable, "-m", "fasterseg_core", "evaluate", "--profile", "camvid-cpu", "--overrides", overrides,
            "--checkpoint", str(path), "--arch", "student", "--split", "test", "--max-images", "2", "--flip",
            "--json", str(tmp_path / "s.json")]  # fmt: skip
     env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from fasterseg_core.flops import count_complexity
+from fasterseg_core.latency.flops import count_complexity
 from fasterseg_core.models import build_published
 
 REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference"

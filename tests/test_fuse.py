@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from fasterseg_core.models import Architecture, Branch, build_network, build_published
-from fasterseg_core.models.checkpoint import keyed_state_dict_for, load_official_state_dict
 from fasterseg_core.models.fuse import fuse_for_inference
+from fasterseg_core.models.state_dict import keyed_state_dict_for, load_official_state_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

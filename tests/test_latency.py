@@ -206,12 +206,13 @@ def test_authors_table_reproduces_their_network_estimates(role, expected):
 def test_cli_times_a_network_and_writes_json(tmp_path):
     import json
 
-    from fasterseg_core.latency.__main__ import main
+    from fasterseg_core.cli import main
 
     out = tmp_path / "r.json"
     assert (
         main(
             [
+                "latency",
                 "--arch",
                 "student",
                 "--size",

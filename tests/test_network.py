@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import load_reference
 
-from fasterseg_core.flops import count_complexity
+from fasterseg_core.latency.flops import count_complexity
 from fasterseg_core.models import (
     OP_NAMES,
     Architecture,

@@ -7,7 +7,7 @@ import json
 import re
 import shutil
 import subprocess
-import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import nbformat
@@ -16,8 +16,10 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from fasterseg_core import report
+from fasterseg_core.cli import main as cli_main
 from fasterseg_core.config import load_config
-from fasterseg_core.report import StageResult, build_report, main, render_report
+from fasterseg_core.pipeline import StageResult, build_report
+from fasterseg_core.report import render_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,7 +75,7 @@ def test_render_merges_stages_with_unique_anchors_and_marks_failures(tmp_path):
         StageResult("02_teacher", "not-run", error="an earlier stage failed"),
     ]  # fmt: skip
     record = {"hardware_tag": "cpu-test", "overrides": {}, "git": {"sha": None, "dirty": None}}
-    folder = render_report(cfg, results, record, pdf=False)
+    folder = render_report(cfg, [asdict(r) for r in results], record, pdf=False)
     html = (folder / "report.html").read_text()
 
     ids = re.findall(r' id="([^"]+)"', html)
@@ -85,17 +87,16 @@ def test_render_merges_stages_with_unique_anchors_and_marks_failures(tmp_path):
     assert re.search(r'report-status-not-run">not-run</td>', html)
     assert "camvid-cpu" not in html  # parameter cells are left out when code is hidden
     assert "print(" not in html and "hi" in html  # code hidden, outputs shown
-    if (report.JS_MODULES_DIR / "mathjax").exists():  # `make setup` ran: everything offline
+    if (report.js_modules_dir() / "mathjax").exists():  # `make setup` ran: everything offline
         assert 'src="vendor/mathjax/MathJax.js' in html and (folder / "vendor" / "require.js").exists()
         assert re.findall(r'<script[^>]*src="https?:', html) == []
 
 
 def test_cli_rejects_bad_overrides_before_running_anything(tmp_path, capsys):
-    with pytest.raises(SystemExit) as err:
-        main(["--profile", "smoke", "--overrides", "[1]"])
-    assert err.value.code == 2
+    assert cli_main(["report", "--profile", "smoke", "--overrides", "[1]"]) == 2
+    assert "JSON object" in capsys.readouterr().err
     out = json.dumps({"output_root": str(tmp_path), "teacher.epochz": 1})
-    assert main(["--profile", "smoke", "--overrides", out, "--no-pdf"]) == 2
+    assert cli_main(["report", "--profile", "smoke", "--overrides", out, "--no-pdf"]) == 2
     assert "epochz" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
@@ -109,7 +110,7 @@ def test_failed_stage_stops_the_pipeline_and_complete_stages_are_skipped(tmp_pat
     _stage_notebook(notebooks, "01_search", "1 / 0")
     _stage_notebook(notebooks, "02_teacher", "print('teacher')")
 
-    record = build_report("smoke", overrides, pdf=False, notebooks_dir=notebooks)
+    record = build_report("smoke", overrides, pdf=False, folder=notebooks)
     assert [(s["stage"], s["status"]) for s in record["stages"]] == [
         ("00_data", "ok"), ("01_search", "failed"), ("02_teacher", "not-run"),
     ]  # fmt: skip
@@ -120,7 +121,7 @@ def test_failed_stage_stops_the_pipeline_and_complete_stages_are_skipped(tmp_pat
     assert "Stage 01_search failed" in html and "Stage 00_data" in html
 
     _stage_notebook(notebooks, "01_search", "print('fixed')")
-    record = build_report("smoke", overrides, pdf=False, notebooks_dir=notebooks)
+    record = build_report("smoke", overrides, pdf=False, folder=notebooks)
     assert [s["status"] for s in record["stages"]] == ["skipped", "ok", "ok"]
 
 
@@ -129,20 +130,12 @@ def test_failed_stage_stops_the_pipeline_and_complete_stages_are_skipped(tmp_pat
 @pytest.mark.skipif(
     report.find_chromium() is None or shutil.which("pdftoppm") is None, reason="needs chromium, poppler"
 )
-def test_smoke_report_renders_offline_in_a_browser_and_as_pdf(tmp_path):
+def test_smoke_report_renders_offline_in_a_browser_and_as_pdf(smoke_pipeline, tmp_path):
     from PIL import Image
     from playwright.sync_api import sync_playwright
 
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "fasterseg_core.report", "--profile", "smoke"]
-    done = subprocess.run(
-        [*cmd, "--overrides", json.dumps({"output_root": str(out)})],
-        check=False,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert smoke_pipeline.returncode == 0, smoke_pipeline.stdout + smoke_pipeline.stderr
+    out = smoke_pipeline.output_root
     pipeline = json.loads((out / "smoke" / "pipeline.json").read_text())
     assert pipeline["stages"] and all(s["status"] == "ok" for s in pipeline["stages"])
     html, pdf = out / "smoke" / "report" / "report.html", out / "smoke" / "report" / "report.pdf"

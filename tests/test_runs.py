@@ -96,7 +96,8 @@ def test_run_lifecycle_and_completeness(cfg):
     )
     assert not runs.is_complete(cfg, "00_data", hardware="other-machine")
     # report settings and the output root do not change what a stage computes
-    assert runs.config_key(cfg) == runs.config_key(load_config("smoke", {"report.title": "x"}))
+    assert runs.stage_identity(cfg, "00_data") == runs.stage_identity(load_config("smoke", {"report.title": "x"}),
+                                                                      "00_data")  # fmt: skip
 
 
 def test_hardware_tag_override_is_recorded(cfg):
@@ -118,7 +119,7 @@ def test_upstream_path_checks_the_upstream_run(cfg):
     # another machine may use it (hardware differs), another config may not
     assert runs.upstream_path(cfg, "02_teacher", "checkpoints", "best.pt").exists()
     other = load_config("smoke", {"output_root": cfg.output_root, "teacher.epochs": 9})
-    with pytest.raises(FileNotFoundError, match="different config"):
+    with pytest.raises(FileNotFoundError, match="different data/model/teacher config"):
         runs.upstream_path(other, "02_teacher", "checkpoints", "best.pt")
     with pytest.raises(FileNotFoundError, match="wrote no"):
         runs.upstream_path(cfg, "02_teacher", "checkpoints", "last.pt")

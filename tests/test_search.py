@@ -10,31 +10,25 @@ from pathlib import Path
 import pytest
 import torch
 
-from fasterseg_core import search as search_mod
 from fasterseg_core.config import load_config
+from fasterseg_core.latency.cache import load_lut
 from fasterseg_core.latency.lut import LatencyTable, lut_entries
-from fasterseg_core.losses import OhemCrossEntropy, sum_over_heads
+from fasterseg_core.losses import OhemCrossEntropy, ohem_min_kept, sum_over_heads
 from fasterseg_core.models.architecture import Architecture
 from fasterseg_core.models.network import build_network
 from fasterseg_core.models.supernet import Supernet
 from fasterseg_core.runs import load_torch, start_run
-from fasterseg_core.search import (
-    SEARCH_PASSES,
-    arch_step,
-    check_supernet_input,
-    iterations_per_epoch,
-    ohem_min_kept,
-    split_search_data,
-    weight_step,
-)
-from fasterseg_core.search_latency import (
+from fasterseg_core.search import driver as search_mod
+from fasterseg_core.search.data import check_supernet_input, iterations_per_epoch, split_search_data
+from fasterseg_core.search.derivation import derive_role
+from fasterseg_core.search.objective import (
     SupernetLatency,
     adapt_lambda,
     published_student_ms,
     target_fps_window,
 )
-from fasterseg_core.search_results import derive_role
-from fasterseg_core.stages import load_lut, run_search
+from fasterseg_core.search.steps import SEARCH_PASSES, arch_step, weight_step
+from fasterseg_core.stages import run_search
 
 REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference"
 AUTHORS_LUT = REFERENCE / "fasterseg_latency_lookup_table.json"
@@ -95,7 +89,7 @@ def test_schedule_numbers_match_the_paper() -> None:
     assert iterations_per_epoch(0, 400, 2975, 3) == 495
     assert iterations_per_epoch(0, 400, 2975, 2) == 743
     assert iterations_per_epoch(40, 400, 2975, 2) == 40
-    assert ohem_min_kept(3, (256, 512)) == 384 and ohem_min_kept(2, (224, 448)) == 196
+    assert ohem_min_kept(3, (256, 512), loss_stride=8) == 384 and ohem_min_kept(2, (224, 448), loss_stride=8) == 196
 
 
 def test_supernet_input_sizes_are_checked() -> None:
@@ -196,7 +190,7 @@ def test_lambda_adapts_on_tables_where_the_student_is_too_slow_or_too_fast(tiny_
 def test_arch_step_moves_only_architecture_and_weight_step_does_not_leak(tiny_net: Supernet) -> None:
     torch.set_num_threads(1)
     net = tiny_net.train()
-    crit = OhemCrossEntropy(ohem_min_kept(2, (64, 64)))
+    crit = OhemCrossEntropy(ohem_min_kept(2, (64, 64), loss_stride=8))
     weights_before = [p.detach().clone() for p in net.weight_parameters()]
     arch_before = {n: p.detach().clone() for n, p in net.arch.items()}
     opts = [torch.optim.Adam(net.arch_parameters(k), lr=3e-4, betas=(0.5, 0.999)) for k in (0, 1)]
@@ -235,7 +229,7 @@ def test_sampled_path_steps_train_alpha_beta_and_only_the_sampled_operators(tiny
     only the operators some pass ran (the others keep grad None: no update, no weight decay)."""
     torch.set_num_threads(1)
     net = tiny_net.train()
-    crit = OhemCrossEntropy(ohem_min_kept(2, (64, 64)))
+    crit = OhemCrossEntropy(ohem_min_kept(2, (64, 64), loss_stride=8))
     arch_before = {n: p.detach().clone() for n, p in net.arch.items()}
     opts = [torch.optim.Adam(net.arch_parameters(k), lr=3e-4, betas=(0.5, 0.999)) for k in (0, 1)]
     x, y = _batch(1)
@@ -273,7 +267,7 @@ def test_derived_networks_build_and_train(tiny_net: Supernet) -> None:
         net = build_network(Architecture.from_json(d.arch.to_json()), 19)
         opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
         x, y = _batch(5)
-        crit = OhemCrossEntropy(ohem_min_kept(2, (64, 64)) * 64)
+        crit = OhemCrossEntropy(ohem_min_kept(2, (64, 64), loss_stride=8) * 64)
         losses = []
         for _ in range(2):
             opt.zero_grad()

@@ -1,21 +1,26 @@
 """Widgets: the command builders, the launcher on a real child process, and the results explorer on a
-checkpoint written in the training stages' format (``fasterseg-train/1``, an untrained network)."""
+checkpoint written in the training stages' format (``fasterseg-checkpoint/1``, an untrained network)."""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
+from pathlib import Path
 
 import nbformat
 import pytest
 
 from fasterseg_core import widgets
+from fasterseg_core.checkpoints import FORMAT, load_stage_model
 from fasterseg_core.config import ConfigError, load_config
 from fasterseg_core.data import build_dataset
 from fasterseg_core.models import build_network, published_architecture
-from fasterseg_core.report import NOTEBOOKS_DIR, stage_notebooks
+from fasterseg_core.pipeline import stage_notebooks
+from fasterseg_core.predictions import explore_image
 from fasterseg_core.runs import save_torch
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 
 
 def test_epoch_overrides_and_commands(tmp_path):
@@ -40,7 +45,7 @@ def test_epoch_overrides_and_commands(tmp_path):
     with pytest.raises(FileNotFoundError, match="07_nothing"):
         widgets.stage_command("07_nothing", "smoke", {})
     cmd = widgets.pipeline_command("smoke", overrides, "", force=True, pdf=False)
-    assert cmd[1:3] == ["-m", "fasterseg_core.report"] and cmd[-2:] == ["--force", "--no-pdf"]
+    assert cmd[1:4] == ["-m", "fasterseg_core", "report"] and cmd[-2:] == ["--force", "--no-pdf"]
     assert "smoke" in widgets.profile_names()
 
 
@@ -75,7 +80,9 @@ def trained(tmp_path, one_thread):
     arch = published_architecture("student")
     net = build_network(arch, 19)
     ckpt = {
-        "format": "fasterseg-train/1",
+        "format": FORMAT,
+        "kind": "train",
+        "key": "",
         "epoch": 1,
         "model": net.state_dict(),
         "arch": arch.to_dict(),
@@ -90,11 +97,9 @@ def test_explorer_shows_a_prediction_and_its_per_class_iou(trained):
     import ipywidgets as w
 
     assert widgets.available_checkpoints(trained) == [("04_student", "best")]
-    from fasterseg_core.evaluate import load_stage_model
-
     net, _ = load_stage_model(trained, "04_student", "best")
     ds = build_dataset(trained.data, "test", train=False)
-    view = widgets.explore_image(net, ds, 1, "cpu", "t")
+    view = explore_image(net, ds, 1, "cpu", "t")
     assert view.image.shape == (*view.label.shape, 3) and view.pred.shape == view.label.shape
     assert ((view.iou["IoU (%)"] >= 0) & (view.iou["IoU (%)"] <= 100)).all()
     assert view.iou.gt_pixels.sum() == (view.label != 255).sum()

@@ -3,12 +3,11 @@
 Inputs (nothing is recomputed from data or models):
 
 * ``outputs/<profile>/<stage>/``: every stage's ``manifest.json`` and ``metrics.json``; the training
-  stages' ``history.csv`` and ``per_class_iou.csv`` (:mod:`fasterseg_core.training`); the search's
+  stages' ``history.csv`` and ``per_class_iou.csv`` (:mod:`fasterseg_core.stages`); the search's
   ``arch_*.json``, ``history.json`` and ``arch_history.json``; 00_data's ``stats.json``; the latency
   records ``outputs/<profile>/latency/*.json`` and the pipeline record ``outputs/<profile>/pipeline.json``.
-* The published numbers in ``../shared/reference`` beside the repository: ``reproduction_2022.json`` (the
-  2022 reproduction study, "the study") and ``fasterseg_reference_figures.json`` (the paper). Without that
-  folder the published columns stay empty and every caption says so.
+* The published numbers: the 2022 reproduction study ("the study") and the paper, read by
+  :func:`load_published`.
 
 Every builder returns an :class:`Exhibit` (table and/or figure, label, title, caption saying what is shown
 and where the numbers come from). A stage that did not run or failed gives a row or panel marked so, never
@@ -35,7 +34,6 @@ Tables 4a-e    reproducibility manifest                            :func:`reprod
 
 from .accuracy import distillation_gain, figure1, per_class_iou, study_test_iou, table1, training_curves
 from .artifacts import (
-    REFERENCE_DIR,
     STAGES,
     TRAINED,
     Artifacts,
@@ -51,7 +49,6 @@ from .search_story import search_story
 from .speed import accuracy_latency, compute_table, table2, trained_networks
 
 __all__ = [
-    "REFERENCE_DIR",
     "STAGES",
     "TRAINED",
     "Artifacts",

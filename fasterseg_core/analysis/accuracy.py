@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..plots import plot_class_gain, plot_per_class_iou, plot_study_curves
 from .artifacts import PAPER_BATCH, PAPER_EPOCHS, PAPER_ITERS, TRAINED, Artifacts, Published, norm_class, pct
 from .exhibit import Exhibit
 
@@ -123,8 +124,6 @@ def study_test_iou(pub: Published) -> pd.DataFrame | None:
 def figure1(art: Artifacts, pub: Published, which: str = "best") -> Exhibit:
     """Figure 1 of the study: per-class IoU on the test split (val where test has no labels), grouped bars
     per class; for Cityscapes runs beside the study's four submissions and the paper's 71.5 % test mIoU."""
-    from .plots import plot_per_class_iou
-
     ours, split = per_class_iou(art, "test", which)
     label = "Figure 1"
     title = f"Per-class IoU on the {split} split"
@@ -167,8 +166,6 @@ def figure1(art: Artifacts, pub: Published, which: str = "best") -> Exhibit:
 
 def distillation_gain(art: Artifacts, pub: Published, which: str = "best") -> Exhibit:
     """Distilled minus scratch-trained student IoU per class: what the teacher's soft labels bought."""
-    from .plots import plot_class_gain
-
     ours, split = per_class_iou(art, "test", which)
     a, b = TRAINED["03_distill"][0], TRAINED["04_student"][0]
     title = "What distillation changes, per class"
@@ -197,8 +194,6 @@ def distillation_gain(art: Artifacts, pub: Published, which: str = "best") -> Ex
 def training_curves(art: Artifacts, pub: Published) -> Exhibit:
     """Our val and train mIoU per epoch beside the study's logged curves, on one axis of paper epochs
     (1000 iterations of batch 12 each, so a run's x is the training images it has seen / 12,000)."""
-    from .plots import plot_training_curves
-
     rows = []
     for stage, (model, role, _) in TRAINED.items():
         m = art.trained(stage)
@@ -242,7 +237,7 @@ def training_curves(art: Artifacts, pub: Published) -> Exhibit:
     if not rows:
         return Exhibit("Figure 2", title, pub.note, missing="no training stage ran and no study curves")
     frame = pd.DataFrame(rows)
-    fig = plot_training_curves(frame, [TRAINED[s][0] for s in TRAINED])
+    fig = plot_study_curves(frame, [TRAINED[s][0] for s in TRAINED])
     ours = ", ".join(s for s in TRAINED if art.trained(s) is None)
     cap = (
         "mIoU (%) on the val split (solid, where evaluated) and the running mIoU on training crops (dashed), "

@@ -17,18 +17,15 @@ from typing import Any
 
 import pandas as pd
 
-from ..config import RunConfig
+from ..config import RunConfig, project_root
 from ..latency.suite import load_records
-from ..runs import REPO_ROOT, config_key, load_json, load_manifest, stage_dir
+from ..runs import STAGES as _STAGE_TABLE
+from ..runs import TRAINING_STAGES, load_json, load_manifest, stage_dir, stage_identity
 
-STAGES = ("00_data", "01_search", "02_teacher", "03_distill", "04_student", "05_latency")
+# the stages the analysis reads: every stage before it
+STAGES = tuple(name for name in _STAGE_TABLE if name != "06_analysis")
 # training stage → (row label, role of its network, section of the config)
-TRAINED = {
-    "02_teacher": ("Teacher", "teacher", "teacher"),
-    "03_distill": ("Distilled student", "student", "distill"),
-    "04_student": ("Trained student", "student", "student"),
-}
-REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
+TRAINED = {n: (_STAGE_TABLE[n].label, _STAGE_TABLE[n].role, _STAGE_TABLE[n].section) for n in TRAINING_STAGES}
 STUDY_FILE, PAPER_FILE = "reproduction_2022.json", "fasterseg_reference_figures.json"
 # The paper's "epoch" (§9.1): 1000 iterations of batch 12 crops of 512×1024; used as the common unit.
 PAPER_EPOCHS, PAPER_ITERS, PAPER_BATCH, PAPER_CROP_HW = 600, 1000, 12, (512, 1024)
@@ -90,7 +87,7 @@ def load_stage(cfg: RunConfig, stage: str) -> StageArtifacts:
     if manifest.get("status") != "complete":
         status = "incomplete"
     else:
-        status = "complete" if manifest.get("config_key") == config_key(cfg) else "other config"
+        status = "complete" if manifest.get("identity") == stage_identity(cfg, stage) else "other config"
     return StageArtifacts(stage, folder, status, manifest, metrics)
 
 
@@ -128,7 +125,7 @@ class Published:
 def load_published(folder: str | Path | None = None) -> Published:
     """Read ``reproduction_2022.json`` and ``fasterseg_reference_figures.json`` from ``folder``
     (default ``../shared/reference`` beside the repository); a missing file leaves its field ``None``."""
-    folder = Path(folder) if folder is not None else REFERENCE_DIR
+    folder = Path(folder) if folder is not None else project_root().parent / "shared" / "reference"
 
     def read(name: str) -> dict[str, Any] | None:
         path = folder / name

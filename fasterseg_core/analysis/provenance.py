@@ -1,5 +1,5 @@
 """Where every number came from: the stages found (Table 0), the reproducibility manifest (Tables 4a-e:
-commit, config key, hardware and seed per stage; package versions; latency machines; dataset checksums;
+commit, identity, hardware and seed per stage; package versions; latency machines; dataset checksums;
 the resolved config where it departs from the paper) and the analysis' own ``metrics.json`` summary.
 """
 
@@ -12,7 +12,7 @@ import pandas as pd
 
 from ..config import RunConfig, to_dict
 from ..data.fetch import SPLIT_DIGESTS
-from ..runs import config_key, load_json
+from ..runs import load_json, stage_identity
 from .artifacts import TRAINED, Artifacts
 from .exhibit import Exhibit
 
@@ -50,99 +50,69 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def reproducibility(art: Artifacts) -> list[Exhibit]:
-    """Provenance of every number: per-stage commit, config key, hardware and seed; package versions;
-    machines that timed latency; dataset checksums; the resolved config where it departs from the paper."""
+    """Provenance of every number: per-stage commit, identity, hardware and seed (4a); package versions (4b);
+    machines that timed latency (4c); dataset checksums (4d); the resolved config where it departs from the
+    paper (4e)."""
+    return [*_stage_provenance(art), _machines(art), _dataset_exhibit(art), _departures(art)]
+
+
+def _stage_provenance(art: Artifacts) -> list[Exhibit]:
+    """Tables 4a (per stage) and 4b (package versions, and which stages ran with which)."""
     prof = f"outputs/{art.cfg.profile}"
-    key = config_key(art.cfg)
     rows, versions = [], {}
     for stage, s in art.stages.items():
         m = s.manifest or {}
         git = m.get("git") or {}
-        rows.append(
-            {
-                "stage": stage,
-                "status": s.status,
-                "commit": (git.get("sha") or "")[:10],
-                "dirty": git.get("dirty"),
-                "config key": m.get("config_key", ""),
-                "hardware": m.get("hardware", ""),
-                "device": m.get("device", ""),
-                "seed": m.get("seed"),
-            }
-        )
+        rows.append({"stage": stage, "status": s.status, "commit": (git.get("sha") or "")[:10],
+                     "dirty": git.get("dirty"), "identity": m.get("identity", ""),
+                     "expected": stage_identity(art.cfg, stage), "hardware": m.get("hardware", ""),
+                     "device": m.get("device", ""), "seed": m.get("seed")})  # fmt: skip
         for pkg, v in (m.get("versions") or {}).items():
             versions.setdefault(pkg, {}).setdefault(str(v), []).append(stage)
     cap = (
-        f"From {prof}/<stage>/manifest.json. This analysis' config key is {key}; a stage with another key "
-        "ran with other overrides. 'dirty': uncommitted changes in the checkout when the stage ran."
+        f"From {prof}/<stage>/manifest.json. 'identity': the hash of the config sections that can change the "
+        "stage's outputs and of its upstream stages' identities; 'expected': what this analysis' config gives; "
+        "a stage whose two differ ran with other settings. 'dirty': uncommitted changes in the checkout when "
+        "the stage ran."
     )
-    out = [Exhibit("Table 4a", "Provenance per stage", cap, pd.DataFrame(rows), formats={"seed": "{:.0f}"})]
-    vrows = [
-        {
-            "package": p,
-            "version": " / ".join(f"{v} ({', '.join(st)})" if len(by) > 1 else v for v, st in by.items()),
-        }
-        for p, by in versions.items()
-    ]
-    out.append(
-        Exhibit(
-            "Table 4b",
-            "Software",
-            f"Package versions recorded in the manifests ({prof}/<stage>/"
-            "manifest.json); a package listed with several versions changed between stages.",
-            pd.DataFrame(vrows),
-            missing="" if vrows else "no stage ran",
-        )
-    )
+    vrows = [{"package": p, "version": " / ".join(f"{v} ({', '.join(st)})" if len(by) > 1 else v
+                                                  for v, st in by.items())} for p, by in versions.items()]  # fmt: skip
+    return [
+        Exhibit("Table 4a", "Provenance per stage", cap, pd.DataFrame(rows), formats={"seed": "{:.0f}"}),
+        Exhibit("Table 4b", "Software", f"Package versions recorded in the manifests ({prof}/<stage>/"
+                "manifest.json); a package listed with several versions changed between stages.",
+                pd.DataFrame(vrows), missing="" if vrows else "no stage ran"),
+    ]  # fmt: skip
+
+
+def _machines(art: Artifacts) -> Exhibit:
+    """Table 4c: the environment of every machine that wrote a latency record."""
     envs = []
     for path in sorted((art.cfg.output_dir / "latency").glob("*.json")):
         data = load_json(path)
         if "environment" in data and "hardware_tag" in data:
             e = data["environment"]
-            envs.append(
-                {
-                    "hardware tag": data["hardware_tag"],
-                    "CPU": e.get("cpu_model"),
-                    "cores": e.get("cpu_count"),
-                    "torch threads": e.get("torch_threads"),
-                    "GPU": e.get("gpu_name", ""),
-                    "torch": e.get("torch_version"),
-                    "measured": e.get("measured_at", ""),
-                }
-            )
-    out.append(
-        Exhibit(
-            "Table 4c",
-            "Machines that timed latency",
-            f"The environment block of every {prof}/latency/<hardware tag>.json.",
-            pd.DataFrame(envs),
-            missing="" if envs else "05_latency not run",
-            formats={"cores": "{:.0f}", "torch threads": "{:.0f}"},
-        )
-    )
-    out.append(_dataset_exhibit(art))
+            envs.append({"hardware tag": data["hardware_tag"], "CPU": e.get("cpu_model"), "cores": e.get("cpu_count"),
+                         "torch threads": e.get("torch_threads"), "GPU": e.get("gpu_name", ""),
+                         "torch": e.get("torch_version"), "measured": e.get("measured_at", "")})  # fmt: skip
+    return Exhibit("Table 4c", "Machines that timed latency",
+                   f"The environment block of every outputs/{art.cfg.profile}/latency/<hardware tag>.json.",
+                   pd.DataFrame(envs), missing="" if envs else "05_latency not run",
+                   formats={"cores": "{:.0f}", "torch threads": "{:.0f}"})  # fmt: skip
+
+
+def _departures(art: Artifacts) -> Exhibit:
+    """Table 4e: the resolved config where it differs from the dataclass defaults (the paper's settings)."""
     here, paper = _flat(to_dict(art.cfg)), _flat(to_dict(RunConfig()))
-    diff = [
-        {"key": k, "this run": v, "paper default": paper.get(k)}
-        for k, v in here.items()
-        if v != paper.get(k) and k not in ("profile",)
-    ]
+    diff = [{"key": k, "this run": v, "paper default": paper.get(k)} for k, v in here.items()
+            if v != paper.get(k) and k not in ("profile",)]  # fmt: skip
     cap = (
-        f"The resolved config of this analysis (profile '{art.cfg.profile}', key {key}) where it differs "
-        f"from the dataclass defaults, which are the paper's settings; "
-        f"every stage saved its full resolved config "
-        f"as {prof}/<stage>/config.yaml."
+        f"The resolved config of this analysis (profile '{art.cfg.profile}') where it differs from the dataclass "
+        f"defaults, which are the paper's settings; every stage saved its full resolved config as "
+        f"outputs/{art.cfg.profile}/<stage>/config.yaml."
     )
-    out.append(
-        Exhibit(
-            "Table 4e",
-            "Resolved config, departures from the paper",
-            cap,
-            pd.DataFrame(diff).astype(str),
-            missing="" if diff else "none",
-        )
-    )
-    return out
+    return Exhibit("Table 4e", "Resolved config, departures from the paper", cap, pd.DataFrame(diff).astype(str),
+                   missing="" if diff else "none")  # fmt: skip
 
 
 def _dataset_exhibit(art: Artifacts) -> Exhibit:

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..latency.peers import PEERS
+from ..plots import plot_accuracy_latency
 from .artifacts import (
     PAPER_BATCH,
     PAPER_CROP_HW,
@@ -38,80 +39,8 @@ def trained_networks(art: Artifacts) -> dict[str, str]:
 def table2(art: Artifacts, pub: Published) -> Exhibit:
     """Table 2 of the study: params, FLOPs and FPS of teacher and student on every hardware tag and
     backend measured so far, beside the published 4.4 M / 28.2 G / 163.9 FPS and the study's machines."""
-    rows = []
-    lat = art.latency
     trained = trained_networks(art)
-    if not lat.empty:
-        fasterseg = lat[lat.network.str.endswith(("teacher", "student"))]
-        wanted = set(trained.values()) or set(fasterseg.network)
-        chosen = fasterseg[fasterseg.network.isin(wanted)]
-        for r in chosen.sort_values(["network", "hardware_tag", "input_hw"], kind="stable").itertuples():
-            ok = r.status == "ok"
-            rows.append(
-                {
-                    "source": "ours",
-                    "network": r.network,
-                    "hardware": r.hardware_tag,
-                    "backend": r.backend,
-                    "input": r.input_hw,
-                    "params (M)": r.params_M,
-                    "GFLOPs": r.thop_GMACs_1024x2048,
-                    "ms": r.median_ms if ok else np.nan,
-                    "FPS": r.fps if ok else r.status,
-                }
-            )
-    else:
-        rows.append({"source": "ours", "network": f"05_latency {art.stages['05_latency'].status}"})
-    if pub.paper is not None:
-        c = pub.paper["published"]["fasterseg_student_complexity"]
-        fps = pub.paper["published"]["cityscapes_table4"]["rows"]["FasterSeg"][2]
-        rows.append(
-            {
-                "source": "paper",
-                "network": "student",
-                "hardware": "GTX 1080 Ti",
-                "backend": "TensorRT",
-                "input": "1024x2048",
-                "params (M)": c["params_M"],
-                "GFLOPs": c["GFLOPs_at_1024x2048"],
-                "ms": 1000 / fps,
-                "FPS": fps,
-            }
-        )
-    if pub.study is not None:
-        t2 = pub.study["table2_latency"]
-        gpu = {hw: t2["hardware"][hw]["gpu"].removeprefix("NVIDIA ") for hw in t2["hardware"]}
-        for col in ("reproduced_A", "reproduced_B"):
-            hw = t2["columns"][col]["hardware"]
-            rows.append(
-                {
-                    "source": f"study {hw}",
-                    "network": "student",
-                    "hardware": gpu[hw],
-                    "backend": "not logged",
-                    "input": "1024x2048",
-                    "params (M)": t2["params_M"][col],
-                    "GFLOPs": t2["flops_G"][col],
-                    "ms": 1000 / t2["fps"][col],
-                    "FPS": t2["fps"][col],
-                }
-            )
-        for log in t2["logs"].values():
-            if log["model"] == "teacher":
-                hw = log["hardware"]
-                rows.append(
-                    {
-                        "source": f"study {hw} (log)",
-                        "network": "teacher",
-                        "hardware": gpu[hw],
-                        "backend": "not logged",
-                        "input": "1024x2048",
-                        "params (M)": log["params_M"],
-                        "GFLOPs": log["flops_G"],
-                        "ms": log["latency_ms_derived"],
-                        "FPS": log["fps"],
-                    }
-                )
+    rows = _our_speed_rows(art, trained) + _paper_speed_rows(pub) + _study_speed_rows(pub)
     cols = ["source", "network", "hardware", "backend", "input", "params (M)", "GFLOPs", "ms", "FPS"]
     which = ", ".join(sorted(trained.values())) or "every FasterSeg network timed"
     cap = (
@@ -124,16 +53,57 @@ def table2(art: Artifacts, pub: Published) -> Exhibit:
         f"(05_latency gives the reason). {pub.note}"
     )
     fmts = {"params (M)": "{:.2f}", "GFLOPs": "{:.1f}", "ms": "{:.2f}"}
-    return Exhibit(
-        "Table 2", "Complexity and speed", cap, pd.DataFrame(rows).reindex(columns=cols), formats=fmts
-    )
+    return Exhibit("Table 2", "Complexity and speed", cap, pd.DataFrame(rows).reindex(columns=cols), formats=fmts)
+
+
+def _our_speed_rows(art: Artifacts, trained: dict[str, str]) -> list[dict[str, Any]]:
+    lat = art.latency
+    if lat.empty:
+        return [{"source": "ours", "network": f"05_latency {art.stages['05_latency'].status}"}]
+    fasterseg = lat[lat.network.str.endswith(("teacher", "student"))]
+    chosen = fasterseg[fasterseg.network.isin(set(trained.values()) or set(fasterseg.network))]
+    rows = []
+    for r in chosen.sort_values(["network", "hardware_tag", "input_hw"], kind="stable").itertuples():
+        ok = r.status == "ok"
+        rows.append({"source": "ours", "network": r.network, "hardware": r.hardware_tag, "backend": r.backend,
+                     "input": r.input_hw, "params (M)": r.params_M, "GFLOPs": r.thop_GMACs_1024x2048,
+                     "ms": r.median_ms if ok else np.nan, "FPS": r.fps if ok else r.status})  # fmt: skip
+    return rows
+
+
+def _paper_speed_rows(pub: Published) -> list[dict[str, Any]]:
+    if pub.paper is None:
+        return []
+    c = pub.paper["published"]["fasterseg_student_complexity"]
+    fps = pub.paper["published"]["cityscapes_table4"]["rows"]["FasterSeg"][2]
+    return [{"source": "paper", "network": "student", "hardware": "GTX 1080 Ti", "backend": "TensorRT",
+             "input": "1024x2048", "params (M)": c["params_M"], "GFLOPs": c["GFLOPs_at_1024x2048"],
+             "ms": 1000 / fps, "FPS": fps}]  # fmt: skip
+
+
+def _study_speed_rows(pub: Published) -> list[dict[str, Any]]:
+    if pub.study is None:
+        return []
+    t2 = pub.study["table2_latency"]
+    gpu = {hw: t2["hardware"][hw]["gpu"].removeprefix("NVIDIA ") for hw in t2["hardware"]}
+    rows = []
+    for col in ("reproduced_A", "reproduced_B"):
+        hw = t2["columns"][col]["hardware"]
+        rows.append({"source": f"study {hw}", "network": "student", "hardware": gpu[hw], "backend": "not logged",
+                     "input": "1024x2048", "params (M)": t2["params_M"][col], "GFLOPs": t2["flops_G"][col],
+                     "ms": 1000 / t2["fps"][col], "FPS": t2["fps"][col]})  # fmt: skip
+    for log in t2["logs"].values():
+        if log["model"] == "teacher":
+            hw = log["hardware"]
+            rows.append({"source": f"study {hw} (log)", "network": "teacher", "hardware": gpu[hw],
+                         "backend": "not logged", "input": "1024x2048", "params (M)": log["params_M"],
+                         "GFLOPs": log["flops_G"], "ms": log["latency_ms_derived"], "FPS": log["fps"]})  # fmt: skip
+    return rows
 
 
 def accuracy_latency(art: Artifacts, backend: str = "eager", hardware: str = "") -> Exhibit:
     """Val mIoU against measured latency for the trained networks; the torchvision peers (timed by the same
     harness, never trained here) as latency-only markers on a strip below."""
-    from .plots import plot_accuracy_latency
-
     title = "Accuracy against latency"
     lat = art.latency
     if lat.empty:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fasterseg_core.config import DataConfig
+from fasterseg_core.config import DataConfig, project_root
 from fasterseg_core.data.base import DatasetError, SegmentationDataset
 from fasterseg_core.data.camvid import CamVid
 from fasterseg_core.data.cityscapes import Cityscapes
@@ -45,22 +45,21 @@ __all__ = [
     "resolve_root",
 ]
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]
 # Synthetic sets: a fixed seed per split, so train/val/test scenes differ and every run sees the same ones.
 _SYNTHETIC_SEEDS = {"train": 0, "val": 1, "test": 2}
 
 
 def resolve_root(data_cfg: DataConfig) -> Path:
     """The dataset folder: ``data_cfg.root`` if set, else ``$FASTERSEG_DATA/<dataset>``, else
-    ``<repo>/data/<dataset>``. Relative paths are taken from the current directory (as given on a
-    command line); the repository default is absolute.
+    ``<project>/data/<dataset>`` (what ``make data`` fills). Relative paths are taken from the current
+    directory (as given on a command line).
     """
     if data_cfg.root:
         return Path(data_cfg.root).expanduser()
     env = os.environ.get("FASTERSEG_DATA")
     if env:
         return Path(env).expanduser() / data_cfg.dataset
-    return _REPO_ROOT / "data" / data_cfg.dataset
+    return project_root() / "data" / data_cfg.dataset
 
 
 def build_dataset(

@@ -1,13 +1,13 @@
 """CamVid, SegNet's 11-class version at 480×360 (``shared/data/camvid/README.md``).
 
-Expected layout (what ``make data`` / ``python -m fasterseg_core.data.fetch camvid`` produce)::
+Expected layout (what ``make data`` / ``python -m fasterseg_core data camvid`` produce)::
 
     <root>/train/images/*.png  <root>/train/labels/*.png   (367 pairs)
     <root>/val/images/*.png    <root>/val/labels/*.png     (101 pairs)
     <root>/test/images/*.png   <root>/test/labels/*.png    (233 pairs)
 
 An image and its label share the file name. Labels hold class indices 0…10 and 11 for void, which becomes
-the ignore value 255. The paper reports no CamVid training recipe (spec §13), so the Cityscapes
+the ignore value 255. The paper reports no CamVid training recipe (§13), so the Cityscapes
 pipeline (§9.1) is used unchanged.
 """
 

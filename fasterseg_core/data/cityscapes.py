@@ -1,4 +1,4 @@
-"""Cityscapes fine annotations in the official layout (spec §9.1; 19 train classes, 255 = ignore).
+"""Cityscapes fine annotations in the official layout (§9.1; 19 train classes, 255 = ignore).
 
 Expected layout (the official ``leftImg8bit_trainvaltest.zip`` + ``gtFine_trainvaltest.zip``)::
 

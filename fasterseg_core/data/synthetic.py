@@ -16,6 +16,8 @@ Item ``i`` of a set is a pure function of ``(seed, i)``; nothing is cached or re
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -83,40 +85,74 @@ class _Canvas:
         self.label[r0:r1, c0:c1][mask] = train_id
 
 
+@dataclass(frozen=True)
+class _Street:
+    """A scene's ground-plane geometry: horizon row, vanishing column, lateral slopes (px per row below the
+    horizon) of the road, its drift and the sidewalks, and the lane width used for object sizes."""
+
+    yh: float
+    vx: float
+    d: np.ndarray  # distance below the horizon ∝ 1 / depth, per pixel
+    road_half: float
+    drift: float
+    side: float
+
+    @property
+    def lane(self) -> float:
+        return self.road_half / 2  # half the road ≈ one lane
+
+    @property
+    def centre(self) -> np.ndarray:
+        return self.vx + self.drift * self.d  # the street axis c(y)
+
+
 def render_street_scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one scene.
+    """Draw one scene: sky, facades, road and sidewalks, then objects from far to near.
 
     Args:
-        rng: the scene's random generator (all randomness comes from it).
+        rng: the scene's random generator (all randomness comes from it, drawn in a fixed order).
         h, w: image size in pixels.
 
     Returns:
         image (h, w, 3) uint8 RGB and label (h, w) uint8 Cityscapes train ids.
     """
     cv = _Canvas(h, w)
-    yy, xx = cv.yy, cv.xx
     yh = rng.uniform(0.33, 0.5) * h  # horizon row
     vx = rng.uniform(0.35, 0.65) * w  # vanishing point column
-    d = np.maximum(yy - yh, 0)  # distance below the horizon ∝ 1 / depth
-
+    d = np.maximum(cv.yy - yh, 0)
     # Ground plane geometry, as lateral slopes: a point at lateral offset X lies at column vx + X·d.
     road_half = rng.uniform(0.25, 0.45) * w / (h - yh)
     drift = rng.uniform(-0.3, 0.3) * road_half  # the road's centre line is not always straight ahead
-    side = road_half * rng.uniform(0.3, 0.7)
-    lane = road_half / 2  # lateral unit for object sizes: half the road ≈ one lane
+    street = _Street(yh, vx, d, road_half, drift, road_half * rng.uniform(0.3, 0.7))
+    _paint_sky(cv, rng, street)
+    _paint_facades(cv, rng, street)
+    _paint_ground(cv, rng, street)
+    _paint_objects(cv, rng, street)
+    # Global light level and sensor noise.
+    rgb = cv.rgb * rng.uniform(0.75, 1.15) + rng.normal(0, 3, (h, w, 3))
+    return np.clip(rgb, 0, 255).astype(np.uint8), cv.label
 
-    # Sky: vertical gradient plus clouds.
+
+def _paint_sky(cv: _Canvas, rng: np.random.Generator, st: _Street) -> None:
+    """Sky: vertical gradient plus clouds."""
+    h, w = cv.label.shape
     top, horizon = rng.uniform([40, 90, 160], [90, 140, 220]), rng.uniform([160, 180, 200], [220, 230, 245])
-    t = np.clip(yy / max(yh, 1), 0, 1)[..., None]
+    t = np.clip(cv.yy / max(st.yh, 1), 0, 1)[..., None]
     sky = top * (1 - t) + horizon * t
     clouds = np.clip(_noise(rng, h, w, w / 6), 0, 1)[..., None] * rng.uniform(0, 1.2)
     cv.rgb[:] = np.clip(sky + clouds * (255 - sky), 0, 255)
 
-    # Building facades on both sides of the street axis c(y) = vx + drift·d. In a column at u = |x − c|
-    # a facade spans rows [yh − u·k_top, yh + u / outer): its ground line is the sidewalks' outer edge.
-    # Buildings change every few depth units (depth ∝ 1/u) and each has its own height and colour.
-    centre = vx + drift * d
-    outer = road_half + side
+
+def _paint_facades(cv: _Canvas, rng: np.random.Generator, st: _Street) -> None:
+    """Building facades on both sides of the street axis c(y) = vx + drift·d.
+
+    In a column at u = |x − c| a facade spans rows [yh − u·k_top, yh + u / outer): its ground line is the
+    sidewalks' outer edge. Buildings change every few depth units (depth ∝ 1/u) and each has its own height
+    and colour.
+    """
+    h, w = cv.label.shape
+    yy, xx, yh, centre = cv.yy, cv.xx, st.yh, st.centre
+    outer = st.road_half + st.side
     for sign in (-1, 1):
         u = np.maximum(sign * (xx - centre), 1e-3)
         depth = 1.0 / u
@@ -134,77 +170,82 @@ def render_street_scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.nd
         color[window] = color[window] * 0.35 + rng.uniform([20, 30, 40], [60, 80, 110])
         cv.paint(facade, np.clip(color, 0, 255).astype(np.float32), BUILDING)
 
-    # Road and sidewalks (below the horizon).
-    lat = np.abs(xx - centre)
-    below = yy > yh
-    road = below & (lat <= road_half * d)
-    walk = below & ~road & (lat <= (road_half + side) * d)
+
+def _paint_ground(cv: _Canvas, rng: np.random.Generator, st: _Street) -> None:
+    """Road (textured, with a dashed centre line) and sidewalks (tiles, kerb), below the horizon."""
+    h, w = cv.label.shape
+    d = st.d
+    lat = np.abs(cv.xx - st.centre)
+    below = cv.yy > st.yh
+    road = below & (lat <= st.road_half * d)
+    walk = below & ~road & (lat <= (st.road_half + st.side) * d)
     road_rgb = _texture(rng, h, w, rng.uniform(60, 110) * np.ones(3) + rng.uniform(-8, 8, 3), 0.15, 3)
-    depth_row = (h - yh) / np.maximum(d, 1e-3)  # 1 at the bottom row, growing towards the horizon
-    dash = (lat < 0.06 * lane * d) & (np.mod(depth_row * rng.uniform(0.4, 0.7), 1) < 0.5)
+    depth_row = (h - st.yh) / np.maximum(d, 1e-3)  # 1 at the bottom row, growing towards the horizon
+    dash = (lat < 0.06 * st.lane * d) & (np.mod(depth_row * rng.uniform(0.4, 0.7), 1) < 0.5)
     road_rgb[dash] = rng.uniform(210, 250)
     cv.paint(road, road_rgb, ROAD)
     walk_rgb = _texture(rng, h, w, rng.uniform([130, 110, 100], [190, 175, 170]), 0.1, 4)
     tiles = np.mod(depth_row * rng.uniform(2, 4), 1) < 0.12
-    kerb = lat <= (road_half + 0.08 * side) * d
+    kerb = lat <= (st.road_half + 0.08 * st.side) * d
     walk_rgb[tiles | kerb] *= 0.8
     cv.paint(walk, walk_rgb, SIDEWALK)
 
-    # Objects standing on the ground, painted far (small d) to near.
+
+def _paint_objects(cv: _Canvas, rng: np.random.Generator, st: _Street) -> None:
+    """Trees, poles, cars and people standing on the ground, painted far (small d) to near."""
+    h, w = cv.label.shape
+    ground = h - st.yh
     objects = []
     for _ in range(rng.integers(0, 4)):
-        objects.append(("tree", rng.uniform(0.05, 1.0) * (h - yh), rng.choice([-1, 1])))
+        objects.append(("tree", rng.uniform(0.05, 1.0) * ground, rng.choice([-1, 1])))
     for _ in range(rng.integers(0, 4)):
-        objects.append(("pole", rng.uniform(0.05, 1.0) * (h - yh), rng.choice([-1, 1])))
+        objects.append(("pole", rng.uniform(0.05, 1.0) * ground, rng.choice([-1, 1])))
     for _ in range(rng.integers(1, 6)):
-        objects.append(("car", rng.uniform(0.08, 1.15) * (h - yh), rng.uniform(-0.8, 0.8)))
+        objects.append(("car", rng.uniform(0.08, 1.15) * ground, rng.uniform(-0.8, 0.8)))
     for _ in range(rng.integers(0, 6)):
-        objects.append(("person", rng.uniform(0.08, 1.1) * (h - yh), rng.choice([-1, 1])))
+        objects.append(("person", rng.uniform(0.08, 1.1) * ground, rng.choice([-1, 1])))
     objects.sort(key=lambda o: o[1])
     leaf = _texture(rng, h, w, rng.uniform([40, 90, 20], [90, 150, 60]), 0.35, 2.5)
     for kind, dist, where in objects:
-        yb, c, s = yh + dist, vx + drift * dist, lane * dist  # ground row, street axis, lane width (px)
+        # ground row, street axis, lane width (px) at this distance
+        yb, c, s = st.yh + dist, st.vx + st.drift * dist, st.lane * dist
         if kind == "tree":
-            x = c + where * (road_half + side * rng.uniform(0.6, 0.95)) * dist
+            x = c + where * (st.road_half + st.side * rng.uniform(0.6, 0.95)) * dist
             cv.paint_box(yb - 1.2 * s, yb, x - 0.05 * s, x + 0.05 * s, np.array([90, 60, 40.0]), VEGETATION)
             cr = rng.uniform(0.4, 0.7) * s
             cv.paint_box(yb - 1.2 * s - 1.4 * cr, yb - 0.9 * s, x - cr, x + cr, leaf, VEGETATION, "ellipse")
         elif kind == "pole":
-            x = c + where * (road_half + side * 0.12) * dist
+            x = c + where * (st.road_half + st.side * 0.12) * dist
             pw = max(0.04 * s, 0.6)
             cv.paint_box(yb - 2.0 * s, yb, x - pw, x + pw, rng.uniform(90, 150) * np.ones(3), POLE)
         elif kind == "car":
-            x, cw = c + where * road_half * dist, 0.85 * s
-            body = rng.uniform(20, 235, 3)
-            cv.paint_box(yb - 0.55 * cw, yb - 0.12 * cw, x - cw / 2, x + cw / 2, body, CAR)
-            cv.paint_box(yb - 0.85 * cw, yb - 0.5 * cw, x - 0.35 * cw, x + 0.35 * cw, body * 0.9, CAR)
-            cv.paint_box(
-                yb - 0.8 * cw, yb - 0.55 * cw, x - 0.3 * cw, x + 0.3 * cw, np.array([40, 50, 65.0]), CAR
-            )
-            for wx in (x - 0.35 * cw, x + 0.35 * cw):
-                cv.paint_box(yb - 0.2 * cw, yb, wx - 0.1 * cw, wx + 0.1 * cw, np.array([15, 15, 15.0]), CAR)
-            for lx in (x - 0.45 * cw, x + 0.45 * cw):
-                cv.paint_box(
-                    yb - 0.45 * cw,
-                    yb - 0.37 * cw,
-                    lx - 0.04 * cw,
-                    lx + 0.04 * cw,
-                    np.array([200, 30, 30.0]),
-                    CAR,
-                )
+            _paint_car(cv, rng, yb, c + where * st.road_half * dist, 0.85 * s)
         else:  # person on a sidewalk
-            x = c + where * (road_half + side * rng.uniform(0.2, 0.8)) * dist
-            ph = rng.uniform(0.8, 1.0) * s
-            shirt, trousers = rng.uniform(20, 240, 3), rng.uniform(10, 120, 3)
-            skin = rng.uniform([120, 80, 60], [240, 200, 170])
-            cv.paint_box(yb - 0.48 * ph, yb, x - 0.09 * ph, x - 0.01 * ph, trousers, PERSON)
-            cv.paint_box(yb - 0.48 * ph, yb, x + 0.01 * ph, x + 0.09 * ph, trousers, PERSON)
-            cv.paint_box(yb - 0.85 * ph, yb - 0.45 * ph, x - 0.12 * ph, x + 0.12 * ph, shirt, PERSON)
-            cv.paint_box(yb - ph, yb - 0.84 * ph, x - 0.07 * ph, x + 0.07 * ph, skin, PERSON, "ellipse")
+            _paint_person(cv, rng, yb, c + where * (st.road_half + st.side * rng.uniform(0.2, 0.8)) * dist, s)
 
-    # Global light level and sensor noise.
-    rgb = cv.rgb * rng.uniform(0.75, 1.15) + rng.normal(0, 3, (h, w, 3))
-    return np.clip(rgb, 0, 255).astype(np.uint8), cv.label
+
+def _paint_car(cv: _Canvas, rng: np.random.Generator, yb: float, x: float, cw: float) -> None:
+    """A car of width ``cw`` standing at row ``yb``, centred at column ``x``: body, cabin, window, wheels,
+    lights."""
+    body = rng.uniform(20, 235, 3)
+    cv.paint_box(yb - 0.55 * cw, yb - 0.12 * cw, x - cw / 2, x + cw / 2, body, CAR)
+    cv.paint_box(yb - 0.85 * cw, yb - 0.5 * cw, x - 0.35 * cw, x + 0.35 * cw, body * 0.9, CAR)
+    cv.paint_box(yb - 0.8 * cw, yb - 0.55 * cw, x - 0.3 * cw, x + 0.3 * cw, np.array([40, 50, 65.0]), CAR)
+    for wx in (x - 0.35 * cw, x + 0.35 * cw):
+        cv.paint_box(yb - 0.2 * cw, yb, wx - 0.1 * cw, wx + 0.1 * cw, np.array([15, 15, 15.0]), CAR)
+    for lx in (x - 0.45 * cw, x + 0.45 * cw):
+        cv.paint_box(yb - 0.45 * cw, yb - 0.37 * cw, lx - 0.04 * cw, lx + 0.04 * cw, np.array([200, 30, 30.0]), CAR)
+
+
+def _paint_person(cv: _Canvas, rng: np.random.Generator, yb: float, x: float, s: float) -> None:
+    """A person about one lane-unit ``s`` tall at row ``yb``, column ``x``: legs, shirt, head."""
+    ph = rng.uniform(0.8, 1.0) * s
+    shirt, trousers = rng.uniform(20, 240, 3), rng.uniform(10, 120, 3)
+    skin = rng.uniform([120, 80, 60], [240, 200, 170])
+    cv.paint_box(yb - 0.48 * ph, yb, x - 0.09 * ph, x - 0.01 * ph, trousers, PERSON)
+    cv.paint_box(yb - 0.48 * ph, yb, x + 0.01 * ph, x + 0.09 * ph, trousers, PERSON)
+    cv.paint_box(yb - 0.85 * ph, yb - 0.45 * ph, x - 0.12 * ph, x + 0.12 * ph, shirt, PERSON)
+    cv.paint_box(yb - ph, yb - 0.84 * ph, x - 0.07 * ph, x + 0.07 * ph, skin, PERSON, "ellipse")
 
 
 class SyntheticStreets(SegmentationDataset):

@@ -1,4 +1,4 @@
-"""Joint image/label transforms of the training and evaluation pipelines, spec §9.1 (and §3.1 pre-resize).
+"""Joint image/label transforms of the training and evaluation pipelines, §9.1 (and §3.1 pre-resize).
 
 Training, in this order:
 
@@ -34,7 +34,7 @@ from fasterseg_core.data.labels import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 
 
 class RandomScale(v2.Transform):
-    """Resize by a factor drawn uniformly from a discrete set (spec §9.1: {0.75, 1.0, 1.25}).
+    """Resize by a factor drawn uniformly from a discrete set (§9.1: {0.75, 1.0, 1.25}).
 
     Images are resized bilinearly without antialias (cv2 INTER_LINEAR), masks by nearest neighbour
     (torchvision picks the kernel per type); the new size is ``int(dim · factor)``. A one-element set is
@@ -53,7 +53,7 @@ class RandomScale(v2.Transform):
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         h, w = v2.query_size(flat_inputs)
         i = int(torch.randint(len(self.scales), ())) if len(self.scales) > 1 else 0
-        # int() truncation, as the original's int(dim * scale) (spec §9.1).
+        # int() truncation, as the original's int(dim * scale) (§9.1).
         return {"size": [int(h * self.scales[i]), int(w * self.scales[i])]}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
@@ -76,7 +76,7 @@ class RandomCropPad(v2.Transform):
 
     Args:
         size: crop (height, width).
-        allow_overhang: True (spec §9.1, the original's off-by-one) draws the start from
+        allow_overhang: True (§9.1, the original's off-by-one) draws the start from
             ``[0, dim − crop + 1]`` inclusive, so the crop may end one pixel past the image (padded);
             False draws from ``[0, dim − crop]``.
     """
@@ -126,7 +126,7 @@ def build_train_transform(
     base_scale: float = 1.0,
     allow_overhang: bool = True,
 ) -> v2.Compose:
-    """The training pipeline of spec §9.1 for an (Image uint8 (3, H, W), Mask uint8 (H, W)) pair.
+    """The training pipeline of §9.1 for an (Image uint8 (3, H, W), Mask uint8 (H, W)) pair.
 
     Args:
         crop_hw: output (height, width).
@@ -151,7 +151,7 @@ def build_train_transform(
 
 
 def build_eval_transform(base_scale: float = 1.0) -> v2.Compose:
-    """The deterministic evaluation pipeline: optional pre-resize, then normalisation (spec §9.4).
+    """The deterministic evaluation pipeline: optional pre-resize, then normalisation (§9.4).
 
     Args:
         base_scale: fixed resize factor (1.0 = full resolution).

@@ -1,4 +1,4 @@
-"""Latency, FLOPs and parameters on any hardware (spec §8, §10).
+"""Latency, FLOPs and parameters on any hardware (§8, §10).
 
 * :func:`measure` — the §10 timing protocol on one backend (eager, channels_last, compile, bf16, fp16, ORT,
   ORT int8, TensorRT), returning median/mean/p90/p99 and a record of what actually ran.

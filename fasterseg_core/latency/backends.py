@@ -260,109 +260,119 @@ def prepare(
         raise ValueError(f"unknown backend {backend!r}; valid: {list(BACKENDS)}")
     device = torch.device(device)
     net = (copy.deepcopy(net) if copy_model else net).eval().to(device)
-    x = example.to(device)
-    sync = _sync_for(device)
     info: dict[str, Any] = {"backend": backend}
-    wrapped = OutputOnly(net).eval()
-
-    if backend not in ("ort", "ort_int8", "tensorrt"):  # torch paths: eager, its layouts, dtypes, graphs
-        low = {"bf16": torch.bfloat16, "fp16": torch.float16, "cudagraph_fp16": torch.float16}
-        dtype = low.get(backend, torch.float32)
-        graphed = backend.startswith("cudagraph")
-        if backend == "fp16" and device.type != "cuda":
-            raise BackendUnavailable("fp16 inference is timed on CUDA only (CPU fp16 convs are emulated)")
-        if graphed and device.type != "cuda":
-            raise BackendUnavailable("CUDA graphs need a CUDA device")
-        # Low precision runs with bf16/fp16 weights and activations in NHWC: that is what oneDNN (AMX/
-        # AVX512-BF16) and cuDNN tensor cores are fastest at. (CPU autocast re-casts every weight on every
-        # call and measured ~8x slower than this here.)
-        cpu_compile = backend == "compile" and device.type == "cpu"
-        nhwc = backend in ("channels_last", "bf16", "fp16", "cudagraph_fp16") or cpu_compile
-        if dtype != torch.float32:
-            wrapped, x = wrapped.to(dtype), x.to(dtype)
-        if nhwc:
-            wrapped = wrapped.to(memory_format=torch.channels_last)
-            x = x.contiguous(memory_format=torch.channels_last)
-        fn: Callable[[torch.Tensor], torch.Tensor] = wrapped
-        if backend == "compile":
-            try:
-                import torch._inductor.config as inductor_config
-
-                fn = torch.compile(wrapped)  # default inductor mode: minutes of autotuning buy little here
-                # compile now, so failures surface here and not inside the timing loop; freezing is read
-                # when the graph is compiled, so patching it around this first call is enough
-                with inductor_config.patch(freezing=cpu_compile), torch.inference_mode():
-                    fn(x)
-            except Exception as e:
-                raise BackendFailed(f"torch.compile failed: {type(e).__name__}: {str(e)[:400]}") from e
-        info.update(
-            backend_version=f"torch {torch.__version__}"
-            + (" (CUDA graph of eager)" if graphed else "")
-            + (" (inductor, frozen weights)" if cpu_compile else ""),
-            dtype=str(dtype).replace("torch.", ""),
-            memory_format="channels_last" if nhwc else "contiguous",
-        )
-
-        if graphed:
-            try:  # the graph owns its input buffer (x may alias the caller's example)
-                graph, static_out = _capture_graph(wrapped, x.clone(memory_format=torch.preserve_format))
-            except Exception as e:
-                raise BackendFailed(f"CUDA graph capture failed: {type(e).__name__}: {str(e)[:400]}") from e
-            # Agreement on new images captures a graph on each image and replays it once: copying new images
-            # into the timed graph's input buffer gave stale or NaN outputs on an H200 with torch 2.11
-            # (benchmarks/cudagraph_check.py), while replay on the captured input matched eager.
-            fn = functools.partial(_replay_once, wrapped)
-
-            def run() -> torch.Tensor:
-                graph.replay()
-                return static_out
-
-        else:
-
-            def run() -> torch.Tensor:
-                with torch.inference_mode():
-                    return fn(x)
-
-        def forward_any(inp: torch.Tensor) -> torch.Tensor:
-            inp = inp.to(device, dtype)
-            if nhwc:
-                inp = inp.contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode():
-                return fn(inp).float().cpu()
-
-        return Prepared(run, info, sync, forward_any)
-
     if backend in ("ort", "ort_int8"):
+        return _prepare_onnx(net, example, backend, device, info, num_threads, calibration_images)
+    if backend == "tensorrt":
+        if device.type != "cuda":
+            raise BackendUnavailable("TensorRT needs a CUDA device")
         try:
-            model_bytes = export_onnx(net.cpu(), example.cpu())
-        except Exception as e:
-            raise BackendFailed(f"ONNX export failed: {type(e).__name__}: {str(e)[:400]}") from e
-        finally:
-            net.to(device)
-        extra = {"dtype": "float32", "onnx_opset": 17}
-        if backend == "ort_int8":
-            if device.type == "cuda":
-                raise BackendUnavailable("int8 ONNX Runtime path is for the CPU provider")
-            if not calibration_images:
-                raise ValueError("ort_int8 needs calibration_images (a few real training images)")
-            try:
-                model_bytes = quantize_int8(model_bytes, calibration_images)
-            except Exception as e:
-                raise BackendFailed(f"int8 quantisation failed: {type(e).__name__}: {str(e)[:400]}") from e
-            extra = {
-                "dtype": "int8 (static QDQ, per-channel weights)",
-                "calibration_images": len(calibration_images),
-            }
-        return _ort_prepared(model_bytes, example, device, num_threads, {**info, **extra})
+            trt = importlib.import_module("tensorrt")
+        except ImportError as e:
+            raise BackendUnavailable("tensorrt is not installed (pip install tensorrt)") from e
+        return _tensorrt_prepared(trt, net, example, device, info)
+    return _prepare_torch(net, example.to(device), backend, device, info)
 
-    # tensorrt
-    if device.type != "cuda":
-        raise BackendUnavailable("TensorRT needs a CUDA device")
+
+# torch paths: the dtype each runs in, and which run NHWC
+_TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "cudagraph_fp16": torch.float16}
+_TORCH_NHWC = ("channels_last", "bf16", "fp16", "cudagraph_fp16")
+
+
+def _prepare_torch(net: nn.Module, x: torch.Tensor, backend: str, device: torch.device,
+                   info: dict[str, Any]) -> Prepared:  # fmt: skip
+    """Eager PyTorch in its layouts and dtypes, torch.compile, and CUDA graphs of the eager module."""
+    dtype = _TORCH_DTYPES.get(backend, torch.float32)
+    graphed = backend.startswith("cudagraph")
+    if backend == "fp16" and device.type != "cuda":
+        raise BackendUnavailable("fp16 inference is timed on CUDA only (CPU fp16 convs are emulated)")
+    if graphed and device.type != "cuda":
+        raise BackendUnavailable("CUDA graphs need a CUDA device")
+    # Low precision runs with bf16/fp16 weights and activations in NHWC: that is what oneDNN (AMX/
+    # AVX512-BF16) and cuDNN tensor cores are fastest at. (CPU autocast re-casts every weight on every
+    # call and measured ~8x slower than this here.)
+    cpu_compile = backend == "compile" and device.type == "cpu"
+    nhwc = backend in _TORCH_NHWC or cpu_compile
+    wrapped = OutputOnly(net).eval()
+    if dtype != torch.float32:
+        wrapped, x = wrapped.to(dtype), x.to(dtype)
+    if nhwc:
+        wrapped = wrapped.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    fn: Callable[[torch.Tensor], torch.Tensor] = _compiled(wrapped, x, cpu_compile) if backend == "compile" else wrapped
+    info.update(
+        backend_version=f"torch {torch.__version__}" + (" (CUDA graph of eager)" if graphed else "")
+        + (" (inductor, frozen weights)" if cpu_compile else ""),
+        dtype=str(dtype).replace("torch.", ""),
+        memory_format="channels_last" if nhwc else "contiguous",
+    )  # fmt: skip
+    if graphed:
+        try:  # the graph owns its input buffer (x may alias the caller's example)
+            graph, static_out = _capture_graph(wrapped, x.clone(memory_format=torch.preserve_format))
+        except Exception as e:
+            raise BackendFailed(f"CUDA graph capture failed: {type(e).__name__}: {str(e)[:400]}") from e
+        # Agreement on new images captures a graph on each image and replays it once: copying new images into
+        # the timed graph's input buffer gave stale or NaN outputs on an H200 with torch 2.11
+        # (benchmarks/cudagraph_check.py), while replay on the captured input matched eager.
+        fn = functools.partial(_replay_once, wrapped)
+
+        def run() -> torch.Tensor:
+            graph.replay()
+            return static_out
+
+    else:
+
+        def run() -> torch.Tensor:
+            with torch.inference_mode():
+                return fn(x)
+
+    def forward_any(inp: torch.Tensor) -> torch.Tensor:
+        inp = inp.to(device, dtype)
+        if nhwc:
+            inp = inp.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return fn(inp).float().cpu()
+
+    return Prepared(run, info, _sync_for(device), forward_any)
+
+
+def _compiled(wrapped: nn.Module, x: torch.Tensor, freeze: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``torch.compile`` (default inductor mode: minutes of autotuning buy little here), compiled now so that
+    failures surface here and not inside the timing loop; ``freeze`` folds the weights in (CPU)."""
     try:
-        trt = importlib.import_module("tensorrt")
-    except ImportError as e:
-        raise BackendUnavailable("tensorrt is not installed (pip install tensorrt)") from e
-    return _tensorrt_prepared(trt, net, example, device, info)
+        import torch._inductor.config as inductor_config
+
+        fn = torch.compile(wrapped)
+        # freezing is read when the graph is compiled, so patching it around this first call is enough
+        with inductor_config.patch(freezing=freeze), torch.inference_mode():
+            fn(x)
+    except Exception as e:
+        raise BackendFailed(f"torch.compile failed: {type(e).__name__}: {str(e)[:400]}") from e
+    return fn
+
+
+def _prepare_onnx(net: nn.Module, example: torch.Tensor, backend: str, device: torch.device,
+                  info: dict[str, Any], num_threads: int, calibration_images: list[torch.Tensor] | None
+                  ) -> Prepared:  # fmt: skip
+    """ONNX Runtime on the exported graph: fp32, or int8 with static QDQ quantisation (CPU)."""
+    try:
+        model_bytes = export_onnx(net.cpu(), example.cpu())
+    except Exception as e:
+        raise BackendFailed(f"ONNX export failed: {type(e).__name__}: {str(e)[:400]}") from e
+    finally:
+        net.to(device)
+    extra: dict[str, Any] = {"dtype": "float32", "onnx_opset": 17}
+    if backend == "ort_int8":
+        if device.type == "cuda":
+            raise BackendUnavailable("int8 ONNX Runtime path is for the CPU provider")
+        if not calibration_images:
+            raise ValueError("ort_int8 needs calibration_images (a few real training images)")
+        try:
+            model_bytes = quantize_int8(model_bytes, calibration_images)
+        except Exception as e:
+            raise BackendFailed(f"int8 quantisation failed: {type(e).__name__}: {str(e)[:400]}") from e
+        extra = {"dtype": "int8 (static QDQ, per-channel weights)", "calibration_images": len(calibration_images)}
+    return _ort_prepared(model_bytes, example, device, num_threads, {**info, **extra})
 
 
 def _capture_graph(wrapped: nn.Module, static_in: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:

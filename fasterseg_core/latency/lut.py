@@ -1,4 +1,4 @@
-"""Per-device latency lookup tables over the FasterSeg search space (spec §10) and their use.
+"""Per-device latency lookup tables over the FasterSeg search space (§10) and their use.
 
 The search is steered by a table of standalone-module latencies measured on the target device; the paper's
 table was measured with TensorRT 5 on a GTX 1080 Ti. :func:`build_lut` measures the same entries on any

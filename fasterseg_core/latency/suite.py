@@ -25,13 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..flops import count_complexity
 from ..models.architecture import Architecture
 from ..models.network import build_network
 from ..models.published import build_published, published_architecture
 from .agreement import agreement
 from .backends import prepare
-from .lut import build_lut, estimate_latency, network_entries
+from .flops import count_complexity
+from .lut import LatencyTable, build_lut, estimate_latency, network_entries
 from .measure import environment_record, measure
 from .peers import PEERS, build_peer
 
@@ -134,67 +134,49 @@ def measure_suite(
     jobs = [(c, b) for c in candidates for b in backends]
     bar = tqdm(jobs, desc=f"latency {input_hw[0]}x{input_hw[1]} on {hardware_tag}", disable=not progress)
     complexity: dict[str, dict[str, float]] = {}
-    lut = None
-    archs = [c.arch for c in candidates if c.arch is not None]
-    if archs:
-        # One small table with just the entries these networks use, timed on this device (eager).
-        keys = sorted(
-            {k for a in archs for f in (True, False) for k in network_entries(a, input_hw, faithful_quirks=f)}
-        )
-        lut = build_lut(device, "eager", input_hw, hardware_tag, only=keys, progress=False)
+    lut = _table_for(candidates, device, input_hw, hardware_tag)
     for c, backend in bar:
         bar.set_postfix_str(f"{c.name} / {backend}")
         if c.name not in complexity:
-            here = count_complexity(c.net, (1, 3, *input_hw))
-            paper = count_complexity(c.net, (1, 3, *PAPER_HW))
-            complexity[c.name] = {
-                "params_M": here.params / 1e6,
-                "params_used_M": here.params_used / 1e6,
-                "thop_GMACs": here.thop_macs / 1e9,
-                "conv_GMACs": here.conv_macs / 1e9,
-                "thop_GMACs_1024x2048": paper.thop_macs / 1e9,
-            }
-        r = measure(
-            c.net,
-            (1, 3, *input_hw),
-            device,
-            backend,
-            name=c.name,
-            warmup=warmup,
-            min_loop_s=min_loop_s,
-            timed_s=timed_s,
-            num_threads=num_threads,
-            calibration_images=calib,
-        )
+            complexity[c.name] = _complexity(c.net, input_hw)
+        r = measure(c.net, (1, 3, *input_hw), device, backend, name=c.name, warmup=warmup, min_loop_s=min_loop_s,
+                    timed_s=timed_s, num_threads=num_threads, calibration_images=calib)  # fmt: skip
         row: dict[str, Any] = {
-            "hardware_tag": hardware_tag,
-            "network": c.name,
-            "source": c.source,
-            "backend": backend,
-            "status": r.status,
-            "input_hw": f"{input_hw[0]}x{input_hw[1]}",
-            "median_ms": r.median_ms,
-            "mean_ms": r.mean_ms,
-            "p90_ms": r.p90_ms,
-            "p99_ms": r.p99_ms,
-            "fps": r.fps,
-            "iterations": r.iterations,
-            "reason": r.reason,
-            "dtype": r.record.get("dtype"),
-            "backend_version": r.record.get("backend_version"),
-            **complexity[c.name],
-        }
+            "hardware_tag": hardware_tag, "network": c.name, "source": c.source, "backend": backend,
+            "status": r.status, "input_hw": f"{input_hw[0]}x{input_hw[1]}", "median_ms": r.median_ms,
+            "mean_ms": r.mean_ms, "p90_ms": r.p90_ms, "p99_ms": r.p99_ms, "fps": r.fps,
+            "iterations": r.iterations, "reason": r.reason, "dtype": r.record.get("dtype"),
+            "backend_version": r.record.get("backend_version"), **complexity[c.name],
+        }  # fmt: skip
         if lut is not None and c.arch is not None:
             row["lut_estimate_ms"] = estimate_latency(c.arch, lut, faithful_quirks=False)
             row["lut_estimate_quirks_ms"] = estimate_latency(c.arch, lut, faithful_quirks=True)
         if backend in LOW_PRECISION and r.status == "ok" and images:
-            example = images[0]
-            ref = prepare(c.net, example, "eager", device)
-            cand = prepare(c.net, example, backend, device, calibration_images=calib)
+            ref = prepare(c.net, images[0], "eager", device)
+            cand = prepare(c.net, images[0], backend, device, calibration_images=calib)
             agree = agreement(ref, cand, images, labels, num_classes=num_classes)
             row.update({f"agreement_{k}": v for k, v in agree.items()})
         record.rows.append(row)
     return record
+
+
+def _table_for(candidates: list[Candidate], device: torch.device, input_hw: tuple[int, int],
+               hardware_tag: str) -> LatencyTable | None:  # fmt: skip
+    """One small table with just the entries the FasterSeg candidates use, timed on this device (eager)."""
+    archs = [c.arch for c in candidates if c.arch is not None]
+    if not archs:
+        return None
+    keys = sorted({k for a in archs for f in (True, False) for k in network_entries(a, input_hw, faithful_quirks=f)})
+    return build_lut(device, "eager", input_hw, hardware_tag, only=keys, progress=False)
+
+
+def _complexity(net: nn.Module, input_hw: tuple[int, int]) -> dict[str, float]:
+    """Parameters and multiply-adds at the timed size and at the paper's 1024×2048."""
+    here = count_complexity(net, (1, 3, *input_hw))
+    paper = count_complexity(net, (1, 3, *PAPER_HW))
+    return {"params_M": here.params / 1e6, "params_used_M": here.params_used / 1e6,
+            "thop_GMACs": here.thop_macs / 1e9, "conv_GMACs": here.conv_macs / 1e9,
+            "thop_GMACs_1024x2048": paper.thop_macs / 1e9}  # fmt: skip
 
 
 def real_images(
@@ -308,3 +290,29 @@ def fps_by_hardware(frame: pd.DataFrame) -> pd.DataFrame:
     return ok.pivot_table(
         index=["network", "backend"], columns=["hardware_tag", "input_hw"], values="fps", aggfunc="first"
     ).round(1)
+
+
+def network_by_name(name: str, num_classes: int, deploy: bool = False) -> nn.Module:
+    """A network from a command-line name: ``student``/``teacher`` (published, Fig. 6), a path to an
+    architecture JSON written by the search, or a torchvision peer name (eval mode).
+
+    Raises:
+        ValueError: the name is none of these.
+    """
+    if name in ("student", "teacher"):
+        return build_published(name, num_classes=num_classes, deploy=deploy).eval()
+    if name in PEERS:
+        return build_peer(name, num_classes)
+    path = Path(name)
+    if path.suffix == ".json" and path.exists():
+        return build_network(Architecture.from_json(path), num_classes=num_classes, deploy=deploy).eval()
+    raise ValueError(f"--arch {name!r}: expected student, teacher, an architecture .json file or one of {PEERS}")
+
+
+def random_agreement(net: nn.Module, backend: str, size_hw: tuple[int, int], device: str, count: int) -> float:
+    """Argmax agreement of ``backend`` with fp32 eager on ``count`` seeded random inputs (no dataset needed)."""
+    gen = torch.Generator().manual_seed(1)
+    inputs = [torch.randn(1, 3, *size_hw, generator=gen) for _ in range(count)]
+    ref = prepare(net, inputs[0], "eager", device)
+    cand = prepare(net, inputs[0], backend, device, calibration_images=inputs[:2])
+    return agreement(ref, cand, inputs)["pixel_agreement"]

@@ -1,10 +1,9 @@
 """FasterSeg networks: operator table, slimmable layers, supernet, derivation, fixed networks.
 
-Spec: ``shared/spec/fasterseg.md`` §1-§8. Importing this package builds nothing and reads nothing.
+Method: ``docs/method.md`` §1-§8. Importing this package builds nothing and reads nothing.
 """
 
 from .architecture import Architecture, Branch
-from .checkpoint import CheckpointMismatchError, export_official_state_dict, load_official_state_dict
 from .derive import derive_architecture
 from .fuse import fuse_for_inference
 from .heads import ConvBnRelu, FeatureFusion, Head
@@ -12,6 +11,7 @@ from .network import FasterSegNetwork, build_network, init_weights_
 from .ops import OP_NAMES, OPS, WIDTH_CHOICES, ConvNorm, channels, resize
 from .published import build_published, published_architecture
 from .slimmable import USBatchNorm2d, USConv2d, make_divisible
+from .state_dict import CheckpointMismatchError, export_official_state_dict, load_official_state_dict
 from .supernet import Supernet, build_supernet
 
 __all__ = [

@@ -1,6 +1,6 @@
 """A searched (or published) FasterSeg network as plain data, and its JSON form.
 
-Spec: ``shared/spec/fasterseg.md`` §4-§6. A FasterSeg network is a stem, two branches of cells
+Method: ``docs/method.md`` §4-§6. A FasterSeg network is a stem, two branches of cells
 (each a path over the strides 8/16/32 with one operator and one output width per cell) and a decoder.
 Only the branches are searched, so an :class:`Architecture` holds just that, plus the stem/head width
 and the role (teacher or student).

@@ -1,6 +1,6 @@
 """Turn searched architecture parameters (α, β, γ) into a discrete :class:`Architecture`.
 
-Spec: ``shared/spec/fasterseg.md`` §4 (the authors' ``network_metas``) and §3.5 (what a search epoch
+Method: ``docs/method.md`` §4 (the authors' ``network_metas``) and §3.5 (what a search epoch
 saves). The search leaves, per architecture index k (0 teacher, 1 student), eight tensors:
 
 * ``alpha_k_s`` (rows × 5): operator logits of the cells at scale s (row ``t - s`` = cell of layer t);
@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,46 +147,28 @@ def _best_down_positions(
     return [bi + 1, bj + 2]
 
 
-def _derive_branch(
-    end_scale: int,
-    alphas: list[torch.Tensor],
-    beta1: torch.Tensor,
-    beta2: torch.Tensor,
-    ratios: list[torch.Tensor],
-    *,
-    ignore_skip: bool,
-    full_width_only: bool,
-    refresh_candidates: bool,
-    width_choices_chi: tuple[int, ...],
-    num_layers: int,
-) -> Branch:
-    """§4.2-4.4 for one end scale. Mutates ``alphas`` in place (the caller decides whether to share)."""
-    L = num_layers
-    downs = [0] * L
-    for t in _best_down_positions(end_scale, beta1, beta2, L):
-        downs[t] = 1
-    path = [0]
-    for t in range(L - 1):
-        path.append(path[-1] + downs[t])
-
-    # §4.3 widths[t-1] = output width of cell t-1 = width of the feature cell t reads.
+def _branch_widths(path: list[int], ratios: list[torch.Tensor], full_width_only: bool,
+                   width_choices_chi: tuple[int, ...], num_layers: int) -> list[int]:  # fmt: skip
+    """§4.3 widths[t-1] = output width of cell t-1 = width of the feature cell t reads (argmax γ)."""
     widths: list[int] = []
-    for t in range(1, L):
+    for t in range(1, num_layers):
         s = path[t]
         row = ratios[0][t - 1] if s == 0 else ratios[s][t - s]
         if full_width_only:
             widths.append(12)  # the teacher's single-column ratios map to W = [1.0]
         else:
             widths.append(width_choices_chi[int(torch.argmax(row))])
+    return widths
 
-    def alpha_row(t: int) -> torch.Tensor:
-        return alphas[path[t]][t - path[t]]  # a view: writes go to the α tensor itself
 
-    min_len = round(L / 3) + 2 * path[-1]
-    if ignore_skip:
-        for t in range(L):
-            alpha_row(t)[0] = float("-inf")
+def _removed_skips(alpha_row: Callable[[int], torch.Tensor], downs: list[int], min_len: int,
+                   refresh_candidates: bool) -> set[int]:  # fmt: skip
+    """§4.4 the cells removed from a branch: the most skip-like skip candidates, at most ``L − min_len``.
 
+    Mutates α rows in place, as the original does: each all-skip stretch keeps its least skip-like cell by
+    forbidding that cell's skip.
+    """
+    L = len(downs)
     # Skip candidates: best op is skip and the cell keeps its stride (a stride-2 cell is never removed).
     candidates: list[tuple[int, float]] = []
     for t in range(L):
@@ -216,7 +198,40 @@ def _derive_branch(
 
     # Remove the most skip-like candidates, at most L - min_len (stable sort: ties keep cell order).
     ranked = sorted(candidates, key=lambda c: c[1], reverse=True)
-    removed = {t for t, _ in ranked[: max(0, L - min_len)]}  # short supernets (L < 6) remove none
+    return {t for t, _ in ranked[: max(0, L - min_len)]}  # short supernets (L < 6) remove none
+
+
+def _derive_branch(
+    end_scale: int,
+    alphas: list[torch.Tensor],
+    beta1: torch.Tensor,
+    beta2: torch.Tensor,
+    ratios: list[torch.Tensor],
+    *,
+    ignore_skip: bool,
+    full_width_only: bool,
+    refresh_candidates: bool,
+    width_choices_chi: tuple[int, ...],
+    num_layers: int,
+) -> Branch:
+    """§4.2-4.4 for one end scale. Mutates ``alphas`` in place (the caller decides whether to share)."""
+    L = num_layers
+    downs = [0] * L
+    for t in _best_down_positions(end_scale, beta1, beta2, L):
+        downs[t] = 1
+    path = [0]
+    for t in range(L - 1):
+        path.append(path[-1] + downs[t])
+
+    widths = _branch_widths(path, ratios, full_width_only, width_choices_chi, L)
+
+    def alpha_row(t: int) -> torch.Tensor:
+        return alphas[path[t]][t - path[t]]  # a view: writes go to the α tensor itself
+
+    if ignore_skip:
+        for t in range(L):
+            alpha_row(t)[0] = float("-inf")
+    removed = _removed_skips(alpha_row, downs, round(L / 3) + 2 * path[-1], refresh_candidates)
 
     ops: list[str] = []
     kept_path: list[int] = []
@@ -328,7 +343,7 @@ def derive_architecture(
     width_choices_chi: Sequence[int] = WIDTH_CHOICES_CHI,
     stem_head_chi: tuple[int, int] | None = None,
 ) -> Architecture:
-    """Derive the discrete two-branch network from searched α/β/γ (spec §4).
+    """Derive the discrete two-branch network from searched α/β/γ (§4).
 
     Args:
         arch_params: tensors as for :func:`derive_candidates`; may also hold the four metrics (the
@@ -372,7 +387,7 @@ def derive_architecture(
             raise DerivationError(
                 f"the derived end-scale-{e} branch ends at stride {candidates[e].end_stride}, not "
                 f"{8 * 2**e}: every cell after its last stride-2 cell was a removed skip (the original's "
-                "stale skip-candidate list, spec §4). Derive with faithful_quirks=False to keep one cell."
+                "stale skip-candidate list, §4). Derive with faithful_quirks=False to keep one cell."
             )
     stem_chi, head_chi = stem_head_chi or DEFAULT_STEM_HEAD_CHI[role]
     return Architecture(

@@ -1,6 +1,6 @@
 """Inference-time simplification of a FasterSeg network: fold BatchNorm into the convolutions.
 
-Spec: ``shared/spec/fasterseg.md`` §5, §10. In eval mode a BN is the affine map
+Method: ``docs/method.md`` §5, §10. In eval mode a BN is the affine map
 ``y = γ (x − μ) / sqrt(σ² + ε) + β`` per channel, so ``BN(conv(x))`` equals one conv with weight
 ``W · γ/sqrt(σ² + ε)`` (per output channel) and bias ``β − μ · γ/sqrt(σ² + ε)``. Folding saves one
 full read and write of every feature map. The aux heads (training only) and the FFM's never-executed
@@ -96,7 +96,7 @@ def fuse_for_inference(net: FasterSegNetwork, *, channels_last: bool = True) -> 
     if fused.has_aux:
         del fused.heads16, fused.heads32
         fused.has_aux = False
-    fused.ffm.channel_attention = None  # never executed (spec §1.5)
+    fused.ffm.channel_attention = None  # never executed (§1.5)
 
     for module in list(fused.modules()):  # modules() visits a shared cell once
         if isinstance(module, _Op):

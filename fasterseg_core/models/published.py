@@ -1,6 +1,6 @@
 """The published FasterSeg teacher and student (paper Fig. 6), shipped as package data.
 
-Spec: ``shared/spec/fasterseg.md`` §6. The two architectures were decoded from the authors'
+Method: ``docs/method.md`` §6. The two architectures were decoded from the authors'
 ``train/fasterseg/arch_{0,1}.pt`` by the derivation of §4 and are stored in our own readable format
 (``fasterseg-arch/1``, one entry per cell with operator, input stride, down flag and output width)
 in ``fasterseg_core/published/{teacher,student}.json``.

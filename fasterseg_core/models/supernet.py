@@ -1,6 +1,6 @@
 """The FasterSeg multi-resolution supernet: 16 layers of cells over strides 8/16/32.
 
-Spec: ``shared/spec/fasterseg.md`` §2 (re-implements the search space of the authors'
+Method: ``docs/method.md`` §2 (re-implements the search space of the authors'
 ``search/model_search.py``; paper §3.1-3.3, Fig. 2-3).
 
 Layer ``i`` holds one cell per available scale (stride 8 from layer 0, 16 from layer 1, 32 from layer 2).
@@ -17,7 +17,7 @@ disjoint from the weights: :meth:`Supernet.arch_parameters` / :meth:`Supernet.we
 :meth:`Supernet.arch_state` returns them under the authors' names (``alpha_k_0`` … ``ratio_k_2``) so
 ``derive_architecture(net.arch_state(1), "student", metrics=...)`` turns a search into a network.
 
-Width modes (spec §2.4, §3.2): ``"max"`` / ``"min"`` put every cell feature at the widest / narrowest
+Width modes (§2.4, §3.2): ``"max"`` / ``"min"`` put every cell feature at the widest / narrowest
 width, ``"random"`` draws each feature's width uniformly from W (pretraining's sandwich rule), and
 ``"gumbel"`` draws it from a hard straight-through Gumbel-softmax sample of its γ row (student search);
 ``"argmax"`` takes each γ row's most likely width, the one derivation keeps (§4.3; used to evaluate the
@@ -36,14 +36,14 @@ the most likely operator and input (deterministic; evaluation of a sampled searc
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .heads import Head
+from .mixed import Cell, CellSlot, WidthRef, WidthSample, hard_gumbel
 from .ops import OP_NAMES, OPS, ConvNorm, channels, resize
 from .slimmable import make_divisible
 
@@ -56,109 +56,8 @@ HEAD_NAMES = ("8s", "16s", "32s", "8s_32s", "16s_32s")
 ARCH_INIT = 1e-3  # §2.3: every architecture logit starts at 1e-3 (uniform after softmax)
 
 
-class WidthRef(NamedTuple):
-    """Where a cell input/output width comes from: ``("ratio", scale, row)``, ``("stem",)`` or ``("head",)``."""
-
-    kind: str
-    scale: int = -1
-    row: int = -1
-
-
-@dataclass(frozen=True)
-class CellSlot:
-    """One cell of the grid and where its architecture parameters live (for forward and latency).
-
-    Attributes:
-        layer: i, 0 … L-1.
-        scale: 0, 1, 2 ↔ stride 8, 16, 32.
-        stride: 8 · 2**scale.
-        channels: C(stride, 1), the cell's full-width input/output channels (down output: twice that).
-        alpha_row: row of ``alpha_k_{scale}`` weighting this cell's operators (both ``op`` and ``down``).
-        beta_row: row of ``beta_k_{scale}`` mixing [from_down, from_keep], or None for a single input.
-        width_in, width_out, width_down: width sources of the input, ``op`` output and ``down`` output
-            (``width_down`` None when the cell has no down output).
-    """
-
-    layer: int
-    scale: int
-    stride: int
-    channels: int
-    alpha_row: int
-    beta_row: int | None
-    width_in: WidthRef
-    width_out: WidthRef
-    width_down: WidthRef | None
-
-    @property
-    def key(self) -> str:
-        return f"{self.layer}_{self.scale}"
-
-
-class MixedOp(nn.Module):
-    """Σ_o p_o · op_o(x) over the five slimmable operators (spec §2.4).
-
-    Args:
-        c_in: full-width input channels.
-        c_out: full-width output channels.
-        stride: 1 or 2.
-        width_choices: width ratios W the slimmable layers can switch between.
-    """
-
-    def __init__(self, c_in: int, c_out: int, stride: int, width_choices: tuple[float, ...]) -> None:
-        super().__init__()
-        self.c_in, self.c_out, self.stride = c_in, c_out, stride
-        self.ops = nn.ModuleList(
-            OPS[name](c_in, c_out, stride, slimmable=True, width_choices=width_choices) for name in OP_NAMES
-        )
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        op_weights: torch.Tensor,
-        widths: tuple[float, float],
-        gate: torch.Tensor | None,
-        only: int | None = None,
-    ) -> torch.Tensor:
-        """Mix all operators, or run one.
-
-        Args:
-            x: (N, make_divisible(c_in·w_in), H, W) float.
-            op_weights: (5,) softmax(α row), or a (straight-through) one-hot row when ``only`` is set.
-            widths: (w_in, w_out) ratios.
-            gate: g_in·g_out straight-through Gumbel factor (value 1.0), or None for fixed widths.
-            only: run just this operator, scaled by ``op_weights[only]`` (path modes "sample"/"argmax").
-
-        Returns:
-            (N, make_divisible(c_out·w_out), H / stride, W / stride).
-        """
-        total: torch.Tensor | None = None
-        pairs = zip(op_weights, self.ops) if only is None else [(op_weights[only], self.ops[only])]
-        for p, op in pairs:
-            op.set_ratio(widths)
-            y = p * op(x)
-            total = y if total is None else total + y
-        assert total is not None
-        return total if gate is None else total * gate
-
-
-class Cell(nn.Module):
-    """A supernet cell: a stride-1 mixed op and an optional stride-2 mixed op sharing one α row."""
-
-    def __init__(self, c: int, has_down: bool, width_choices: tuple[float, ...]) -> None:
-        super().__init__()
-        self.op = MixedOp(c, c, 1, width_choices)
-        self.down = MixedOp(c, 2 * c, 2, width_choices) if has_down else None
-
-
-class WidthSample(NamedTuple):
-    """A feature's width for one forward pass: ratio w and the straight-through gate (None if fixed)."""
-
-    ratio: float
-    gate: torch.Tensor | None
-
-
 class SupernetDecoder(nn.Module):
-    """Refinements and the five supernet heads of one architecture index (spec §2.5).
+    """Refinements and the five supernet heads of one architecture index (§2.5).
 
     Args:
         fh: ``(Fh(8), Fh(16), Fh(32))``, the head-width channels of the last-layer features.
@@ -224,7 +123,7 @@ class Supernet(nn.Module):
     Forward returns a dict: ``"heads"`` maps the five head names ("8s", "16s", "32s", "8s_32s",
     "16s_32s") to logits, ``"out"`` is the "8s_32s" prediction and ``"aux"`` the other four in that order.
     In **training mode the logits are at 1/8 of the input resolution** (the search loss is computed against
-    labels resized to 1/8, spec §2.5); in eval mode every head is upsampled ×8 (bilinear).
+    labels resized to 1/8, §2.5); in eval mode every head is upsampled ×8 (bilinear).
     """
 
     def __init__(
@@ -351,7 +250,7 @@ class Supernet(nn.Module):
     def sample_widths(
         self, arch_idx: int, width_mode: str, generator: torch.Generator | None = None
     ) -> list[list[WidthSample]]:
-        """One width per feature row of ``ratio_k_{0,1,2}`` (spec §2.3-2.4).
+        """One width per feature row of ``ratio_k_{0,1,2}`` (§2.3-2.4).
 
         Args:
             arch_idx: 0 teacher, 1 student.
@@ -485,14 +384,6 @@ class Supernet(nn.Module):
         alphas = [self._path_rows(self.arch[f"alpha_{k}_{s}"], path, generator) for s in range(3)]
         betas = [None] + [self._path_rows(self.arch[f"beta_{k}_{s}"], path, generator) for s in (1, 2)]
 
-        def width(ref: WidthRef) -> WidthSample:
-            return self.resolve_width(ref, k, samples)
-
-        def gate(a: WidthSample, b: WidthSample) -> torch.Tensor | None:
-            if a.gate is None:
-                return b.gate
-            return a.gate if b.gate is None else a.gate * b.gate
-
         # with every input mixed every output is read; otherwise skip the cells no chosen path reads
         picks = [None] + [rows[1] for rows in betas[1:]]  # type: ignore[index]
         live = None if path == "mix" else self._live_outputs(picks)  # type: ignore[arg-type]
@@ -502,33 +393,10 @@ class Supernet(nn.Module):
             new_outs: list[torch.Tensor | None] = [None, None, None]
             new_downs: list[torch.Tensor | None] = [None, None, None]
             for slot in self._layer_slots[i]:
-                s, cell = slot.scale, self.cells[slot.key]
-                w_in, w_out = width(slot.width_in), width(slot.width_out)
-                p, only = alphas[s][0][slot.alpha_row], alphas[s][1][slot.alpha_row]
-                inputs: list[tuple[torch.Tensor, torch.Tensor | None]]
-                if s == 0:
-                    inputs = [(outs[0], None)]  # type: ignore[list-item]
-                elif slot.beta_row is None:
-                    inputs = [(downs[s - 1], None)]  # type: ignore[list-item]
-                else:
-                    b, pick = betas[s][0][slot.beta_row], betas[s][1][slot.beta_row]  # type: ignore[index]
-                    inputs = [(downs[s - 1], b[0]), (outs[s], b[1])]  # type: ignore[list-item]
-                    if pick is not None:  # one input, scaled by its (straight-through) one-hot weight
-                        inputs = [inputs[pick]]
-                need_out, need_down = live[slot.key] if live is not None else (True, True)
-                out_sum = down_sum = None
-                for feat, weight in inputs:
-                    # both mixed ops of a cell share the α row, so they run the same sampled operator (§2.2)
-                    if need_out:
-                        o = cell.op(feat, p, (w_in.ratio, w_out.ratio), gate(w_in, w_out), only)
-                        o = o if weight is None else weight * o
-                        out_sum = o if out_sum is None else out_sum + o
-                    if cell.down is not None and need_down:
-                        w_down = width(slot.width_down)  # type: ignore[arg-type]
-                        d = cell.down(feat, p, (w_in.ratio, w_down.ratio), gate(w_in, w_down), only)
-                        d = d if weight is None else weight * d
-                        down_sum = d if down_sum is None else down_sum + d
-                new_outs[s], new_downs[s] = out_sum, down_sum
+                need = live[slot.key] if live is not None else (True, True)
+                new_outs[slot.scale], new_downs[slot.scale] = self._cell_forward(
+                    slot, outs, downs, alphas, betas, samples, k, need
+                )
             outs, downs = new_outs, new_downs
 
         heads = self.decoders[k](outs[0], outs[1], outs[2])  # type: ignore[arg-type]
@@ -543,30 +411,48 @@ class Supernet(nn.Module):
             "heads": heads,
         }
 
+    def _cell_forward(self, slot: CellSlot, outs: list, downs: list, alphas: list, betas: list,
+                      samples: list[list[WidthSample]], k: int, need: tuple[bool, bool]
+                      ) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # fmt: skip
+        """One cell of index ``k``: its ``op`` (stride 1) and ``down`` (stride 2) outputs, each the mixture of
+        the five operators over its (one or two, β-weighted) inputs; ``need`` skips outputs nothing reads."""
+        s, cell = slot.scale, self.cells[slot.key]
 
-def hard_gumbel(logits: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, list[int]]:
-    """Hard straight-through Gumbel-softmax, τ = 1, on log_softmax of each row (spec §2.4).
+        def gate(a: WidthSample, b: WidthSample) -> torch.Tensor | None:
+            if a.gate is None:
+                return b.gate
+            return a.gate if b.gate is None else a.gate * b.gate
 
-    Noise ``g = −log(−log(U+1e−20)+1e−20)`` is drawn on the generator's device, then moved.
-
-    Args:
-        logits: (rows, n).
-
-    Returns:
-        ``(hard (rows, n), idx)``: ``hard`` is one-hot valued (exactly 1.0 at the chosen index) and carries
-        the gradient of the Gumbel-softmax sample; ``idx`` the chosen index per row.
-    """
-    dev = generator.device if generator is not None else logits.device
-    u = torch.rand(logits.shape, generator=generator, device=dev, dtype=logits.dtype).to(logits.device)
-    g = -torch.log(-torch.log(u + 1e-20) + 1e-20)
-    soft = torch.softmax(F.log_softmax(logits, dim=-1) + g, dim=-1)
-    idx = soft.argmax(dim=-1)
-    hard = F.one_hot(idx, logits.shape[1]).to(soft.dtype) - soft.detach() + soft
-    return hard, idx.tolist()
+        w_in, w_out = self.resolve_width(slot.width_in, k, samples), self.resolve_width(slot.width_out, k, samples)
+        p, only = alphas[s][0][slot.alpha_row], alphas[s][1][slot.alpha_row]
+        inputs: list[tuple[torch.Tensor, torch.Tensor | None]]
+        if s == 0:
+            inputs = [(outs[0], None)]
+        elif slot.beta_row is None:
+            inputs = [(downs[s - 1], None)]
+        else:
+            b, pick = betas[s][0][slot.beta_row], betas[s][1][slot.beta_row]
+            inputs = [(downs[s - 1], b[0]), (outs[s], b[1])]
+            if pick is not None:  # one input, scaled by its (straight-through) one-hot weight
+                inputs = [inputs[pick]]
+        need_out, need_down = need
+        out_sum = down_sum = None
+        for feat, weight in inputs:
+            # both mixed ops of a cell share the α row, so they run the same sampled operator (§2.2)
+            if need_out:
+                o = cell.op(feat, p, (w_in.ratio, w_out.ratio), gate(w_in, w_out), only)
+                o = o if weight is None else weight * o
+                out_sum = o if out_sum is None else out_sum + o
+            if cell.down is not None and need_down:
+                w_down = self.resolve_width(slot.width_down, k, samples)  # type: ignore[arg-type]
+                d = cell.down(feat, p, (w_in.ratio, w_down.ratio), gate(w_in, w_down), only)
+                d = d if weight is None else weight * d
+                down_sum = d if down_sum is None else down_sum + d
+        return out_sum, down_sum
 
 
 def build_supernet(model_cfg: ModelConfig, num_classes: int) -> Supernet:
-    """Build the supernet of spec §2 from the model section of a run configuration.
+    """Build the supernet of §2 from the model section of a run configuration.
 
     Args:
         model_cfg: :class:`fasterseg_core.config.ModelConfig` (num_layers, base_channels,

@@ -1,6 +1,6 @@
 """Checkpoint interoperability with the authors' released FasterSeg weights, both ways.
 
-Spec: ``shared/spec/fasterseg.md`` §7 (key lists in ``shared/reference/fasterseg_state_dict_*.json``).
+Method: ``docs/method.md`` §7 (key lists in ``shared/reference/fasterseg_state_dict_*.json``).
 The authors' checkpoints (``weights0.pt`` teacher, ``weights1.pt`` student) are plain state dicts of
 ``Network_Multi_Path_Infer`` built in training mode: aux heads included, a cell shared by both branches
 stored under both of its keys, BN ``num_batches_tracked`` included.

@@ -1,7 +1,7 @@
 """The search's latency objective: differentiable table latency of the supernet, target window, adaptive λ.
 
-Spec: ``shared/spec/fasterseg.md`` §3.3 (re-implements the latency part of the authors'
-``search/model_search.py`` and ``search/train_search.py``) and §12.1-5/6 (its quirks).
+Method: ``docs/method.md`` §3.3 (paper §3.2, "latency-constrained search") and §12.1-5/6 (quirks of the
+original implementation, reproduced when ``search.faithful_quirks``).
 
 Symbols: α (operator logits per cell), β (input choice per two-input cell: [from_down, from_keep]),
 γ (width logits per feature row, ``ratio_k_s``); k = 0 teacher, 1 student.
@@ -32,10 +32,11 @@ from collections.abc import Sequence
 
 import torch
 
-from .latency.lut import LatencyTable, convnorm_key, estimate_latency, op_key, scale_sizes
-from .models.ops import OP_NAMES, channels
-from .models.published import published_architecture
-from .models.supernet import CellSlot, Supernet, WidthSample
+from ..latency.lut import LatencyTable, convnorm_key, estimate_latency, op_key, scale_sizes
+from ..models.mixed import CellSlot, WidthSample
+from ..models.ops import OP_NAMES, channels
+from ..models.published import published_architecture
+from ..models.supernet import Supernet
 
 # §8: table latency (ms) of the published student on the authors' 1080 Ti table (with the naming bug).
 REFERENCE_STUDENT_MS = 6.414
@@ -47,7 +48,7 @@ def _chi(ratio: float) -> int:
 
 
 class SupernetLatency:
-    """Differentiable table latency of one architecture index of a supernet (spec §3.3).
+    """Differentiable table latency of one architecture index of a supernet (§3.3).
 
     Args:
         net: the supernet (its α/β/γ are read at every call, so gradients reach them).

@@ -1,7 +1,11 @@
-"""Predictions as files: coloured figures, train-id label maps, and the Cityscapes test-server submission.
+"""Predictions: inference on whole images, and predictions as files (coloured figures, train-id label
+maps, the Cityscapes test-server submission) or as one scored image for the results explorer.
 
-Spec: ``shared/spec/fasterseg.md`` §9.4. Inference is :func:`fasterseg_core.evaluate.predict_logits`
-(whole image, single scale, optional flip) on the dataset's evaluation transform.
+Method: ``docs/method.md`` §9.4: whole image, single scale, optional flip, on the dataset's
+evaluation transform.
+
+* :func:`predict_logits` — eval-mode logits of a batch, optionally averaged with the flipped image.
+* :func:`explore_image` — one image's prediction with its per-class IoU (the explorer widget's content).
 
 * :func:`save_colour_predictions` — one PNG per image: image | ground truth | prediction, side by side,
   in the dataset's palette (any dataset).
@@ -21,9 +25,11 @@ from __future__ import annotations
 import re
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -38,11 +44,32 @@ from .data.labels import (
     cityscapes_train_to_label_ids,
     colorize,
 )
-from .evaluate import predict_logits
+from .metrics import ConfusionMatrix
 
 # What cityscapesScripts' getCsFileInfo parses: <city>_<sequence>_<frame>_leftImg8bit.png (no other "_").
 _CITYSCAPES_IMAGE = re.compile(r"^(?P<city>[^_]+)_(?P<seq>[^_]+)_(?P<frame>[^_]+)_leftImg8bit\.png$")
 PANEL_GAP_PX = 4  # white columns between the three panels of a colour figure
+
+
+@torch.no_grad()
+def predict_logits(net: nn.Module, images: torch.Tensor, *, flip: bool = False) -> torch.Tensor:
+    """Logits of the network's ``out`` for a batch, in eval mode.
+
+    Args:
+        net: a network returning ``{"out": (N, C, H, W), ...}``; the caller sets ``eval()``.
+        images: (N, 3, H, W) float, normalised, on the network's device.
+        flip: also run the horizontally flipped batch and add its (flipped back) softmax, as the authors'
+            ``eval_flip`` (§9.4). The result is then a sum of probabilities, not logits; its argmax is the
+            prediction either way.
+
+    Returns:
+        (N, C, H, W) float.
+    """
+    out = net(images)["out"]
+    if not flip:
+        return out
+    flipped = net(images.flip(-1))["out"].flip(-1)
+    return out.softmax(1) + flipped.softmax(1)
 
 
 def denormalise(image: torch.Tensor) -> np.ndarray:
@@ -268,3 +295,43 @@ def export_cityscapes_submission(
         for path, arc in zip(written, targets):
             zf.write(path, arcname=arc.as_posix())
     return zip_path
+
+
+@dataclass
+class ImageView:
+    """One network's prediction on one image.
+
+    Attributes:
+        image: (H, W, 3) uint8 RGB at the evaluation resolution.
+        label: (H, W) int64 ground truth (255 ignore); pred: (H, W) int64 prediction.
+        iou: per-class table of this image (classes present in ground truth or prediction): IoU (%),
+            ground-truth and predicted pixels.
+        title: network, checkpoint, split and image.
+    """
+
+    image: np.ndarray
+    label: np.ndarray
+    pred: np.ndarray
+    iou: pd.DataFrame
+    title: str
+
+
+@torch.no_grad()
+def explore_image(net: nn.Module, dataset: Dataset, index: int, device: torch.device | str, title: str
+                  ) -> ImageView:  # fmt: skip
+    """Predict one image of an evaluation dataset and score it.
+
+    Args:
+        net: network returning ``{"out": (1, C, H, W)}``, in eval mode on ``device``.
+        dataset: evaluation split (items: normalised (3, H, W) float image, (H, W) int64 label), with
+            ``class_names`` and ``ignore_index``.
+        index: which item.
+    """
+    image, label = dataset[index]
+    pred = net(image[None].to(device))["out"].argmax(1)[0].cpu()
+    cm = ConfusionMatrix(len(dataset.class_names), dataset.ignore_index)
+    cm.update(pred, label)
+    frame = cm.to_frame(dataset.class_names)
+    frame = frame[(frame.gt_pixels > 0) | (frame.pred_pixels > 0)].assign(iou=lambda f: 100 * f.iou)
+    frame = frame.rename(columns={"iou": "IoU (%)"})[["IoU (%)", "gt_pixels", "pred_pixels"]]
+    return ImageView(denormalise(image), label.numpy(), pred.numpy(), frame.round(1), title)

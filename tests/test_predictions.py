@@ -15,18 +15,19 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from fasterseg_core.checkpoints import FORMAT
+from fasterseg_core.cli import main as cli_main
 from fasterseg_core.config import DataConfig
 from fasterseg_core.data import CAMVID, CITYSCAPES, Cityscapes, build_dataset, build_eval_transform, colorize
-from fasterseg_core.evaluate import TRAIN_FORMAT, main
-from fasterseg_core.export import (
+from fasterseg_core.models import build_published
+from fasterseg_core.models.state_dict import keyed_state_dict_for
+from fasterseg_core.predictions import (
     PANEL_GAP_PX,
     export_cityscapes_submission,
     predict_train_ids,
     save_colour_predictions,
     save_label_pngs,
 )
-from fasterseg_core.models import build_published
-from fasterseg_core.models.checkpoint import keyed_state_dict_for
 from fasterseg_core.runs import save_torch
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -161,11 +162,11 @@ def test_label_pngs_have_the_file_size(tmp_path, one_thread):
 def test_cli_writes_a_submission_zip(tmp_path, capsys, one_thread):
     root = data_root("cityscapes_sample")
     net = varied_network("student", 19)
-    ckpt = {"format": TRAIN_FORMAT, "epoch": 1, "model": net.state_dict(), "arch": net.arch.to_dict(),
+    ckpt = {"format": FORMAT, "kind": "train", "key": "", "epoch": 1, "model": net.state_dict(), "arch": net.arch.to_dict(),
             "num_classes": 19}  # fmt: skip
     save_torch(ckpt, tmp_path / "best.pt")
     overrides = {"data.dataset": "cityscapes", "data.root": str(root), "data.base_scale": 0.5}
-    rc = main(["--profile", "smoke", "--overrides", json.dumps(overrides), "--checkpoint", str(tmp_path / "best.pt"),
+    rc = cli_main(["evaluate", "--profile", "smoke", "--overrides", json.dumps(overrides), "--checkpoint", str(tmp_path / "best.pt"),
                "--split", "val", "--submission", str(tmp_path / "out" / "sub.zip"), "--device", "cpu"])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
     assert "wrote" in capsys.readouterr().out

@@ -1,6 +1,6 @@
-"""Figures of the analysis exhibits. Plots only: every number comes in computed, as in
-:mod:`fasterseg_core.plots` (which draws the search figures the analysis reuses)."""
-
+"""Figures of ``06_analysis`` that put this run beside the study: per-class IoU with the means (the study's
+Figure 1), distillation's per-class gain, training curves on the study's epoch axis, accuracy against
+latency. Plots only: every number comes in computed."""
 from __future__ import annotations
 
 import math
@@ -101,7 +101,7 @@ def plot_class_gain(gain: pd.Series, title: str = "") -> Figure:
     return fig
 
 
-def plot_training_curves(frame: pd.DataFrame, panels: list[str]) -> Figure:
+def plot_study_curves(frame: pd.DataFrame, panels: list[str]) -> Figure:
     """One panel per trained network: mIoU against (paper) epochs, ours in colour, the study's in grey.
 
     Args:

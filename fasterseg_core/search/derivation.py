@@ -1,8 +1,8 @@
 """What a search state yields: derived teacher and student with table latencies, records and artefacts.
 
-Spec: ``shared/spec/fasterseg.md`` §3.5 (per-epoch evaluation and saved artefacts) and §4 (derivation,
-through :func:`fasterseg_core.models.derive.derive_architecture`, and the branch choice of §4.5). Used by
-:mod:`fasterseg_core.search` after every search epoch.
+Method: ``docs/method.md`` §3.5 (per-epoch evaluation and saved artefacts) and §4 (derivation, through
+:func:`fasterseg_core.models.derive.derive_architecture`, and the branch choice of §4.5; paper §3.3 and
+Fig. 6). Used by :mod:`fasterseg_core.search.driver` after every search epoch.
 
 For each role the two candidate networks ([2, 0]: branches ending at 1/32 and 1/8; [2, 1]: 1/32 and 1/16)
 are derived and timed on the latency table; the accuracy–latency objective of §4.5 picks one. With
@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig
-from .latency.lut import LatencyTable, estimate_latency
-from .models.architecture import Architecture
-from .models.derive import DerivationError, choose_lasts, derive_architecture
-from .models.supernet import HEAD_NAMES, Supernet
-from .runs import Run, save_json
+from ..config import RunConfig
+from ..latency.lut import LatencyTable, estimate_latency
+from ..models.architecture import Architecture
+from ..models.derive import DerivationError, choose_lasts, derive_architecture
+from ..models.supernet import HEAD_NAMES, Supernet
+from ..runs import Run, save_json
 
 ROLES = ("teacher", "student")
 BRANCH_HEADS = {"02": "8s_32s", "12": "16s_32s"}  # §3.5: heads whose mIoU picks the branches (§4.5)

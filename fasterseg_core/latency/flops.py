@@ -1,6 +1,6 @@
 """Parameter and multiply-add counts of a network, in the authors' convention and in plain conv MACs.
 
-Spec: ``shared/spec/fasterseg.md`` §7.2, §8. One multiply-add (MAC) = 1. Two conventions:
+Method: ``docs/method.md`` §7.2, §8. One multiply-add (MAC) = 1. Two conventions:
 
 * ``conv_macs``: multiply-adds of every executed convolution, ``out_elements · (C_in/groups) · k_h · k_w``.
 * ``thop_macs``: what the counter the authors pinned reports (thop 0.0.31.post2001170342, model in eval
@@ -10,7 +10,7 @@ Spec: ``shared/spec/fasterseg.md`` §7.2, §8. One multiply-add (MAC) = 1. Two c
 The paper quotes 28.2 G for the FasterSeg student at 1×3×1024×2048. With this code the student counts
 27.77 G conv MACs and 27.90 G in the thop convention, exactly the figures measured on the authors' own
 network (``fasterseg_reference_figures.json``); the remaining 0.3 G (1.1 %) to the paper is unexplained
-(the thop version used at paper time or counted interpolations are plausible causes, spec §13).
+(the thop version used at paper time or counted interpolations are plausible causes, §13).
 
 Counting runs the eval forward on the ``meta`` device by default: shapes only, no arithmetic, so even
 the teacher at 1024×2048 is counted in well under a second, and ``net`` itself is never modified.
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .models.slimmable import USBatchNorm2d
+from ..models.slimmable import USBatchNorm2d
 
 
 @dataclass

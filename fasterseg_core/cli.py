@@ -1,0 +1,322 @@
+"""The command line: ``python -m fasterseg_core <command>``, every entry point in one place.
+
+=============  ===============================================================================
+command        what it does
+=============  ===============================================================================
+``report``     every stage notebook in order (complete ones skipped), then report.html + .pdf
+``train``      one training stage outside the notebooks; the ``torchrun`` entry point
+``evaluate``   score a checkpoint (a stage's, or any file, the authors' included) on a split
+``latency``    time networks on backends, or build a latency lookup table
+``data``       put CamVid under a folder (link a local copy or download), checksums verified
+=============  ===============================================================================
+
+Every command that reads a profile takes the same ``--profile`` / ``--overrides`` pair. A user error (bad
+override or JSON, missing input, wrong checkpoint, broken dataset) prints one ``error: …`` line naming the
+problem and the fix and exits with status 2, without a traceback; ``--debug`` shows it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoints import load_checkpoint_model, load_stage_model
+from .config import ConfigError, load_config
+from .data import build_dataset
+from .data.base import DatasetError
+from .data.camvid import SPLIT_SIZES
+from .data.fetch import FetchError, fetch_camvid
+from .distributed import current_dist
+from .engine import TrainingDiverged, evaluate
+from .latency import BACKENDS, measure, stable_malloc_env
+from .latency.flops import count_complexity
+from .latency.lut import LatencyTable, build_lut, estimate_latency
+from .latency.suite import network_by_name, random_agreement
+from .metrics import format_scores
+from .models.published import published_architecture
+from .pipeline import build_report
+from .predictions import export_cityscapes_submission, save_colour_predictions
+from .report import ReportError
+from .runs import (
+    TRAINING_STAGES,
+    Run,
+    get_stage,
+    resolve_device,
+    resolve_hardware_tag,
+    save_json,
+    stage_dir,
+    start_run,
+)
+from .stages import run_training
+
+# What a user can fix from the message alone: the message is the whole story (exit 2).
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DatasetError, FileNotFoundError, ValueError,
+                                                TypeError, PermissionError, ReportError, FetchError)  # fmt: skip
+# A run that started and stopped for a stated reason (exit 1, no traceback).
+RUN_FAILURES: tuple[type[BaseException], ...] = (TrainingDiverged,)
+
+
+class UsageError(ValueError):
+    """A command-line value that does not make sense (the message says what to pass instead)."""
+
+
+def _overrides(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text else {}
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--overrides is not JSON ({e.msg} at column {e.colno}); e.g. '{{\"teacher.epochs\": 2}}'")
+    if not isinstance(value, dict):
+        raise UsageError(f"--overrides must be a JSON object of dotted keys, got {text!r}; e.g. '{{\"teacher.epochs\": 2}}'")
+    return value
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 1024x2048 (HxW), got {text!r}") from None
+    return h, w
+
+
+def _config_args(default_profile: str | None = "camvid-cpu") -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--profile", default=default_profile, required=default_profile is None,
+                        help=f"params/<profile>.yaml or a YAML path (default {default_profile})")  # fmt: skip
+    parent.add_argument("--overrides", default="", help='JSON object of dotted keys, e.g. \'{"teacher.epochs": 2}\'')
+    parent.add_argument("--hardware-tag", default="", help="name for this machine in latency results")
+    return parent
+
+
+# ---- commands ------------------------------------------------------------------------------------------
+def cmd_report(args: argparse.Namespace) -> int:
+    """Every stage in order, then the report; exit 1 when a stage failed."""
+    record = build_report(args.profile, _overrides(args.overrides), args.hardware_tag, args.force,
+                          not args.no_pdf, args.notebooks)  # fmt: skip
+    failed = [s["stage"] for s in record["stages"] if s["status"] == "failed"]
+    if failed:
+        print(f"error: stage {failed[0]} failed; see the report and pipeline.json", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """One training stage; under ``torchrun`` every process runs this and rank 0 writes."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = load_config(args.profile, _overrides(args.overrides))
+    stage = get_stage(args.stage)
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        run = start_run(cfg, stage.name, hardware_tag=args.hardware_tag, seed=getattr(cfg, stage.section).seed)
+    else:  # other ranks write nothing; they need the folder and device only
+        run = Run(cfg, stage.name, stage_dir(cfg, stage.name), resolve_device(cfg.device),
+                  resolve_hardware_tag(cfg, args.hardware_tag))  # fmt: skip
+    result = run_training(cfg, run, progress=not args.no_progress and rank == 0)
+    if current_dist().main:
+        run.finish(result.metrics)
+        val = result.metrics["best"]["val"]
+        print(f"{stage.name}: best epoch {result.metrics['best']['epoch']}, val mIoU {val['miou']:.4f} "
+              f"({world} process{'es' if world > 1 else ''})")  # fmt: skip
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score a checkpoint on a split; optionally write JSON, colour PNGs or a Cityscapes submission."""
+    cfg = load_config(args.profile, _overrides(args.overrides))
+    device = resolve_device(args.device or cfg.device)
+    if args.stage:
+        net, info = load_stage_model(cfg, args.stage, args.which, device)
+    else:
+        net, info = load_checkpoint_model(args.checkpoint, args.arch, device=device)
+    dataset = build_dataset(cfg.data, args.split, train=False)
+    # Cityscapes test labels are not public (its gtFine/test files mark every pixel as ignored): scoring them
+    # would only cost a full pass over 1525 images.
+    unlabelled = cfg.data.dataset == "cityscapes" and args.split == "test"
+    cm = None if unlabelled else evaluate(net, dataset, device, flip=args.flip, max_images=args.max_images,
+                                          progress=True)  # fmt: skip
+    label = info.get("stage", info["path"]) + (f" ({info['which']})" if "which" in info else "")
+    evaluated = args.max_images if 0 < args.max_images < len(dataset) else len(dataset)
+    print(f"{label} on {cfg.data.dataset} {args.split}: {len(dataset)} images"
+          + (f", {evaluated} evaluated" if evaluated < len(dataset) else "") + (", flip" if args.flip else ""))  # fmt: skip
+    recorded = info.get("metrics")
+    if isinstance(recorded, dict) and isinstance(recorded.get("miou"), float):
+        print(f"recorded at training time (val, epoch {info.get('epoch')}): mIoU {recorded['miou'] * 100:.2f} %")
+    scores: dict[str, Any] = {}
+    if cm is None:
+        print("Cityscapes test labels are not public: no scores (use --submission for the evaluation server)")
+    else:
+        scores = cm.compute()
+        if scores["pixels"] == 0:
+            print("warning: no labelled pixels in the evaluated images; scores are NaN")
+        print(format_scores(scores, cm.to_frame(dataset.class_names)))
+    _evaluation_outputs(args, cfg, net, info, dataset, device, scores, 0 if cm is None else evaluated)
+    return 0
+
+
+def _evaluation_outputs(args: argparse.Namespace, cfg: Any, net: Any, info: dict[str, Any], dataset: Any,
+                        device: Any, scores: dict[str, Any], evaluated: int) -> None:  # fmt: skip
+    if args.json:
+        save_json({"checkpoint": info["path"], "source": info["source"], "stage": info.get("stage"),
+                   "which": info.get("which"), "epoch": info.get("epoch"), "profile": cfg.profile,
+                   "dataset": cfg.data.dataset, "split": args.split, "flip": args.flip, "images": evaluated,
+                   "class_names": list(dataset.class_names), **scores}, args.json)  # fmt: skip
+        print(f"wrote {args.json}")
+    if args.colour_dir:
+        n = len(dataset)
+        count = min(max(args.colour_count, 0), n)
+        indices = [i * n // count for i in range(count)] if count else []
+        paths = save_colour_predictions(net, dataset, indices, args.colour_dir, device, flip=args.flip)
+        print(f"wrote {len(paths)} colour PNGs to {args.colour_dir}")
+    if args.submission:
+        zip_path = export_cityscapes_submission(net, dataset, args.submission.with_suffix(""), device,
+                                                zip_path=args.submission, flip=args.flip)  # fmt: skip
+        print(f"wrote {zip_path} ({len(dataset)} label-ID PNGs in {args.submission.with_suffix('')})")
+
+
+def cmd_latency(args: argparse.Namespace) -> int:
+    """Time networks on backends (§10 protocol), or build a latency lookup table."""
+    if args.reexec:  # a real command line: re-run once under the stable allocator settings
+        stable_malloc_env()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.build_lut:
+        lut = build_lut(device, (args.backend or ["eager"])[0], args.size, args.hardware_tag)
+        out = args.json or Path(f"lut_{lut.hardware_tag}_{args.size[0]}x{args.size[1]}.json")
+        lut.save(out)
+        print(f"{len(lut.entries)} entries in {lut.record['build_seconds']} s → {out}")
+        return 0
+    backends = list(BACKENDS) if "all" in (args.backend or []) else (args.backend or ["eager"])
+    lut = LatencyTable.load(args.lut) if args.lut else None
+    results = []
+    for name in args.arch or ["student"]:
+        net = network_by_name(name, args.num_classes, args.deploy)
+        cx = count_complexity(net, (1, 3, *args.size))
+        for backend in backends:
+            calib = [torch.randn(1, 3, *args.size, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+            r = measure(net, (1, 3, *args.size), device, backend, name=name, num_threads=args.threads,
+                        timed_s=args.timed_seconds, calibration_images=calib)  # fmt: skip
+            d = r.to_dict() | {"params": cx.params, "conv_macs": cx.conv_macs, "thop_macs": cx.thop_macs,
+                               "hardware_tag": args.hardware_tag}  # fmt: skip
+            if args.agreement and r.status == "ok" and backend != "eager":
+                d["argmax_agreement"] = random_agreement(net, backend, args.size, device, args.agreement)
+            if lut is not None and name in ("student", "teacher"):
+                d["lut_estimate_ms"] = estimate_latency(published_architecture(name), lut)
+            results.append(d)
+            if args.json:  # written after every row, so a run stopped at a time limit keeps what it measured
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(results, indent=1))
+            figure = f"{r.median_ms:8.2f} ms  {r.fps:7.1f} FPS" if r.status == "ok" else f"{r.status}: {r.reason}"
+            if "argmax_agreement" in d:
+                figure += f"  agreement {d['argmax_agreement']:.4f}"
+            print(f"{name:30s} {backend:14s} {figure}  ({cx.params / 1e6:.2f} M params, "
+                  f"{cx.thop_macs / 1e9:.2f} G MACs thop)")  # fmt: skip
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """Put CamVid under ``--dest`` (link or copy a local copy, else download), verified."""
+    source = args.source or (Path(os.environ["CAMVID_SOURCE"]) if os.environ.get("CAMVID_SOURCE") else None)
+    dest = fetch_camvid(args.dest, source, copy=args.copy, verify=args.verify)
+    how = f"from {source}" if source else "downloaded"
+    print(f"CamVid ready in {dest} ({how}, {sum(SPLIT_SIZES.values())} image/label pairs, checksums verified)"
+          if args.verify else f"CamVid in {dest} ({how}; not verified)")  # fmt: skip
+    return 0
+
+
+# ---- the parser ----------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m fasterseg_core`` with its subcommands."""
+    parser = argparse.ArgumentParser(prog="python -m fasterseg_core", description=__doc__.split("\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    cfg = _config_args()
+
+    p = sub.add_parser("report", parents=[cfg], help="every stage, then report.html and report.pdf")
+    p.add_argument("--force", action="store_true", help="rerun stages that are already complete")
+    p.add_argument("--no-pdf", action="store_true", help="render report.html only")
+    p.add_argument("--notebooks", type=Path, default=None, help="folder of the stage notebooks (default notebooks/)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("train", parents=[cfg], help="one training stage (also under torchrun)")
+    p.add_argument("--stage", required=True, choices=[*TRAINING_STAGES, "teacher", "distill", "student"])
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", parents=[_config_args(None)], help="score a checkpoint on a split")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--stage", help=f"a training stage of this profile: {', '.join(TRAINING_STAGES)}")
+    src.add_argument("--checkpoint", type=Path, help="a checkpoint file: ours, or the authors' weights0/1.pt")
+    p.add_argument("--which", choices=("best", "last"), default="best", help="with --stage (default: best)")
+    p.add_argument("--arch", help="with --checkpoint: teacher | student | arch JSON (needed for the authors')")
+    p.add_argument("--split", choices=("val", "test"), default="val")
+    p.add_argument("--flip", action="store_true", help="add the horizontally flipped prediction (§9.4)")
+    p.add_argument("--max-images", type=int, default=0, help="evaluate N evenly spaced images (0 = all)")
+    p.add_argument("--device", default="", help="cpu, cuda, cuda:1 … (default: the profile's device)")
+    p.add_argument("--json", type=Path, help="write scores, per-class IoU and provenance to this JSON file")
+    p.add_argument("--colour-dir", type=Path, help="write image | ground truth | prediction PNGs here")
+    p.add_argument("--colour-count", type=int, default=8, help="how many colour PNGs (evenly spaced)")
+    p.add_argument("--submission", type=Path, help="Cityscapes: label-ID PNGs of the split beside it, zipped here")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("latency", help="time networks on backends, or build a latency lookup table")
+    p.add_argument("--arch", action="append", help="student | teacher | arch JSON | torchvision peer (repeatable)")
+    p.add_argument("--size", type=_size, default=(1024, 2048), help="input HxW (default 1024x2048)")
+    p.add_argument("--backend", action="append", help=f"one of {list(BACKENDS)} or 'all' (repeatable)")
+    p.add_argument("--device", default="", help="default: cuda when available, else cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch/ORT intra-op threads (0 = default)")
+    p.add_argument("--num-classes", type=int, default=19)
+    p.add_argument("--deploy", action="store_true", help="§10 TensorRT-friendly variant (nearest resizes)")
+    p.add_argument("--hardware-tag", default="", help="name of this machine/runtime in reports")
+    p.add_argument("--timed-seconds", type=float, default=3.0, help="length of the timed loop (§10: 3 s)")
+    p.add_argument("--build-lut", action="store_true", help="build a latency lookup table instead of timing")
+    p.add_argument("--lut", type=Path, help="a table to estimate the networks' latency with")
+    p.add_argument("--agreement", type=int, default=0, metavar="N",
+                   help="also report argmax agreement of each backend with fp32 eager on N random inputs")
+    p.add_argument("--json", type=Path, help="write results here")
+    p.set_defaults(func=cmd_latency, reexec=True)
+
+    p = sub.add_parser("data", help="put CamVid under a folder (make data)")
+    p.add_argument("dataset", choices=["camvid"], help="only CamVid can be fetched (Cityscapes needs registration)")
+    p.add_argument("--dest", type=Path, default=Path("data/camvid"), help="target folder (default data/camvid)")
+    p.add_argument("--source", type=Path, help="local copy to link/copy (default $CAMVID_SOURCE)")
+    p.add_argument("--copy", action="store_true", help="copy the files instead of linking the split folders")
+    p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the checksum check")
+    p.set_defaults(func=cmd_data)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; user errors print ``error: …`` and return 2 (``--debug``: the traceback)."""
+    args = build_parser().parse_args(argv)
+    if argv is not None and args.command == "latency":
+        args.reexec = False  # called from Python (tests): never re-execute the interpreter
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except USER_ERRORS as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RUN_FAILURES as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - anything else is a bug or a broken environment: say where to look
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1

@@ -1,0 +1,160 @@
+"""The pipeline driver: every stage notebook in order, skipping what is complete, then the report.
+
+    python -m fasterseg_core report --profile smoke [--overrides '{"teacher.epochs": 2}']
+                                    [--hardware-tag cpu-laptop] [--force] [--no-pdf]
+
+Stages are the notebooks ``notebooks/<stage>.ipynb`` of :data:`fasterseg_core.runs.STAGES`, run in that
+order through papermill from this one Python process (kernel ``python3``, cwd ``notebooks/``) with the
+parameters ``profile``, ``overrides`` and ``hardware_tag``. Executed notebooks go to
+``<output_root>/<profile>/notebooks/``.
+
+* A stage is skipped when its run (:mod:`fasterseg_core.runs`) is complete for its identity and hardware
+  tag, its executed notebook exists, and no stage it reads from ran in this invocation. ``force`` reruns
+  every stage.
+* A failed stage stops the pipeline. The report still renders what exists, the failure marked on the
+  front page and at the stage, and the exit code is 1.
+* ``<output_root>/<profile>/pipeline.json`` records each stage's status, time and error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig, load_config, project_root
+from .report import ReportError, find_chromium, install_hint, render_report
+from .runs import STAGES, git_state, is_complete, resolve_hardware_tag, save_json
+
+
+@dataclass
+class StageResult:
+    """What happened to one stage in a pipeline invocation."""
+
+    stage: str
+    status: str  # "ok" | "skipped" | "failed" | "not-run"
+    seconds: float = 0.0
+    error: str = ""
+    notebook: str = ""  # the executed notebook (absent for "not-run")
+
+
+def notebooks_dir() -> Path:
+    """``notebooks/`` of the project folder."""
+    return project_root() / "notebooks"
+
+
+def stage_notebooks(folder: Path | None = None) -> list[Path]:
+    """The stage notebooks in pipeline order: those of :data:`~fasterseg_core.runs.STAGES` that exist in
+    ``folder`` (a test may run a subset)."""
+    folder = folder or notebooks_dir()
+    return [folder / f"{name}.ipynb" for name in STAGES if (folder / f"{name}.ipynb").exists()]
+
+
+@contextlib.contextmanager
+def _project_env() -> Iterator[None]:
+    """Kernels inherit the driver's environment: name the project folder for them, so notebooks run from
+    another folder (a test's, a copy's) still find the profiles and outputs."""
+    old = os.environ.get("FASTERSEG_ROOT")
+    os.environ["FASTERSEG_ROOT"] = str(project_root())
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("FASTERSEG_ROOT", None)
+        else:
+            os.environ["FASTERSEG_ROOT"] = old
+
+
+def _execute(source: Path, executed: Path, parameters: dict[str, Any], folder: Path) -> StageResult:
+    import papermill  # slow import (~1.3 s); only the driver needs it
+
+    stage = source.stem
+    start = time.perf_counter()
+    executed.unlink(missing_ok=True)  # never show a previous run's notebook for this attempt
+    try:
+        with _project_env():
+            papermill.execute_notebook(str(source), str(executed), parameters=parameters, kernel_name="python3",
+                                       cwd=str(folder), progress_bar=False)  # fmt: skip
+        result = StageResult(stage, "ok", notebook=str(executed))
+    except Exception as err:  # noqa: BLE001 - a failed cell or a dead kernel: both stop the pipeline
+        if isinstance(err, papermill.PapermillExecutionError):
+            message = f"{err.ename}: {err.evalue}"
+        else:
+            message = f"{type(err).__name__}: {err}"
+        result = StageResult(stage, "failed", error=message, notebook=str(executed) if executed.exists() else "")
+    result.seconds = round(time.perf_counter() - start, 1)
+    return result
+
+
+def run_stages(cfg: RunConfig, parameters: dict[str, Any], force: bool = False, folder: Path | None = None,
+               record: dict[str, Any] | None = None) -> list[StageResult]:  # fmt: skip
+    """Execute the stage notebooks in order, skipping complete ones, stopping at the first failure.
+
+    Args:
+        cfg: the resolved config (for the skip test and the output folder).
+        parameters: papermill parameters, ``{"profile", "overrides", "hardware_tag"}``.
+        force: rerun every stage.
+        folder: where the ``<stage>.ipynb`` notebooks are (and the kernel's cwd); default ``notebooks/``.
+        record: the pipeline record; its ``stages`` list is updated and saved after every stage.
+    """
+    folder = folder or notebooks_dir()
+    out_dir = cfg.output_dir / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: list[StageResult] = []
+    ran: set[str] = set()  # stages that ran in this invocation: whatever reads them is stale
+    failed = False
+    for source in stage_notebooks(folder):
+        stage, executed = source.stem, out_dir / source.name
+        stale = force or bool(ran & set(STAGES[stage].upstream))
+        if failed:
+            results.append(StageResult(stage, "not-run", error="an earlier stage failed"))
+        elif not stale and executed.exists() and is_complete(cfg, stage, parameters["hardware_tag"]):
+            results.append(StageResult(stage, "skipped", notebook=str(executed)))
+            print(f"[{stage}] complete for this config, skipped (FORCE=1 reruns)", flush=True)
+        else:
+            print(f"[{stage}] running {source.name} ...", flush=True)
+            result = _execute(source, executed, parameters, folder)
+            failed, ran = result.status == "failed", ran | {stage}
+            results.append(result)
+            print(f"[{stage}] {result.status} in {result.seconds:.1f} s {result.error}".rstrip(), flush=True)
+        if record is not None:
+            record["stages"] = [asdict(r) for r in results]
+            save_json(record, cfg.output_dir / "pipeline.json")
+    return results
+
+
+def build_report(profile: str, overrides: dict[str, Any] | None = None, hardware_tag: str = "",
+                 force: bool = False, pdf: bool = True, folder: Path | None = None) -> dict[str, Any]:  # fmt: skip
+    """Run the pipeline for a profile, then render its report; the library form of ``make report``.
+
+    Returns:
+        The pipeline record also saved as ``<output_root>/<profile>/pipeline.json``: parameters, git
+        state, per-stage ``{stage, status, seconds, error, notebook}``, report paths and times.
+
+    Raises:
+        ConfigError: the profile or overrides do not fit the config (before any notebook runs).
+        ReportError: rendering failed (e.g. Chromium missing); the record says how far it got.
+    """
+    overrides = dict(overrides or {})
+    cfg = load_config(profile, overrides)  # a misspelled override fails here, before any kernel starts
+    if pdf and find_chromium() is None:  # fail before an hour of stages, not after
+        raise ReportError(f"headless Chromium not found, the PDF needs it: {install_hint()} (or --no-pdf)")
+    start = time.perf_counter()
+    record: dict[str, Any] = {
+        "profile": cfg.profile, "overrides": overrides, "hardware_tag": resolve_hardware_tag(cfg, hardware_tag),
+        "force": force, "git": git_state(), "stages": [],
+        "started_at": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }  # fmt: skip
+    parameters = {"profile": profile, "overrides": overrides, "hardware_tag": hardware_tag}
+    results = run_stages(cfg, parameters, force=force, folder=folder, record=record)
+    try:
+        render_report(cfg, [asdict(r) for r in results], record, pdf=pdf)
+    finally:
+        record["seconds"] = round(time.perf_counter() - start, 1)
+        save_json(record, cfg.output_dir / "pipeline.json")
+    return record

@@ -1,0 +1,19 @@
+"""Architecture search (method §3–§4, paper §3): the ``01_search`` stage.
+
+Symbols: α (operator logits per cell), β (input choice of two-input cells), γ (width logits per feature
+row, ``ratio_k_s``); architecture index k = 0 teacher, 1 student (they share every cell weight).
+
+=================  ==================================================================================
+module             what it owns
+=================  ==================================================================================
+:mod:`.data`       the two halves of the training split, epoch loaders, supernet-sized inputs (§3.1)
+:mod:`.steps`      the passes, the architecture and weight steps, per-epoch head evaluation (§3.2–§3.4)
+:mod:`.objective`  the differentiable table latency, the FPS target window, adaptive λ (§3.3)
+:mod:`.derivation` teacher and student derived after each epoch, their latencies and artefacts (§3.5, §4)
+:mod:`.driver`     the stage: pretraining, the search epochs, checkpoints and resume (:func:`search`)
+=================  ==================================================================================
+"""
+
+from .driver import SearchResult, search
+
+__all__ = ["SearchResult", "search"]

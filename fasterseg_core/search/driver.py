@@ -1,0 +1,359 @@
+"""The search stage: supernet pretraining, then alternating first-order search of α, β, γ and weights.
+
+Method: ``docs/method.md`` §3 (paper §3: "multi-resolution branching search space", "latency-constrained
+search"), §4 (derivation, via :mod:`fasterseg_core.models.derive`) and §12.1 (quirks of the original).
+
+1. **Data** (§3.1, :mod:`.data`): one permutation of the training split; the first half trains the
+   weights, the second half the architecture.
+2. **Pretraining** (§3.2): no architecture update; index 0 with the sandwich rule, the four losses summed.
+3. **Search** (§3.2–3.4, :mod:`.steps`): per iteration an architecture step and a weight step.
+4. **Per epoch** (§3.5): evaluate the five heads of both indices, derive teacher and student (§4), time
+   their candidates on the latency table, adapt λ (:mod:`.objective`), save the architectures and an
+   atomic checkpoint (:mod:`.derivation`).
+
+Deviation, opt-in (``search.path_sampling: true``, default false): every pass runs one sampled operator per
+cell and one sampled input per two-input cell instead of all of them (``path="sample"`` of
+:meth:`~fasterseg_core.models.supernet.Supernet.forward`), and the per-epoch evaluation runs the most likely
+path (``path="argmax"``). The objective, the four passes, the latency term and λ are unchanged; a search
+iteration then costs a few training steps of a derived network instead of tens (``benchmarks/search.py``).
+Pretraining with uniform α then samples operators uniformly (single-path one-shot training).
+
+Determinism: every epoch's randomness (data order, augmentation, random/Gumbel widths) is drawn from
+generators seeded by (seed, phase, epoch) alone, and the checkpoint written after each epoch holds the
+weights, α/β/γ, optimiser and scheduler states, λ and the history. Resuming after an interruption
+therefore gives the same result as an uninterrupted run (bit-identical on the CPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..checkpoints import resumable, save_checkpoint
+from ..config import RunConfig
+from ..latency.lut import LatencyTable
+from ..losses import OhemCrossEntropy, ohem_min_kept
+from ..models.architecture import Architecture
+from ..models.network import init_weights_
+from ..models.supernet import HEAD_NAMES, Supernet, build_supernet
+from ..runs import Run, seed_everything, stage_identity
+from .data import (
+    SearchData,
+    check_supernet_input,
+    epoch_loader,
+    epoch_seed,
+    iterations_per_epoch,
+    search_data,
+)
+from .derivation import (
+    ROLES,
+    arch_snapshot,
+    derive_networks,
+    epoch_fields,
+    final_metrics,
+    pair_miou,
+    save_artifacts,
+)
+from .objective import (
+    REFERENCE_STUDENT_MS,
+    SupernetLatency,
+    adapt_lambda,
+    published_student_ms,
+    target_fps_window,
+)
+from .steps import (
+    EVAL_WIDTHS,
+    PRETRAIN_PASSES,
+    SEARCH_PASSES,
+    arch_step,
+    eval_path,
+    evaluate_heads,
+    train_path,
+    weight_step,
+)
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchResult:
+    """What the search stage returns (and wrote to its run folder)."""
+
+    teacher: Architecture
+    student: Architecture
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    arch_history: list[dict[str, Any]]
+    target_fps: tuple[float, float]
+    num_classes: int
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+class _Eta:
+    """Prints how long a phase will take: after its first iteration, and after its first evaluation."""
+
+    def __init__(self, phase: str, iters_left: int, evals_left: int, bar: Any) -> None:
+        self.phase, self.iters_left, self.evals_left, self.bar = phase, iters_left, evals_left, bar
+        self.announced_iter = self.announced_eval = False
+
+    def iteration(self, seconds: float) -> None:
+        if not self.announced_iter and self.iters_left > 0:
+            self.announced_iter = True
+            evals = f" plus {self.evals_left} evaluations" if self.evals_left else ""
+            self.bar.write(f"{self.phase}: {self.iters_left} iterations × {seconds:.1f} s ≈ "
+                           f"{seconds * self.iters_left / 60:.1f} min{evals}")  # fmt: skip
+
+    def evaluation(self, seconds: float, iters_left: int, per_iter: float, evals_left: int) -> None:
+        if not self.announced_eval and evals_left > 0:
+            self.announced_eval = True
+            self.bar.write(f"{self.phase}: one evaluation + derivation takes {seconds:.0f} s → about "
+                           f"{(iters_left * per_iter + evals_left * seconds) / 60:.1f} min left")  # fmt: skip
+
+
+@dataclass
+class _Objective:
+    """The latency side of the search on one table: the differentiable estimate, scale and target."""
+
+    latency: SupernetLatency
+    published_ms: float
+    scale: float
+    window: tuple[float, float]
+
+
+def _objective(cfg: RunConfig, net: Supernet, lut: LatencyTable, num_classes: int) -> _Objective:
+    """Built before any training, so a table that does not fit fails before hours of work."""
+    sc = cfg.search
+    try:
+        latency = SupernetLatency(net, lut, arch_idx=1, faithful_quirks=sc.faithful_quirks,
+                                  weights=sc.latency_weights)  # fmt: skip
+        published_ms = published_student_ms(lut, num_classes, faithful_quirks=sc.faithful_quirks)
+    except KeyError as e:
+        raise ValueError(
+            f"latency table {lut.hardware_tag!r} does not fit this search: {e.args[0]}. A table is specific to "
+            f"its resolution, channel base and head class count; leave search.latency_table empty to build one "
+            f"for this device ({num_classes} classes, {list(sc.latency_input_hw)})"
+        ) from None
+    scale = REFERENCE_STUDENT_MS / published_ms if sc.latency_normalize else 1.0
+    window = target_fps_window(lut, num_classes, explicit=sc.target_fps_window, rel=sc.target_window_rel,
+                               faithful_quirks=sc.faithful_quirks)  # fmt: skip
+    return _Objective(latency, published_ms, scale, window)
+
+
+def search(cfg: RunConfig, run: Run, lut: LatencyTable, *, progress: bool = True) -> SearchResult:
+    """Run (or resume) pretraining and search, writing artefacts to ``run.dir`` (method §3, §4).
+
+    Args:
+        cfg: the run configuration (``data``, ``model`` and ``search`` sections are used).
+        run: the open ``01_search`` run (its device and folder).
+        lut: the latency table of the target device at ``cfg.search.latency_input_hw``.
+        progress: show tqdm bars (notebook-aware) and ETA lines.
+
+    Returns:
+        A :class:`SearchResult`; ``arch_teacher.json``, ``arch_student.json``, ``arch_params.json``,
+        ``history.json``, ``arch_history.json`` and ``checkpoints/{pretrain,search}.pt`` are in ``run.dir``.
+    """
+    sc, device = cfg.search, run.device
+    if tuple(lut.input_hw) != tuple(sc.latency_input_hw):
+        raise ValueError(
+            f"the latency table is for {list(lut.input_hw)} but search.latency_input_hw is "
+            f"{list(sc.latency_input_hw)}; build a table at the search's resolution"
+        )
+    check_supernet_input(sc.pretrain_crop_hw, "search.pretrain_crop_hw")
+    check_supernet_input(sc.search_crop_hw, "search.search_crop_hw")
+    data = search_data(cfg)
+    key = stage_identity(cfg, "01_search")
+    seed_everything(sc.seed)
+    net = build_supernet(cfg.model, data.num_classes)
+    init_weights_(net)
+    net.to(device).train()
+    objective = _objective(cfg, net, lut, data.num_classes)
+    ckpt_dir = run.dir / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = resumable(ckpt_dir / "search.pt", "search", key)
+    history = [] if ckpt is not None else _pretrain(net, data, cfg, device, ckpt_dir, key, progress)
+    state = _SearchState(cfg, net, data, history, ckpt)
+    derived, files = _search_epochs(cfg, run, net, data, lut, objective, state, key, progress)
+    metrics = final_metrics(cfg, lut, derived, state.history, state.arch_history, window=objective.window,
+                            published_ms=objective.published_ms, latency_scale=objective.scale, lam=state.lam,
+                            per_iter=state.per_iter, arch_steps=state.iters * sc.search_epochs)  # fmt: skip
+    run.save_metrics(metrics)
+    return SearchResult(teacher=derived["teacher"].arch, student=derived["student"].arch, metrics=metrics,
+                        history=state.history, arch_history=state.arch_history, target_fps=objective.window,
+                        num_classes=data.num_classes, files=files)  # fmt: skip
+
+
+class _SearchState:
+    """The search phase's optimisers, λ and histories, restored from a checkpoint when resuming."""
+
+    def __init__(self, cfg: RunConfig, net: Supernet, data: SearchData, history: list[dict[str, Any]],
+                 ckpt: dict[str, Any] | None) -> None:  # fmt: skip
+        sc = cfg.search
+        self.iters = iterations_per_epoch(sc.iters_per_epoch, sc.min_iters_per_epoch, len(data.search),
+                                          sc.search_batch_size)  # fmt: skip
+        self.criterion = OhemCrossEntropy(ohem_min_kept(sc.search_batch_size, sc.search_crop_hw, loss_stride=8),
+                                          sc.ohem_thresh)  # fmt: skip
+        self.w_opt = torch.optim.SGD(net.weight_parameters(), lr=sc.search_lr, momentum=sc.momentum,
+                                     weight_decay=sc.weight_decay)  # fmt: skip
+        self.sched = torch.optim.lr_scheduler.ExponentialLR(self.w_opt, gamma=sc.lr_decay_per_epoch)
+        self.a_opts = [torch.optim.Adam(net.arch_parameters(k), lr=sc.arch_lr, betas=tuple(sc.arch_betas),
+                                        weight_decay=sc.arch_weight_decay) for k in range(len(ROLES))]  # fmt: skip
+        self.lam, self.start, self.history = sc.latency_lambda_init, 0, history
+        self.arch_history = [arch_snapshot(net, 0)]
+        self.per_iter = 0.0
+        if ckpt is not None:
+            net.load_state_dict(ckpt["model"])
+            self.w_opt.load_state_dict(ckpt["weight_optimizer"])
+            self.sched.load_state_dict(ckpt["scheduler"])
+            for opt, saved in zip(self.a_opts, ckpt["arch_optimizers"]):
+                opt.load_state_dict(saved)
+            self.lam, self.start = float(ckpt["lambda"]), int(ckpt["epoch"])
+            self.history, self.arch_history = list(ckpt["history"]), list(ckpt["arch_history"])
+
+    def save(self, path: Path, key: str, net: Supernet, epoch: int) -> None:
+        save_checkpoint(path, "search", key, epoch, net.state_dict(), weight_optimizer=self.w_opt.state_dict(),
+                        scheduler=self.sched.state_dict(), arch_optimizers=[o.state_dict() for o in self.a_opts],
+                        **{"lambda": self.lam}, history=self.history, arch_history=self.arch_history)  # fmt: skip
+
+
+def _search_epochs(cfg: RunConfig, run: Run, net: Supernet, data: SearchData, lut: LatencyTable,
+                   objective: _Objective, state: _SearchState, key: str, progress: bool
+                   ) -> tuple[dict[str, Any], dict[str, Path]]:  # fmt: skip
+    """Phase 2: the search epochs from ``state.start`` on; returns the last derivation and its files."""
+    from tqdm.auto import tqdm
+
+    sc, device, iters = cfg.search, run.device, state.iters
+    eval_loader = DataLoader(data.val, sc.search_batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+    bar = tqdm(total=sc.search_epochs * iters, initial=state.start * iters, desc="search", disable=not progress)
+    eta = _Eta("search", (sc.search_epochs - state.start) * iters, sc.search_epochs - state.start, bar)
+    derived: dict[str, Any] = {}
+    files: dict[str, Path] = {}
+    for epoch in range(state.start, sc.search_epochs):
+        sums, train_s = _search_epoch(cfg, net, data, objective, state, epoch, device, bar, eta)
+        state.per_iter = train_s / iters
+        lr = state.sched.get_last_lr()[0]
+        state.sched.step()
+        # ---- end of epoch (§3.3, §3.5): evaluate both indices' heads, derive, time, adapt λ ----
+        t1 = time.perf_counter()
+        miou = _evaluate_indices(net, eval_loader, device, train_path(sc.path_sampling))
+        derived = derive_networks(net, cfg, lut, data.num_classes, pair_miou(miou))
+        cand_fps = [1000.0 / ms for ms in derived["student"].candidates_ms.values() if ms is not None]
+        # Deviation: when neither candidate derives under the original's rules (the derived student then
+        # comes from the corrected derivation), λ follows that student instead of freezing for the epoch.
+        cand_fps = cand_fps or [1000.0 / derived["student"].latency_ms]
+        record = {"phase": "search", "epoch": epoch + 1, "lr": lr, "lambda": state.lam,
+                  "lambda_next": adapt_lambda(state.lam, cand_fps, objective.window),
+                  "seconds_train": round(train_s, 2)}  # fmt: skip
+        record |= sums | epoch_fields(miou, derived)
+        state.lam = record["lambda_next"]
+        state.history.append(record)
+        state.arch_history.append(arch_snapshot(net, epoch + 1))
+        record["seconds_eval"] = round(time.perf_counter() - t1, 2)
+        files = save_artifacts(run, net, derived, pair_miou(miou), state.history, state.arch_history)
+        state.save(run.dir / "checkpoints" / "search.pt", key, net, epoch + 1)
+        # the search checkpoint supersedes the pretraining one (a rerun never pretrains again): free 1-2 GB
+        (run.dir / "checkpoints" / "pretrain.pt").unlink(missing_ok=True)
+        bar.set_postfix(epoch=epoch + 1, miou=f"{miou['student']['8s_32s']:.3f}",
+                        fps=f"{record['student_fps']:.1f}", lam=f"{state.lam:.3g}")  # fmt: skip
+        left = sc.search_epochs - epoch - 1
+        eta.evaluation(record["seconds_eval"], left * iters, state.per_iter, left)
+    bar.close()
+    if state.start == sc.search_epochs:  # rerun of a finished search: derive again from the restored state
+        last = state.history[-1]
+        miou = {r: {h: last[f"miou_{r}_{h}"] for h in HEAD_NAMES} for r in ROLES}
+        derived = derive_networks(net, cfg, lut, data.num_classes, pair_miou(miou))
+        files = save_artifacts(run, net, derived, pair_miou(miou), state.history, state.arch_history)
+    return derived, files
+
+
+def _search_epoch(cfg: RunConfig, net: Supernet, data: SearchData, objective: _Objective, state: _SearchState,
+                  epoch: int, device: torch.device, bar: Any, eta: _Eta) -> tuple[dict[str, float], float]:  # fmt: skip
+    """The iterations of one search epoch (architecture step, then weight step); (mean losses, seconds)."""
+    sc, iters, path = cfg.search, state.iters, train_path(cfg.search.path_sampling)
+    seed = epoch_seed(sc.seed, "search", epoch)
+    seed_everything(seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    loaders = [epoch_loader(data.search, half, sc.search_batch_size, iters, seed + 2 + i, cfg.data.num_workers)
+               for i, half in enumerate((data.weight_half, data.arch_half))]  # fmt: skip
+    sums: dict[str, float] = {}
+    t0 = time.perf_counter()
+    for (wx, wy), (ax, ay) in zip(*loaders):
+        t_it = time.perf_counter()
+        a = arch_step(net, ax.to(device), ay.to(device), state.criterion, state.a_opts, objective.latency,
+                      state.lam, latency_scale=objective.scale, generator=gen, path=path)  # fmt: skip
+        w = weight_step(net, wx.to(device), wy.to(device), state.criterion, state.w_opt, SEARCH_PASSES,
+                        clip_norm=sc.grad_clip_norm, generator=gen, path=path)  # fmt: skip
+        step = {"loss_arch": a.pop("loss"), "loss_weights": w} | {f"{k}_ms": v for k, v in a.items()}
+        for k, v in step.items():
+            sums[k] = sums.get(k, 0.0) + v / iters
+        bar.update(1)
+        bar.set_postfix(epoch=epoch + 1, loss=f"{w:.3g}", lat_ms=f"{a['latency']:.3g}", lam=f"{state.lam:.3g}")
+        eta.iteration(time.perf_counter() - t_it)
+    return sums, time.perf_counter() - t0
+
+
+def _evaluate_indices(net: Supernet, loader: DataLoader, device: torch.device, path: str
+                      ) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Val mIoU of the five heads of both indices (teacher at full width, student at argmax widths)."""
+    return {
+        role: {h: cm.compute()["miou"]
+               for h, cm in evaluate_heads(net, loader, k, EVAL_WIDTHS[k], device, eval_path(path)).items()}
+        for k, role in enumerate(ROLES)
+    }  # fmt: skip
+
+
+def _pretrain(net: Supernet, data: SearchData, cfg: RunConfig, device: torch.device, ckpt_dir: Path, key: str,
+              progress: bool) -> list[dict[str, Any]]:  # fmt: skip
+    """§3.2 pretraining on the weight half: index 0, sandwich widths, SGD + clipping; resumable per epoch.
+
+    Returns:
+        The pretraining history (one record per epoch).
+    """
+    from tqdm.auto import tqdm
+
+    sc = cfg.search
+    path = train_path(sc.path_sampling)
+    iters = iterations_per_epoch(sc.iters_per_epoch, sc.min_iters_per_epoch, len(data.pretrain),
+                                 sc.pretrain_batch_size)  # fmt: skip
+    criterion = OhemCrossEntropy(ohem_min_kept(sc.pretrain_batch_size, sc.pretrain_crop_hw, loss_stride=8),
+                                 sc.ohem_thresh)  # fmt: skip
+    opt = torch.optim.SGD(net.weight_parameters(), lr=sc.pretrain_lr, momentum=sc.momentum,
+                          weight_decay=sc.weight_decay)  # fmt: skip
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=sc.lr_decay_per_epoch)
+    history: list[dict[str, Any]] = []
+    start = 0
+    ckpt = resumable(ckpt_dir / "pretrain.pt", "search", key)
+    if ckpt is not None:
+        net.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        start, history = int(ckpt["epoch"]), list(ckpt["history"])
+    bar = tqdm(total=sc.pretrain_epochs * iters, initial=start * iters, desc="pretrain", disable=not progress)
+    eta = _Eta("pretrain", (sc.pretrain_epochs - start) * iters, 0, bar)
+    for epoch in range(start, sc.pretrain_epochs):
+        seed = epoch_seed(sc.seed, "pretrain", epoch)
+        seed_everything(seed)
+        gen = torch.Generator().manual_seed(seed + 1)
+        loader = epoch_loader(data.pretrain, data.weight_half, sc.pretrain_batch_size, iters, seed + 2,
+                              cfg.data.num_workers)  # fmt: skip
+        total, t0 = 0.0, time.perf_counter()
+        for x, y in loader:
+            t_it = time.perf_counter()
+            loss = weight_step(net, x.to(device), y.to(device), criterion, opt, PRETRAIN_PASSES,
+                               clip_norm=sc.grad_clip_norm, generator=gen, path=path)  # fmt: skip
+            total += loss
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.3g}")
+            eta.iteration(time.perf_counter() - t_it)
+        history.append({"phase": "pretrain", "epoch": epoch + 1, "lr": sched.get_last_lr()[0],
+                        "loss_weights": total / iters, "seconds_train": round(time.perf_counter() - t0, 2)})  # fmt: skip
+        sched.step()
+        save_checkpoint(ckpt_dir / "pretrain.pt", "search", key, epoch + 1, net.state_dict(),
+                        optimizer=opt.state_dict(), scheduler=sched.state_dict(), history=history)  # fmt: skip
+    bar.close()
+    return history

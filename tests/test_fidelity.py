@@ -1,0 +1,34 @@
+"""Behaviour is preserved: the smoke pipeline's results (every stage's metrics, histories, per-class IoU and
+the derived architectures, timing fields aside) equal the stored fingerprint bit for bit.
+
+The fingerprint (``tests/data/smoke_fingerprint.json``) was recorded before the layout refactor; a change
+that alters results on purpose regenerates it (``python tests/fingerprint.py … --write``, see
+``tests/fingerprint.py``) and says so in its commit message. Bit-identity holds for the machine kind and
+torch build it was recorded with (CPU kernels differ between instruction sets); elsewhere the floats are
+compared to 1e-6 relative and the test says which comparison it made.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fingerprint import differences, environment, fingerprint
+
+EXPECTED = Path(__file__).parent / "data" / "smoke_fingerprint.json"
+
+
+@pytest.mark.slow
+def test_smoke_pipeline_reproduces_the_stored_fingerprint(smoke_pipeline):
+    assert smoke_pipeline.returncode == 0, smoke_pipeline.stdout[-3000:] + smoke_pipeline.stderr[-3000:]
+    if not smoke_pipeline.fingerprinted:
+        pytest.skip("../shared/reference (the fixed latency table of the fingerprint run) is not available")
+    stored = json.loads(EXPECTED.read_text())
+    here = environment()
+    same_machine = all(here[k] == stored["environment"][k] for k in ("torch", "cpu", "threads", "machine"))
+    rel = 0.0 if same_machine else 1e-6
+    found = fingerprint(smoke_pipeline.profile_dir)
+    diff = differences(stored["fingerprint"], found, rel=rel)
+    mode = "bit for bit" if same_machine else f"to {rel} relative ({here} vs {stored['environment']})"
+    assert not diff, f"{len(diff)} differences from the stored fingerprint, compared {mode}:\n" + "\n".join(diff[:30])
