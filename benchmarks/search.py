@@ -34,9 +34,9 @@ import torch
 from fasterseg_core.config import load_config
 from fasterseg_core.latency.lut import LatencyTable, lut_entries
 from fasterseg_core.losses import OhemCrossEntropy, ohem_min_kept, sum_over_heads
+from fasterseg_core.machine import resolve_device
 from fasterseg_core.models.published import build_published
 from fasterseg_core.models.supernet import build_supernet
-from fasterseg_core.runs import resolve_device
 from fasterseg_core.search.objective import SupernetLatency
 from fasterseg_core.search.steps import SEARCH_PASSES, arch_step, weight_step
 

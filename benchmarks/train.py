@@ -53,8 +53,8 @@ from fasterseg_core.data.sampling import epoch_loader
 from fasterseg_core.distributed import DistInfo
 from fasterseg_core.engine import fit, training_loss
 from fasterseg_core.latency.measure import environment_record, stable_malloc_env
+from fasterseg_core.machine import resolve_device
 from fasterseg_core.models import build_network, init_weights_, published_architecture
-from fasterseg_core.runs import resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
 # variant → (config section, architecture role, with the frozen teacher)

@@ -38,7 +38,8 @@ from .models import (
     load_official_state_dict,
     published_architecture,
 )
-from .runs import get_stage, load_torch, save_torch, stage_dir
+from .runs import get_stage, stage_dir
+from .storage import load_torch, save_torch
 
 FORMAT = "fasterseg-checkpoint/1"
 _LEGACY_TRAIN_FORMAT = "fasterseg-train/1"  # training checkpoints written before the format was shared

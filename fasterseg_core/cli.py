@@ -41,26 +41,19 @@ from .latency import BACKENDS, measure, stable_malloc_env
 from .latency.flops import count_complexity
 from .latency.lut import LatencyTable, build_lut, estimate_latency
 from .latency.suite import network_by_name, random_agreement
+from .machine import resolve_device, resolve_hardware_tag
 from .metrics import format_scores
 from .models.published import published_architecture
 from .pipeline import build_report
 from .predictions import export_cityscapes_submission, save_colour_predictions
 from .report import ReportError
-from .runs import (
-    TRAINING_STAGES,
-    Run,
-    get_stage,
-    resolve_device,
-    resolve_hardware_tag,
-    save_json,
-    stage_dir,
-    start_run,
-)
+from .runs import TRAINING_STAGES, Run, RunLocked, get_stage, stage_dir, start_run
 from .stages import run_training
+from .storage import save_json
 
 # What a user can fix from the message alone: the message is the whole story (exit 2).
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DatasetError, FileNotFoundError, ValueError,
-                                                TypeError, PermissionError, ReportError, FetchError)  # fmt: skip
+                                                TypeError, PermissionError, ReportError, FetchError, RunLocked)  # fmt: skip
 # A run that started and stopped for a stated reason (exit 1, no traceback).
 RUN_FAILURES: tuple[type[BaseException], ...] = (TrainingDiverged,)
 
@@ -119,7 +112,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:  # other ranks write nothing; they need the folder and device only
         run = Run(cfg, stage.name, stage_dir(cfg, stage.name), resolve_device(cfg.device),
                   resolve_hardware_tag(cfg, args.hardware_tag))  # fmt: skip
-    result = run_training(cfg, run, progress=not args.no_progress and rank == 0)
+    try:
+        result = run_training(cfg, run, progress=not args.no_progress and rank == 0)
+    except Exception as e:  # the manifest says why the run stopped; the message goes to main()
+        if rank == 0:
+            run.fail(f"{type(e).__name__}: {e}")
+        raise
     if current_dist().main:
         run.finish(result.metrics)
         val = result.metrics["best"]["val"]

@@ -159,6 +159,9 @@ class TrainConfig:
     amp: Literal["none", "bf16", "fp16"] = "none"  # deviation: optional; the paper trained fp32
     channels_last: bool = False
     sync_bn: bool = False
+    # Added (not in the paper): stop when an epoch's mean loss exceeds this multiple of the best epoch mean
+    # so far (a finite blow-up, e.g. a learning rate far too high), as a NaN/inf loss always stops.
+    divergence_factor: Annotated[float, Range(1.0, None, lo_open=True)] = 10.0
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ the KL term against a frozen teacher (:class:`~fasterseg_core.losses.Distillatio
   written atomically; calling :func:`fit` again continues after the last completed epoch. Each epoch's
   samples come from :mod:`fasterseg_core.data.sampling`, seeded by (seed, epoch, rank), so a resumed run
   reproduces an uninterrupted one exactly (CPU, same threads).
-* **Divergence guard.** A NaN/inf loss raises :class:`TrainingDiverged` naming the epoch and iteration;
-  the last good checkpoint stays on disk.
+* **Divergence guard.** A NaN/inf loss, or an epoch whose mean loss exceeds ``divergence_factor`` (10) ×
+  the best epoch mean so far, raises :class:`TrainingDiverged` naming the epoch and iteration; the last
+  good checkpoint stays on disk (the diverged epoch is never saved).
 * **Distributed data parallel** under ``torchrun`` (:mod:`fasterseg_core.distributed`): every rank draws
   the same global sample order and takes its slice of each global batch, so N processes of batch B/N
   compute the gradient of one process on batch B (up to batch-norm statistics, per rank unless
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -106,7 +106,8 @@ def training_loss(spec: TrainConfig, teacher: nn.Module | None = None, device: t
 # ---- one epoch -----------------------------------------------------------------------------------------
 def train_one_epoch(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer, loader: Iterable,
                     device: torch.device, spec: TrainConfig, *, scaler: torch.amp.GradScaler, num_classes: int,
-                    epoch: int, where: str = "", bar: Any = None) -> tuple[dict[str, float], ConfusionMatrix]:  # fmt: skip
+                    epoch: int, where: str = "", bar: Any = None, ceiling: float = math.inf
+                    ) -> tuple[dict[str, float], ConfusionMatrix]:  # fmt: skip
     """One epoch of SGD over ``loader``.
 
     Args:
@@ -118,9 +119,10 @@ def train_one_epoch(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Op
         num_classes: for the running training confusion matrix.
         where: the run folder's name, for error messages.
         bar: a tqdm bar to advance, or None.
+        ceiling: a loss above this is noted: ``sums["first_over"]`` is the first iteration past it (0: none).
 
     Returns:
-        (sums of the per-iteration losses divided by nothing yet, the training confusion matrix).
+        (sums of the per-iteration losses, the training confusion matrix).
 
     Raises:
         TrainingDiverged: the loss became NaN/inf (names the epoch, iteration and global step).
@@ -129,6 +131,7 @@ def train_one_epoch(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Op
     train_cm = ConfusionMatrix(num_classes)
     train_cm.mat = train_cm.mat.to(device)
     sums = {"loss": 0.0, "seg_loss": 0.0, "kd_loss": 0.0}
+    first_over = 0
     lr = optimizer.param_groups[0]["lr"]
     for it, (images, labels) in enumerate(loader, start=1):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -146,14 +149,16 @@ def train_one_epoch(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Op
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        sums["loss"] += float(loss.detach())
+        value = float(loss.detach())
+        sums["loss"] += value
+        first_over = first_over or (it if value > ceiling else 0)
         for name, value in parts.items():
             sums[name] += float(value.detach())
         train_cm.update(outputs["out"].detach().argmax(1), labels)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{sums['loss'] / it:.3f}", lr=f"{lr:.2e}", refresh=False)
-    return sums, train_cm
+    return sums | {"first_over": first_over}, train_cm
 
 
 # ---- evaluation ----------------------------------------------------------------------------------------
@@ -240,8 +245,8 @@ def fit(spec: TrainConfig, net: nn.Module, loss_fn: LossFn, train_set: Dataset, 
         val_set: whole-image evaluation split, or None (no evaluation).
         device: where to train.
         out_dir: the stage's run folder; checkpoints go to ``out_dir/checkpoints``.
-        key: identifies what the checkpoint was trained from; a ``last.pt`` with another key is moved
-            aside to ``checkpoints/stale-<key>/`` and training starts over (nothing is deleted).
+        key: identifies what the checkpoint was trained from (the stage's resume key); a ``last.pt`` of
+            another key is an error (``runs.start_run`` sets such results aside before a stage starts).
         extra_state: stored in both checkpoints (e.g. the architecture).
         num_workers: data-loader processes.
         eval_max_images: evaluate only this many evenly spaced validation images (0 = all).
@@ -271,18 +276,21 @@ def fit(spec: TrainConfig, net: nn.Module, loss_fn: LossFn, train_set: Dataset, 
             lr = optimizer.param_groups[0]["lr"]
             loader = epoch_loader(train_set, spec.batch_size, spec.iters_per_epoch, spec.seed, epoch, info,
                                   num_workers)  # fmt: skip
+            best_mean = min((r["loss"] for r in state.history), default=math.inf)
+            kept = f"the last good checkpoint ({last_path if last_path.exists() else 'none yet'}) is kept"
             try:
                 sums, train_cm = train_one_epoch(model, loss_fn, optimizer, loader, device, spec, scaler=scaler,
                                                  num_classes=num_classes, epoch=epoch, where=Path(out_dir).name,
-                                                 bar=bar)  # fmt: skip
+                                                 bar=bar, ceiling=spec.divergence_factor * best_mean)  # fmt: skip
             except TrainingDiverged as e:
-                raise TrainingDiverged(
-                    f"{e}; the last good checkpoint ({last_path if last_path.exists() else 'none yet'}) is kept. "
-                    "Lower the learning rate, check the labels, or try amp='none'."
-                ) from None
+                raise TrainingDiverged(f"{e}; {kept}. Lower the learning rate, check the labels, or try "
+                                       "amp='none'.") from None  # fmt: skip
             scheduler.step()  # §9.2: lr × 0.992 after every epoch
             # log the global batch's loss (DDP averages the ranks' shard gradients)
+            first_over = sums.pop("first_over")
             sums = dict(zip(sums, mean_over_ranks(list(sums.values()), info, device)))
+            _check_divergence(sums["loss"] / spec.iters_per_epoch, best_mean, spec, epoch, first_over,
+                              Path(out_dir).name, kept)  # fmt: skip
             train_cm.all_reduce()
             row = _epoch_row(epoch, spec.iters_per_epoch, sums, getattr(loss_fn, "parts", ()), lr,
                              time.perf_counter() - t0, train_cm)  # fmt: skip
@@ -311,6 +319,18 @@ def fit(spec: TrainConfig, net: nn.Module, loss_fn: LossFn, train_set: Dataset, 
     barrier(info)
     return TrainResult(state.history, state.best, spec.epochs, state.seconds_total, state.start_epoch - 1,
                        ckpt_dir)  # fmt: skip
+
+
+def _check_divergence(mean: float, best_mean: float, spec: TrainConfig, epoch: int, first_over: int,
+                      where: str, kept: str) -> None:  # fmt: skip
+    """A finite blow-up: the epoch's mean loss above ``divergence_factor`` × the best epoch mean so far."""
+    if mean > spec.divergence_factor * best_mean:
+        at = f" (the loss first exceeded {spec.divergence_factor:g}× at iteration {first_over})" if first_over else ""
+        raise TrainingDiverged(
+            f"{where}: training diverged at epoch {epoch}: its mean loss {mean:.4g} is {mean / best_mean:.3g}× the "
+            f"best epoch mean so far ({best_mean:.4g}), above the limit divergence_factor = "
+            f"{spec.divergence_factor:g}{at}; {kept}, this epoch was not saved. Lower the learning rate."
+        )
 
 
 def _optimised(spec: TrainConfig, net: nn.Module, device: torch.device, info: DistInfo
@@ -368,21 +388,17 @@ def _bar(spec: TrainConfig, start_epoch: int, name: str) -> Any:
 
 def _resume(path: Path, key: str, info: DistInfo, net: nn.Module, optimizer: torch.optim.Optimizer,
             scheduler: Any) -> _State:  # fmt: skip
-    """Load ``last.pt`` when it was trained from ``key``; a foreign one is moved aside (nothing is deleted)."""
+    """Continue from ``last.pt`` when it exists (it must have been trained from ``key``)."""
     if not path.exists():
         return _State()
     ckpt = load_checkpoint(path, "train")  # on CPU: RNG states stay there; load_state_dict copies to the device
     if ckpt.get("key") != key:
-        barrier(info)  # every rank has read the old key before rank 0 moves the file
-        if info.main:
-            stale = path.parent / f"stale-{ckpt.get('key') or 'unknown'}"
-            stale.mkdir(parents=True, exist_ok=True)
-            for name in ("last.pt", "best.pt"):
-                if (path.parent / name).exists():
-                    os.replace(path.parent / name, stale / name)
-            _log.warning("%s was trained from another configuration; moved to %s, starting over", path, stale)
-        barrier(info)
-        return _State()
+        # runs.start_run sets results of other settings aside before a stage starts; a foreign last.pt here
+        # means files were copied in by hand, and training over it would overwrite them
+        raise ValueError(
+            f"{path} was trained from other settings (key {ckpt.get('key')!r}, this run {key!r}); move it away "
+            "or start the stage through its notebook / `python -m fasterseg_core train`, which sets it aside"
+        )
     net.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])

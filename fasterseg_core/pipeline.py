@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, load_config, project_root
+from .machine import git_state, resolve_hardware_tag
 from .report import ReportError, find_chromium, install_hint, render_report
-from .runs import STAGES, git_state, is_complete, resolve_hardware_tag, save_json
+from .runs import STAGES, is_complete, mark_failed
+from .storage import save_json
 
 
 @dataclass
@@ -75,7 +77,9 @@ def _execute(source: Path, executed: Path, parameters: dict[str, Any], folder: P
 
     stage = source.stem
     start = time.perf_counter()
-    executed.unlink(missing_ok=True)  # never show a previous run's notebook for this attempt
+    if executed.exists():  # never show a previous run's notebook for this attempt; keep it beside
+        (executed.parent / "previous").mkdir(exist_ok=True)
+        os.replace(executed, executed.parent / "previous" / executed.name)
     try:
         with _project_env():
             papermill.execute_notebook(str(source), str(executed), parameters=parameters, kernel_name="python3",
@@ -120,6 +124,8 @@ def run_stages(cfg: RunConfig, parameters: dict[str, Any], force: bool = False, 
             print(f"[{stage}] running {source.name} ...", flush=True)
             result = _execute(source, executed, parameters, folder)
             failed, ran = result.status == "failed", ran | {stage}
+            if failed:  # the kernel is gone: its manifest says running or interrupted; say why it stopped
+                mark_failed(cfg, stage, result.error)
             results.append(result)
             print(f"[{stage}] {result.status} in {result.seconds:.1f} s {result.error}".rstrip(), flush=True)
         if record is not None:

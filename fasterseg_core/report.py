@@ -286,9 +286,17 @@ def render_report(
     html_path.write_text(body, encoding="utf-8")
     record["report"] = {"html": str(html_path), "html_seconds": round(time.perf_counter() - start, 1)}
     print(f"[report] {html_path} ({record['report']['html_seconds']:.1f} s)", flush=True)
+    pdf_path = report_dir / "report.pdf"
+    if not pdf and pdf_path.exists():  # an older PDF must not pass for this report: mark it by moving it aside
+        stale = report_dir / "stale" / f"report-{dt.datetime.fromtimestamp(pdf_path.stat().st_mtime):%Y%m%d-%H%M%S}.pdf"
+        stale.parent.mkdir(exist_ok=True)
+        os.replace(pdf_path, stale)
+        record["report"]["stale_pdf"] = str(stale)
+        print(f"[report] no PDF this time (--no-pdf); the previous report.pdf is now {stale}", flush=True)
+    for leftover in report_dir.glob(".*.tmp"):  # an interrupted print's temporary file
+        leftover.unlink(missing_ok=True)
     if pdf:
         start = time.perf_counter()
-        pdf_path = report_dir / "report.pdf"
         print_pdf(html_path, pdf_path)
         record["report"].update(pdf=str(pdf_path), pdf_seconds=round(time.perf_counter() - start, 1))
         print(f"[report] {pdf_path} ({record['report']['pdf_seconds']:.1f} s)", flush=True)

@@ -38,8 +38,9 @@ from .models import (
     published_architecture,
 )
 from .predictions import save_colour_predictions
-from .runs import Run, architecture_source, get_stage, save_json, stage_identity, upstream_path
+from .runs import Run, architecture_source, get_stage, resume_key, upstream_path
 from .search import SearchResult, search
+from .storage import save_json
 
 __all__ = ["StageInputMissing", "TrainStageResult", "run_latency", "run_search", "run_training", "scores_table"]
 
@@ -142,7 +143,7 @@ def run_training(cfg: RunConfig, run: Run, *, progress: bool = True) -> TrainSta
     if info.main:
         arch.to_json(run.path("arch.json"))
     extra = {"arch": arch.to_dict(), "num_classes": num_classes, "role": stage.role}
-    key = stage_identity(cfg, stage.name, ignore=("epochs", "eval_every_epochs"))
+    key = resume_key(cfg, stage.name)
     result = fit(spec, net, loss_fn, train_set, val_set, device, run.dir, key=key, extra_state=extra,
                  num_workers=cfg.data.num_workers, progress=progress)  # fmt: skip
     history = pd.DataFrame(result.history)

@@ -16,7 +16,8 @@ from conftest import REFERENCE
 from fasterseg_core import analysis
 from fasterseg_core.config import load_config
 from fasterseg_core.models.published import published_architecture
-from fasterseg_core.runs import save_json, stage_identity
+from fasterseg_core.runs import stage_identity
+from fasterseg_core.storage import save_json
 
 CLASSES = ["sky", "building", "pole", "road", "car"]
 

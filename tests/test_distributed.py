@@ -37,7 +37,7 @@ from fasterseg_core.engine import evaluate
 from fasterseg_core.losses import SegmentationLoss, distillation_kl, ohem_min_kept
 from fasterseg_core.metrics import ConfusionMatrix
 from fasterseg_core.models import build_network, init_weights_, published_architecture
-from fasterseg_core.runs import load_torch, save_torch
+from fasterseg_core.storage import load_torch, save_torch
 
 REPO = Path(__file__).resolve().parents[1]
 WORLD = 2

@@ -16,8 +16,9 @@ from fasterseg_core.data.sampling import epoch_indices, rank_batches
 from fasterseg_core.distributed import DistInfo
 from fasterseg_core.engine import TrainingDiverged, fit, training_loss
 from fasterseg_core.models import build_network, init_weights_, published_architecture
-from fasterseg_core.runs import load_torch, start_run
+from fasterseg_core.runs import start_run
 from fasterseg_core.stages import StageInputMissing, run_training
+from fasterseg_core.storage import load_torch
 
 SPEC = TrainConfig(epochs=2, iters_per_epoch=2, batch_size=2, crop_size_hw=(64, 128), eval_every_epochs=1)
 
@@ -131,18 +132,6 @@ def test_kill_and_resume_gives_the_uninterrupted_weights(tmp_path, one_thread):
         assert r_full["val_miou"] == r_res["val_miou"] or (
             math.isnan(r_full["val_miou"]) and math.isnan(r_res["val_miou"])
         )
-
-
-def test_checkpoint_of_another_config_is_moved_aside_not_lost(tmp_path, one_thread):
-    _, data = _smoke(tmp_path)
-    spec = replace(SPEC, epochs=1, iters_per_epoch=1)
-    out = tmp_path / "run"
-    train(spec, _student(data.num_classes), data, None, torch.device("cpu"), out, key="a", progress=False)
-    result = train(
-        spec, _student(data.num_classes), data, None, torch.device("cpu"), out, key="b", progress=False
-    )
-    assert result.resumed_from == 0
-    assert (out / "checkpoints" / "stale-a" / "last.pt").exists()
 
 
 class _Poisonable(Dataset):

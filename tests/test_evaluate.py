@@ -18,7 +18,8 @@ from fasterseg_core.engine import evaluate
 from fasterseg_core.models import CheckpointMismatchError, build_published, export_official_state_dict
 from fasterseg_core.models.state_dict import keyed_state_dict_for
 from fasterseg_core.predictions import predict_logits
-from fasterseg_core.runs import save_torch, stage_dir
+from fasterseg_core.runs import stage_dir
+from fasterseg_core.storage import save_torch
 
 REPO = Path(__file__).resolve().parents[1]
 CAMVID_ROOT = REPO.parent / "shared" / "data" / "camvid"

@@ -28,7 +28,7 @@ from fasterseg_core.predictions import (
     save_colour_predictions,
     save_label_pngs,
 )
-from fasterseg_core.runs import save_torch
+from fasterseg_core.storage import save_torch
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FRAME = "frankfurt_000000_000294"

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from fasterseg_core import runs
+from fasterseg_core import machine, runs, storage
 from fasterseg_core.config import load_config
 
 
@@ -21,34 +21,34 @@ def cfg(tmp_path):
 
 
 def test_hardware_tag_names_the_compute():
-    tag = runs.hardware_tag()
+    tag = machine.hardware_tag()
     assert re.fullmatch(r"cpu-\d+core|cuda-[a-z0-9-]+", tag), tag
 
 
 def test_resolve_device():
-    assert runs.resolve_device("cpu") == torch.device("cpu")
-    assert runs.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert machine.resolve_device("cpu") == torch.device("cpu")
+    assert machine.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA is not available"):
-            runs.resolve_device("cuda")
+            machine.resolve_device("cuda")
 
 
 def test_seed_everything_repeats_every_generator():
     def draw():
         return np.random.rand(), torch.rand(1).item(), __import__("random").random()
 
-    runs.seed_everything(7)
+    machine.seed_everything(7)
     first = draw()
-    runs.seed_everything(7)
+    machine.seed_everything(7)
     assert draw() == first
 
 
 def test_json_save_is_atomic_and_typed(tmp_path):
-    path = runs.save_json(
+    path = storage.save_json(
         {"a": np.float32(0.5), "b": torch.tensor([1, 2]), "iou": [float("nan")], "p": tmp_path},
         tmp_path / "x" / "m.json",
     )
-    back = runs.load_json(path)
+    back = storage.load_json(path)
     assert (
         back["a"] == 0.5 and back["b"] == [1, 2] and math.isnan(back["iou"][0]) and back["p"] == str(tmp_path)
     )
@@ -56,16 +56,16 @@ def test_json_save_is_atomic_and_typed(tmp_path):
 
 
 def test_failed_json_save_keeps_the_old_file(tmp_path):
-    path = runs.save_json({"ok": 1}, tmp_path / "m.json")
+    path = storage.save_json({"ok": 1}, tmp_path / "m.json")
     with pytest.raises(TypeError, match="cannot store object"):
-        runs.save_json({"bad": object()}, path)
-    assert runs.load_json(path) == {"ok": 1}
+        storage.save_json({"bad": object()}, path)
+    assert storage.load_json(path) == {"ok": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
 
 
 def test_torch_save_round_trip(tmp_path):
     state = {"w": torch.arange(6.0).reshape(2, 3), "epoch": 3}
-    back = runs.load_torch(runs.save_torch(state, tmp_path / "ck" / "best.pt"))
+    back = storage.load_torch(storage.save_torch(state, tmp_path / "ck" / "best.pt"))
     assert torch.equal(back["w"], state["w"]) and back["epoch"] == 3
 
 
@@ -76,7 +76,7 @@ def test_run_lifecycle_and_completeness(cfg):
     assert yaml.safe_load((run.dir / "config.yaml").read_text())["profile"] == "smoke"
     manifest = json.loads((run.dir / "manifest.json").read_text())
     assert manifest["status"] == "running" and manifest["seed"] == 3
-    assert manifest["hardware"] == runs.hardware_tag() and manifest["device"] == "cpu"
+    assert manifest["hardware"] == machine.hardware_tag() and manifest["device"] == "cpu"
     assert (
         set(manifest["git"]) == {"sha", "dirty"}
         and manifest["versions"]["torch"] == torch.__version__.split("+")[0]
@@ -86,7 +86,7 @@ def test_run_lifecycle_and_completeness(cfg):
     figure = run.path("figures", "a.png")
     assert figure.parent.is_dir()
     run.finish({"images": 3})
-    assert runs.load_json(run.dir / "metrics.json") == {"images": 3}
+    assert storage.load_json(run.dir / "metrics.json") == {"images": 3}
     manifest = runs.load_manifest(cfg, "00_data")
     assert manifest["status"] == "complete" and manifest["finished_at"] and manifest["seconds"] >= 0
     assert runs.is_complete(cfg, "00_data")
@@ -112,7 +112,7 @@ def test_upstream_path_checks_the_upstream_run(cfg):
     with pytest.raises(FileNotFoundError, match="no complete run"):
         runs.upstream_path(cfg, "02_teacher", "checkpoints", "best.pt")
     run = runs.start_run(cfg, "02_teacher", hardware_tag="gpu-box")
-    runs.save_torch({"w": torch.zeros(1)}, run.path("checkpoints", "best.pt"))
+    storage.save_torch({"w": torch.zeros(1)}, run.path("checkpoints", "best.pt"))
     with pytest.raises(FileNotFoundError, match="no complete run"):
         runs.upstream_path(cfg, "02_teacher", "checkpoints", "best.pt")  # still running
     run.finish()

@@ -17,7 +17,7 @@ from fasterseg_core.losses import OhemCrossEntropy, ohem_min_kept, sum_over_head
 from fasterseg_core.models.architecture import Architecture
 from fasterseg_core.models.network import build_network
 from fasterseg_core.models.supernet import Supernet
-from fasterseg_core.runs import load_torch, start_run
+from fasterseg_core.runs import start_run
 from fasterseg_core.search import driver as search_mod
 from fasterseg_core.search.data import check_supernet_input, iterations_per_epoch, split_search_data
 from fasterseg_core.search.derivation import derive_role
@@ -29,6 +29,7 @@ from fasterseg_core.search.objective import (
 )
 from fasterseg_core.search.steps import SEARCH_PASSES, arch_step, weight_step
 from fasterseg_core.stages import run_search
+from fasterseg_core.storage import load_torch
 
 REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference"
 AUTHORS_LUT = REFERENCE / "fasterseg_latency_lookup_table.json"

@@ -18,7 +18,7 @@ from fasterseg_core.data import build_dataset
 from fasterseg_core.models import build_network, published_architecture
 from fasterseg_core.pipeline import stage_notebooks
 from fasterseg_core.predictions import explore_image
-from fasterseg_core.runs import save_torch
+from fasterseg_core.storage import save_torch
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 

@@ -20,7 +20,8 @@ import pandas as pd
 from ..config import RunConfig, project_root
 from ..latency.suite import load_records
 from ..runs import STAGES as _STAGE_TABLE
-from ..runs import TRAINING_STAGES, load_json, load_manifest, stage_dir, stage_identity
+from ..runs import TRAINING_STAGES, load_manifest, stage_dir, stage_identity
+from ..storage import load_json
 
 # the stages the analysis reads: every stage before it
 STAGES = tuple(name for name in _STAGE_TABLE if name != "06_analysis")

@@ -12,7 +12,8 @@ import pandas as pd
 
 from ..config import RunConfig, to_dict
 from ..data.fetch import SPLIT_DIGESTS
-from ..runs import load_json, stage_identity
+from ..runs import stage_identity
+from ..storage import load_json
 from .artifacts import TRAINED, Artifacts
 from .exhibit import Exhibit
 

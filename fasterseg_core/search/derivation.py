@@ -22,7 +22,8 @@ from ..latency.lut import LatencyTable, estimate_latency
 from ..models.architecture import Architecture
 from ..models.derive import DerivationError, choose_lasts, derive_architecture
 from ..models.supernet import HEAD_NAMES, Supernet
-from ..runs import Run, save_json
+from ..runs import Run
+from ..storage import save_json
 
 ROLES = ("teacher", "student")
 BRANCH_HEADS = {"02": "8s_32s", "12": "16s_32s"}  # §3.5: heads whose mIoU picks the branches (§4.5)

@@ -39,10 +39,11 @@ from ..checkpoints import resumable, save_checkpoint
 from ..config import RunConfig
 from ..latency.lut import LatencyTable
 from ..losses import OhemCrossEntropy, ohem_min_kept
+from ..machine import seed_everything
 from ..models.architecture import Architecture
 from ..models.network import init_weights_
 from ..models.supernet import HEAD_NAMES, Supernet, build_supernet
-from ..runs import Run, seed_everything, stage_identity
+from ..runs import Run, resume_key
 from .data import (
     SearchData,
     check_supernet_input,
@@ -167,7 +168,7 @@ def search(cfg: RunConfig, run: Run, lut: LatencyTable, *, progress: bool = True
     check_supernet_input(sc.pretrain_crop_hw, "search.pretrain_crop_hw")
     check_supernet_input(sc.search_crop_hw, "search.search_crop_hw")
     data = search_data(cfg)
-    key = stage_identity(cfg, "01_search")
+    key = resume_key(cfg, "01_search")
     seed_everything(sc.seed)
     net = build_supernet(cfg.model, data.num_classes)
     init_weights_(net)

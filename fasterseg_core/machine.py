@@ -1,0 +1,101 @@
+"""This machine and this checkout, as every manifest records them: device, hardware tag, seeds, git state,
+package versions and the time."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import random
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import RunConfig, project_root
+
+# Packages whose versions go into every manifest (the ones that change numbers or rendering).
+_VERSIONED_PACKAGES = ("fasterseg-core", "torch", "torchvision", "numpy", "pillow", "pandas", "matplotlib",
+                       "onnx", "onnxruntime", "papermill", "nbconvert")  # fmt: skip
+
+
+def hardware_tag() -> str:
+    """A short name for this machine's compute, used to key latency results across machines.
+
+    Returns:
+        ``"cuda-<gpu name>"`` (e.g. ``"cuda-nvidia-h100-80gb-hbm3"``) when CUDA is available, else
+        ``"cpu-<n>core"`` with the number of cores this process may use (e.g. ``"cpu-2core"``).
+    """
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0).lower()
+        return "cuda-" + "-".join("".join(c if c.isalnum() else " " for c in name).split())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return f"cpu-{cores}core"
+
+
+def resolve_hardware_tag(cfg: RunConfig, override: str = "") -> str:
+    """The tag a run records: an explicit override, else ``cfg.hardware_tag``, else :func:`hardware_tag`."""
+    return override or cfg.hardware_tag or hardware_tag()
+
+
+def resolve_device(name: str) -> torch.device:
+    """Turn ``cfg.device`` into a device, failing clearly when the requested one is absent.
+
+    Args:
+        name: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device {name!r} requested but CUDA is not available on this machine; "
+            "use a CPU profile (e.g. smoke, camvid-cpu) or override device='cpu'"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"device {name!r} requested but MPS is not available; override device='cpu'")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's (CPU and every CUDA device) random generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def git_state(repo: Path | None = None) -> dict[str, Any]:
+    """``{"sha": ..., "dirty": ...}`` of the project checkout, or ``None`` values outside a git checkout."""
+    repo = repo or project_root()
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(repo), *args], check=False, capture_output=True, text=True, timeout=20
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    sha = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"sha": sha, "dirty": None if status is None else bool(status)}
+
+
+def package_versions() -> dict[str, str | None]:
+    """Python, platform and the versions of the packages that matter for results."""
+    versions: dict[str, str | None] = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in _VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def now() -> str:
+    """The current UTC time as ISO 8601 (seconds), as every manifest records it."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

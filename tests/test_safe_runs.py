@@ -1,0 +1,231 @@
+"""Safe runs: a typo never costs a finished stage, two runs never share a folder, a blow-up always stops, a
+stage's identity is only what can change its outputs, and every way a run ends is recorded.
+
+Each test reproduces one failure of the code before these rules (issue 14) and fails on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from fasterseg_core import runs
+from fasterseg_core.cli import main as cli_main
+from fasterseg_core.config import ConfigError, load_config
+from fasterseg_core.data import build_dataset
+from fasterseg_core.engine import TrainingDiverged, fit, training_loss
+from fasterseg_core.models import build_network, init_weights_, published_architecture
+from fasterseg_core.report import render_report
+from fasterseg_core.storage import save_torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cfg(tmp_path: Path, **over):
+    return load_config("smoke", {"output_root": str(tmp_path), **over})
+
+
+def _finished(cfg, stage: str) -> dict[str, bytes]:
+    """A complete run of ``stage`` with a checkpoint and metrics; returns its files' bytes."""
+    run = runs.start_run(cfg, stage)
+    save_torch({"w": torch.arange(3.0)}, run.path("checkpoints", "last.pt"))
+    run.finish({"miou": 0.5})
+    return _snapshot(run.dir)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _child(tmp_path: Path, body: str) -> subprocess.Popen:
+    """A Python process that opens a smoke ``04_student`` run in ``tmp_path``, prints "ready", then runs
+    ``body``."""
+    code = textwrap.dedent(f"""
+        import os, signal, sys, time
+        from fasterseg_core.config import load_config
+        from fasterseg_core.runs import start_run
+        run = start_run(load_config("smoke", {{"output_root": {str(tmp_path)!r}}}), "04_student")
+        print("ready", flush=True)
+    """) + textwrap.dedent(body)  # fmt: skip
+    env = dict(os.environ, FASTERSEG_ROOT=str(REPO), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=REPO)  # fmt: skip
+    assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+    return proc
+
+
+# ---- 1. an invalid override fails before any file is touched ---------------------------------------------
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ({"student.batch_size": 0}, ["student.batch_size", "0", "≥ 1", "e.g. student.batch_size: 12"]),
+        ({"student.epochs": 0}, ["student.epochs", "≥ 1"]),
+        ({"student.crop_size_hw": [100, 100]}, ["student.crop_size_hw", "[100, 100]", "multiples of 32", "[128, 128]"]),
+        ({"student.lr": -0.1}, ["student.lr", "> 0"]),
+        ({"student.ohem_thresh": 1.5}, ["student.ohem_thresh", "≤ 1"]),
+    ],
+)
+def test_an_invalid_override_leaves_a_finished_stage_untouched(tmp_path, capsys, override, words):
+    cfg = _cfg(tmp_path)
+    before = _finished(cfg, "04_student")
+    args = ["train", "--profile", "smoke", "--stage", "04_student", "--overrides",
+            json.dumps({"output_root": str(tmp_path), **override})]  # fmt: skip
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: "), err  # one line, no traceback
+    assert all(w in err for w in words), err
+    assert _snapshot(runs.stage_dir(cfg, "04_student")) == before
+    assert runs.is_complete(cfg, "04_student")
+
+
+def test_cross_field_rules_and_yaml_files(tmp_path):
+    with pytest.raises(ConfigError, match=r"target_fps_window.*0 < low < high"):
+        load_config("smoke", {"search.target_fps_window": [175, 155]})
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("teacher:\n  epochs: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml.*line \d+.*YAML syntax error"):
+        load_config(broken)
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("teacher:\n  lr: 1e-3\n  weight_decay: 5E-4\n")  # PyYAML alone reads these as strings
+    cfg = load_config(exp)
+    assert cfg.teacher.lr == 1e-3 and cfg.teacher.weight_decay == 5e-4
+
+
+# ---- 2. one run per stage folder -------------------------------------------------------------------------
+def test_a_second_run_of_a_stage_fails_naming_the_first(tmp_path):
+    proc = _child(tmp_path, "time.sleep(60)")
+    try:
+        with pytest.raises(runs.RunLocked, match=rf"already running .* pid {proc.pid} .* started 20"):
+            runs.start_run(_cfg(tmp_path), "04_student")
+        assert cli_main(["train", "--profile", "smoke", "--stage", "04_student", "--overrides",
+                         json.dumps({"output_root": str(tmp_path)})]) == 2  # fmt: skip
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    # SIGTERM closed the run: recorded, and the lock is free again
+    manifest = runs.load_manifest(_cfg(tmp_path), "04_student")
+    assert manifest["status"] == "interrupted" and "SIGTERM" in manifest["error"]
+    run = runs.start_run(_cfg(tmp_path), "04_student")
+    assert run.manifest["previous_run"]["status"] == "interrupted"
+    run.finish()
+
+
+def test_a_killed_run_is_reported_by_the_next_one(tmp_path, capsys):
+    proc = _child(tmp_path, "os.kill(os.getpid(), signal.SIGKILL)")
+    proc.wait(timeout=30)
+    cfg = _cfg(tmp_path)
+    assert runs.load_manifest(cfg, "04_student")["status"] == "running"  # nothing could run at SIGKILL
+    run = runs.start_run(cfg, "04_student")
+    assert "was interrupted" in capsys.readouterr().out
+    assert run.manifest["previous_run"]["status"] == "interrupted"
+    run.fail("ValueError: for the test")
+    assert runs.load_manifest(cfg, "04_student")["status"] == "failed"
+
+
+def test_an_interrupted_write_leaves_no_temp_file_behind(tmp_path):
+    cfg = _cfg(tmp_path)
+    _finished(cfg, "04_student")
+    orphan = runs.stage_dir(cfg, "04_student") / "checkpoints" / ".last.pt.x1y2.tmp"
+    orphan.write_bytes(b"half a checkpoint")
+    run = runs.start_run(cfg, "04_student")
+    assert not orphan.exists() and run.manifest["previous_run"]["temp_files_removed"] == 1
+    assert (run.dir / "checkpoints" / "last.pt").exists()
+    run.finish()
+
+
+# ---- 3. a finite blow-up stops ---------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_learning_rate_of_30_stops_with_the_divergence_error(tmp_path, one_thread):
+    cfg = _cfg(tmp_path, **{"student.lr": 30.0, "student.epochs": 6})
+    spec = cfg.student
+    data = build_dataset(cfg.data, "train", train=True, crop_hw=spec.crop_size_hw)
+    torch.manual_seed(0)
+    net = build_network(published_architecture("student"), data.num_classes)
+    init_weights_(net)
+    with pytest.raises(TrainingDiverged, match=r"diverged at epoch (\d+).*divergence_factor = 10.*iteration \d+") as e:
+        fit(spec, net, training_loss(spec), data, None, torch.device("cpu"), tmp_path / "run", progress=False)
+    diverged = int(e.value.args[0].split("diverged at epoch ")[1].split(":")[0])
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert last["epoch"] == diverged - 1, "the diverged epoch must not replace the last good checkpoint"
+
+
+# ---- 4. a stage's identity is what can change its outputs -------------------------------------------------
+def test_changing_distill_or_latency_keeps_the_upstream_stages_complete(tmp_path):
+    cfg = _cfg(tmp_path, **{"model.arch_source": "published"})
+    for stage in ("00_data", "02_teacher", "04_student"):
+        _finished(cfg, stage)
+    distill = _cfg(tmp_path, **{"model.arch_source": "published", "distill.kd_weight": 2.0})
+    latency = _cfg(tmp_path, **{"model.arch_source": "published", "latency.timed_seconds": 9.0})
+    for other in (distill, latency):
+        assert all(runs.is_complete(other, s) for s in ("00_data", "02_teacher", "04_student"))
+        runs.upstream_path(other, "02_teacher", "checkpoints", "last.pt")  # 03_distill may read it
+    assert runs.stage_identity(distill, "03_distill") != runs.stage_identity(cfg, "03_distill")
+    teacher = _cfg(tmp_path, **{"model.arch_source": "published", "teacher.lr": 0.02})
+    assert not runs.is_complete(teacher, "02_teacher") and runs.is_complete(teacher, "04_student")
+    assert runs.stage_identity(teacher, "03_distill") != runs.stage_identity(cfg, "03_distill")  # new teacher
+    more = _cfg(tmp_path, **{"model.arch_source": "published", "teacher.epochs": 9})
+    assert runs.resume_key(more, "02_teacher") == runs.resume_key(cfg, "02_teacher")  # continues, not restarts
+
+
+def test_other_settings_are_set_aside_and_come_back(tmp_path, capsys):
+    a = _cfg(tmp_path)
+    a_files = _finished(a, "04_student")
+    b = _cfg(tmp_path, **{"student.lr": 0.02})
+    run = runs.start_run(b, "04_student")
+    aside = Path(run.manifest["previous_run"]["set_aside"])
+    assert aside.parent.name == "previous" and "set aside" in capsys.readouterr().out
+    assert _snapshot(aside)["checkpoints/last.pt"] == a_files["checkpoints/last.pt"]
+    assert not (run.dir / "checkpoints" / "last.pt").exists()
+    run.finish()
+    run = runs.start_run(a, "04_student")  # the first settings again: their results come back
+    assert "brought back" in capsys.readouterr().out
+    assert (run.dir / "checkpoints" / "last.pt").read_bytes() == a_files["checkpoints/last.pt"]
+    assert (run.dir / "metrics.json").read_bytes() == a_files["metrics.json"]
+
+
+# ---- smaller ones ----------------------------------------------------------------------------------------
+def test_no_pdf_rerun_marks_the_old_pdf_stale(tmp_path):
+    cfg = _cfg(tmp_path)
+    report = cfg.output_dir / "report"
+    report.mkdir(parents=True)
+    (report / "report.pdf").write_bytes(b"%PDF old")
+    (report / ".report.pdf.tmp").write_bytes(b"%PDF half")
+    record = {"hardware_tag": "x", "overrides": {}, "git": {}}
+    render_report(cfg, [], record, pdf=False)
+    assert not (report / "report.pdf").exists() and not (report / ".report.pdf.tmp").exists()
+    stale = Path(record["report"]["stale_pdf"])
+    assert stale.parent == report / "stale" and stale.read_bytes() == b"%PDF old"
+
+
+def test_a_foreign_checkpoint_is_never_trained_over(tmp_path, one_thread):
+    cfg = _cfg(tmp_path)
+    spec = cfg.student
+    data = build_dataset(cfg.data, "train", train=True, crop_hw=spec.crop_size_hw)
+    out = tmp_path / "run"
+    save_torch({"format": "fasterseg-checkpoint/1", "kind": "train", "key": "other", "epoch": 1, "model": {}},
+               out / "checkpoints" / "last.pt")  # fmt: skip
+    before = (out / "checkpoints" / "last.pt").read_bytes()
+    net = build_network(published_architecture("student"), data.num_classes)
+    with pytest.raises(ValueError, match="trained from other settings"):
+        fit(spec, net, training_loss(spec), data, None, torch.device("cpu"), out, key="mine", progress=False)
+    assert (out / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_states_are_recorded(tmp_path):
+    cfg = _cfg(tmp_path)
+    run = runs.start_run(cfg, "00_data")
+    assert runs.load_manifest(cfg, "00_data")["status"] == "running"
+    run.interrupt("stopped by SIGINT")
+    manifest = runs.load_manifest(cfg, "00_data")
+    assert manifest["status"] == "interrupted" and manifest["error"] == "stopped by SIGINT"
+    run.finish()  # closed already: a late finish changes nothing
+    assert runs.load_manifest(cfg, "00_data")["status"] == "interrupted"
+    assert set(runs.STATUSES) == {"running", "complete", "failed", "interrupted"}
