@@ -38,7 +38,7 @@ from .models import (
     load_official_state_dict,
     published_architecture,
 )
-from .runs import get_stage, stage_dir
+from .runs import get_stage, stage_dir, stage_seeds
 from .storage import load_torch, save_torch
 
 FORMAT = "fasterseg-checkpoint/1"
@@ -203,18 +203,20 @@ def _network_from_training_checkpoint(
     return net, info
 
 
-def stage_checkpoint_path(cfg: RunConfig, stage: str, which: str = "best") -> Path:
-    """``outputs/<profile>/<stage>/checkpoints/{best,last}.pt`` of a training stage."""
+def stage_checkpoint_path(cfg: RunConfig, stage: str, which: str = "best", seed: int | None = None) -> Path:
+    """``outputs/<profile>/<stage>/seed-<s>/checkpoints/{best,last}.pt`` of a training stage (``seed`` None:
+    the stage's first seed)."""
     st = get_stage(stage)
     if st.section is None:
         raise ValueError(f"{st.name} is not a training stage; training stages write checkpoints")
     if which not in ("best", "last"):
         raise ValueError(f"which must be 'best' or 'last', not {which!r}")
-    return stage_dir(cfg, st.name) / "checkpoints" / f"{which}.pt"
+    seed = stage_seeds(cfg, st.name)[0] if seed is None else seed
+    return stage_dir(cfg, st.name, seed) / "checkpoints" / f"{which}.pt"
 
 
-def load_stage_model(cfg: RunConfig, stage: str, which: str = "best", device: torch.device | str = "cpu"
-                     ) -> tuple[FasterSegNetwork, dict]:  # fmt: skip
+def load_stage_model(cfg: RunConfig, stage: str, which: str = "best", device: torch.device | str = "cpu",
+                     seed: int | None = None) -> tuple[FasterSegNetwork, dict]:  # fmt: skip
     """The network a training stage saved, ready for evaluation (the stage need not be complete).
 
     Args:
@@ -223,16 +225,17 @@ def load_stage_model(cfg: RunConfig, stage: str, which: str = "best", device: to
         which: ``"best"`` (best validation epoch, what the paper reports) or ``"last"`` (final epoch, what
             the authors released; §12.2 #4).
         device: where to put the network.
+        seed: which seed's run (``None``: the stage's first seed).
 
     Returns:
         (network in eval mode on ``device``, checkpoint info: every entry except the training state, plus
-        ``path``, ``source="ours"``, ``stage`` and ``which``).
+        ``path``, ``source="ours"``, ``stage``, ``which`` and ``seed``).
 
     Raises:
         FileNotFoundError: the stage has not written that checkpoint (the message names the notebook).
         CheckpointMismatchError: the weights do not fit the architecture stored with them.
     """
-    path = stage_checkpoint_path(cfg, stage, which)
+    path = stage_checkpoint_path(cfg, stage, which, seed)
     name = get_stage(stage).name
     if not path.is_file():
         raise FileNotFoundError(
@@ -241,7 +244,7 @@ def load_stage_model(cfg: RunConfig, stage: str, which: str = "best", device: to
             "file with --checkpoint PATH --arch teacher|student"
         )
     net, info = _network_from_training_checkpoint(load_checkpoint(path, "train"), path)
-    info["stage"], info["which"] = name, which
+    info["stage"], info["which"], info["seed"] = name, which, int(path.parent.parent.name.split("-", 1)[1])
     return net.to(device).eval(), info
 
 

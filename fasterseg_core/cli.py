@@ -47,8 +47,8 @@ from .models.published import published_architecture
 from .pipeline import build_report
 from .predictions import export_cityscapes_submission, save_colour_predictions
 from .report import ReportError
-from .runs import TRAINING_STAGES, Run, RunLocked, get_stage, stage_dir, start_run
-from .stages import run_training
+from .runs import TRAINING_STAGES, Run, RunLocked, get_stage, is_complete, stage_dir, stage_seeds, start_run
+from .stages import train_seed
 from .storage import save_json
 
 # What a user can fix from the message alone: the message is the whole story (exit 2).
@@ -102,27 +102,36 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """One training stage; under ``torchrun`` every process runs this and rank 0 writes."""
+    """One training stage, seed by seed (``--seed`` picks some); under ``torchrun`` every process runs this
+    and rank 0 writes. Each seed trains into ``<stage>/seed-<s>/``; a seed already complete is skipped."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.profile, _overrides(args.overrides))
     stage = get_stage(args.stage)
+    seeds = stage_seeds(cfg, stage.name)
+    unknown = sorted(set(args.seed or ()) - set(seeds))
+    if unknown:
+        raise UsageError(f"--seed {unknown}: {stage.name} runs the seeds {list(seeds)} of this profile; add them "
+                         f"to the profile's seeds (--overrides '{{\"seeds\": [...]}}')")  # fmt: skip
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    if rank == 0:
-        run = start_run(cfg, stage.name, hardware_tag=args.hardware_tag, seed=getattr(cfg, stage.section).seed)
-    else:  # other ranks write nothing; they need the folder and device only
-        run = Run(cfg, stage.name, stage_dir(cfg, stage.name), resolve_device(cfg.device),
-                  resolve_hardware_tag(cfg, args.hardware_tag))  # fmt: skip
-    try:
-        result = run_training(cfg, run, progress=not args.no_progress and rank == 0)
-    except Exception as e:  # the manifest says why the run stopped; the message goes to main()
+    for seed in args.seed or seeds:
+        if is_complete(cfg, stage.name, any_hardware=True, seed=seed):
+            print(f"{stage.name} seed {seed}: complete for this config, skipped")
+            continue
         if rank == 0:
+            run = start_run(cfg, stage.name, hardware_tag=args.hardware_tag, seed=seed, per_seed=True)
+        else:  # other ranks write nothing; they need the folder, device and seed only
+            run = Run(cfg, stage.name, stage_dir(cfg, stage.name, seed), resolve_device(cfg.device),
+                      resolve_hardware_tag(cfg, args.hardware_tag), {"seed": seed})  # fmt: skip
+        try:
+            result = train_seed(cfg, run, progress=not args.no_progress and rank == 0)
+        except Exception as e:  # the manifest says why the run stopped; the message goes to main()
             run.fail(f"{type(e).__name__}: {e}")
-        raise
-    if current_dist().main:
-        run.finish(result.metrics)
-        val = result.metrics["best"]["val"]
-        print(f"{stage.name}: best epoch {result.metrics['best']['epoch']}, val mIoU {val['miou']:.4f} "
-              f"({world} process{'es' if world > 1 else ''})")  # fmt: skip
+            raise
+        if current_dist().main:
+            run.finish(result.metrics)
+            val = result.metrics["best"]["val"]
+            print(f"{stage.name} seed {seed}: best epoch {result.metrics['best']['epoch']}, val mIoU "
+                  f"{val['miou']:.4f} ({world} process{'es' if world > 1 else ''})")  # fmt: skip
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return 0
@@ -248,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", parents=[cfg], help="one training stage (also under torchrun)")
     p.add_argument("--stage", required=True, choices=[*TRAINING_STAGES, "teacher", "distill", "student"])
+    p.add_argument("--seed", type=int, action="append", help="train this seed only (repeatable; default: all)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
 

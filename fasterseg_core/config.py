@@ -151,14 +151,22 @@ class TrainConfig:
     momentum: Fraction = 0.9  # §9.2
     weight_decay: Annotated[float, AtLeast(0.0)] = 5e-4  # §9.2
     lr_decay_per_epoch: Annotated[float, Range(0.0, 1.0, lo_open=True)] = 0.992  # §9.2
+    # The learning-rate schedule: "exponential" is the paper's (× lr_decay_per_epoch after every epoch, §9.2).
+    # Deviation, opt-in: "poly" ((1 − t/T)^poly_power) or "cosine" over the run's T iterations, stepped every
+    # iteration after warmup_iters of linear warmup: a schedule that anneals within a short run.
+    lr_schedule: Literal["exponential", "poly", "cosine"] = "exponential"
+    warmup_iters: NonNegative = 0
+    poly_power: Rate = 0.9
     ohem_thresh: Fraction = 0.7  # §9.3
     aux_weight: Annotated[float, AtLeast(0.0)] = 0.2  # §9.3
     eval_every_epochs: Count = 10  # §9.2 (and after epoch 1)
     eval_flip: bool = False  # §9.4 paper-time setting uncertain; off as in the final code
-    seed: int = 12345  # §9.2
     amp: Literal["none", "bf16", "fp16"] = "none"  # deviation: optional; the paper trained fp32
     channels_last: bool = False
     sync_bn: bool = False
+    # Deviation, opt-in: run the network's training forward and backward through torch.compile (inductor),
+    # and a distillation teacher's forward too. Same recipe; a compile at the start of each run.
+    compile: bool = False
     # Added (not in the paper): stop when an epoch's mean loss exceeds this multiple of the best epoch mean
     # so far (a finite blow-up, e.g. a learning rate far too high), as a NaN/inf loss always stops.
     divergence_factor: Annotated[float, Range(1.0, None, lo_open=True)] = 10.0
@@ -176,6 +184,8 @@ class DistillConfig(TrainConfig):
     # Teacher weights. Empty: the teacher stage's best checkpoint of this run; else a path (relative to the
     # project folder), e.g. the authors' released weights0.pt.
     teacher_checkpoint: str = ""
+    # With compile: the frozen teacher's forward compiled too (false: the teacher stays eager).
+    compile_teacher: bool = True
 
 
 @dataclass(frozen=True)
@@ -205,6 +215,13 @@ class RunConfig:
     device: str = "auto"  # "auto" = cuda when available, else cpu
     output_root: str = "outputs"  # relative paths are taken from the project folder
     hardware_tag: str = ""  # empty: derived from the machine (e.g. "cpu-2core")
+    # The training stages run once per seed, each into <stage>/seed-<s>/ (initial weights, data order and
+    # augmentation all follow the seed, so the distilled and the scratch student of one seed are paired).
+    # §9.2: the paper trained once, with seed 12345. Deviation when several are given: repeated runs.
+    seeds: Annotated[tuple[int, ...], Range(1, None, length=True)] = (12345,)
+    # One teacher for every seed (trained with the first seed; the distilled students of all seeds learn from
+    # it) or one teacher per seed. The shared teacher costs one training instead of len(seeds).
+    teacher_per_seed: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -342,6 +359,8 @@ def from_dict(tree: dict[str, Any]) -> RunConfig:
 def check_rules(cfg: RunConfig) -> None:
     """Rules between fields, after every field passed its own range (one error line each)."""
     sc, mc = cfg.search, cfg.model
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ConfigError(f"seeds: {list(cfg.seeds)} must be distinct (a repeated seed repeats a run); e.g. [0, 1, 2]")
     if sc.target_fps_window and (len(sc.target_fps_window) != 2 or not 0 < sc.target_fps_window[0] <
                                  sc.target_fps_window[1]):  # fmt: skip
         raise ConfigError(
@@ -353,6 +372,16 @@ def check_rules(cfg: RunConfig) -> None:
             f"search.latency_weights: {list(sc.latency_weights)} must be 3 non-negative weights summing to 1; "
             "e.g. the paper's [0.002, 0.994, 0.004]"
         )
+    for name in ("teacher", "distill", "student"):
+        spec = getattr(cfg, name)
+        if spec.warmup_iters >= spec.epochs * spec.iters_per_epoch:
+            raise ConfigError(
+                f"{name}.warmup_iters: {spec.warmup_iters} must be shorter than the run ({spec.epochs} epochs × "
+                f"{spec.iters_per_epoch} iterations); e.g. {name}.warmup_iters: {spec.epochs * spec.iters_per_epoch // 20}"
+            )
+        if spec.warmup_iters and spec.lr_schedule == "exponential":
+            raise ConfigError(f"{name}.warmup_iters: {spec.warmup_iters} needs a per-iteration schedule; set "
+                              f"{name}.lr_schedule: poly or cosine, or warmup_iters: 0")  # fmt: skip
     chis = mc.width_choices_chi
     if list(chis) != sorted(set(chis)):
         raise ConfigError(

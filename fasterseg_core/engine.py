@@ -52,6 +52,7 @@ from .distributed import (
 from .losses import DistillationLoss, SegmentationLoss, ohem_min_kept
 from .metrics import SCORE_KEYS, ConfusionMatrix
 from .predictions import predict_logits
+from .progress import bar as progress_bar
 
 _log = logging.getLogger(__name__)
 
@@ -74,6 +75,15 @@ class TrainResult:
     resumed_from: int
     checkpoint_dir: Path
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def compiled(module: nn.Module) -> nn.Module:
+    """``torch.compile`` (inductor, default mode) of a module; its parameters stay the module's own.
+
+    Deviation (``train.compile``): the paper trained eagerly. Shapes are fixed (one crop size, one batch), so
+    one graph serves the whole run; evaluation, at whole-image sizes, stays eager.
+    """
+    return torch.compile(module)
 
 
 def freeze(module: nn.Module, device: torch.device, channels_last: bool = False) -> nn.Module:
@@ -99,15 +109,17 @@ def training_loss(spec: TrainConfig, teacher: nn.Module | None = None, device: t
         return seg
     if not isinstance(spec, DistillConfig):
         raise TypeError(f"a teacher needs the distill section's settings, got {type(spec).__name__}")
-    return DistillationLoss(seg, freeze(teacher, torch.device(device), spec.channels_last), spec.kd_weight,
-                            spec.kd_temperature, spec.kd_reduction, AMP_DTYPES[spec.amp])  # fmt: skip
+    frozen = freeze(teacher, torch.device(device), spec.channels_last)
+    fast = spec.compile and spec.compile_teacher
+    return DistillationLoss(seg, compiled(frozen) if fast else frozen, spec.kd_weight, spec.kd_temperature,
+                            spec.kd_reduction, AMP_DTYPES[spec.amp])  # fmt: skip
 
 
 # ---- one epoch -----------------------------------------------------------------------------------------
 def train_one_epoch(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer, loader: Iterable,
                     device: torch.device, spec: TrainConfig, *, scaler: torch.amp.GradScaler, num_classes: int,
-                    epoch: int, where: str = "", bar: Any = None, ceiling: float = math.inf
-                    ) -> tuple[dict[str, float], ConfusionMatrix]:  # fmt: skip
+                    epoch: int, where: str = "", bar: Any = None, ceiling: float = math.inf,
+                    per_iteration: Any = None) -> tuple[dict[str, float], ConfusionMatrix]:  # fmt: skip
     """One epoch of SGD over ``loader``.
 
     Args:
@@ -120,6 +132,7 @@ def train_one_epoch(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Op
         where: the run folder's name, for error messages.
         bar: a tqdm bar to advance, or None.
         ceiling: a loss above this is noted: ``sums["first_over"]`` is the first iteration past it (0: none).
+        per_iteration: an lr scheduler stepped after every optimiser step (poly/cosine), or None.
 
     Returns:
         (sums of the per-iteration losses, the training confusion matrix).
@@ -149,6 +162,8 @@ def train_one_epoch(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Op
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        if per_iteration is not None:
+            per_iteration.step()
         value = float(loss.detach())
         sums["loss"] += value
         first_over = first_over or (it if value > ceiling else 0)
@@ -200,9 +215,7 @@ def evaluate(net: nn.Module, dataset: Dataset, device: torch.device | str, *, fl
     was_training = net.training
     net.eval()
     if progress and rank == 0:
-        from tqdm.auto import tqdm
-
-        indices = tqdm(indices, desc=desc, leave=False)
+        indices = progress_bar(indices, desc=desc, leave=False)
     try:
         for i in indices:
             image, label = dataset[i]
@@ -232,7 +245,8 @@ class _State:
 
 
 def fit(spec: TrainConfig, net: nn.Module, loss_fn: LossFn, train_set: Dataset, val_set: Dataset | None,
-        device: torch.device, out_dir: Path, *, key: str = "", extra_state: dict[str, Any] | None = None,
+        device: torch.device, out_dir: Path, *, seed: int = 12345, key: str = "",
+        extra_state: dict[str, Any] | None = None,
         num_workers: int = 0, eval_max_images: int = 0, progress: bool = True,
         on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:  # fmt: skip
     """Train ``net`` for ``spec.epochs`` epochs of ``spec.iters_per_epoch`` iterations, resuming if possible.
@@ -244,7 +258,8 @@ def fit(spec: TrainConfig, net: nn.Module, loss_fn: LossFn, train_set: Dataset, 
         train_set: augmented crops, items (image (3, h, w) float32, label (h, w) int64).
         val_set: whole-image evaluation split, or None (no evaluation).
         device: where to train.
-        out_dir: the stage's run folder; checkpoints go to ``out_dir/checkpoints``.
+        out_dir: the run folder; checkpoints go to ``out_dir/checkpoints``.
+        seed: the run's seed: each epoch's sample order and augmentation derive from it (§9.2: 12345).
         key: identifies what the checkpoint was trained from (the stage's resume key); a ``last.pt`` of
             another key is an error (``runs.start_run`` sets such results aside before a stage starts).
         extra_state: stored in both checkpoints (e.g. the architecture).
@@ -266,6 +281,7 @@ def fit(spec: TrainConfig, net: nn.Module, loss_fn: LossFn, train_set: Dataset, 
     state = _resume(last_path, key, info, net, optimizer, scheduler)
     extra = extra_state or {}
     model = wrap(net, device, info)
+    forward = compiled(model) if spec.compile else model  # checkpoints keep saving net's own state dict
     scaler = torch.amp.GradScaler(device.type, enabled=spec.amp == "fp16")
     num_classes = getattr(train_set, "num_classes", None) or net.num_classes
     bar = _bar(spec, state.start_epoch, Path(out_dir).name) if progress and info.main else None
@@ -274,18 +290,20 @@ def fit(spec: TrainConfig, net: nn.Module, loss_fn: LossFn, train_set: Dataset, 
             t0 = time.perf_counter()
             model.train()
             lr = optimizer.param_groups[0]["lr"]
-            loader = epoch_loader(train_set, spec.batch_size, spec.iters_per_epoch, spec.seed, epoch, info,
-                                  num_workers)  # fmt: skip
+            loader = epoch_loader(train_set, spec.batch_size, spec.iters_per_epoch, seed, epoch, info, num_workers)
             best_mean = min((r["loss"] for r in state.history), default=math.inf)
             kept = f"the last good checkpoint ({last_path if last_path.exists() else 'none yet'}) is kept"
             try:
-                sums, train_cm = train_one_epoch(model, loss_fn, optimizer, loader, device, spec, scaler=scaler,
+                sums, train_cm = train_one_epoch(forward, loss_fn, optimizer, loader, device, spec, scaler=scaler,
                                                  num_classes=num_classes, epoch=epoch, where=Path(out_dir).name,
-                                                 bar=bar, ceiling=spec.divergence_factor * best_mean)  # fmt: skip
+                                                 bar=bar, ceiling=spec.divergence_factor * best_mean,
+                                                 per_iteration=None if spec.lr_schedule == "exponential"
+                                                 else scheduler)  # fmt: skip
             except TrainingDiverged as e:
                 raise TrainingDiverged(f"{e}; {kept}. Lower the learning rate, check the labels, or try "
                                        "amp='none'.") from None  # fmt: skip
-            scheduler.step()  # §9.2: lr × 0.992 after every epoch
+            if spec.lr_schedule == "exponential":
+                scheduler.step()  # §9.2: lr × 0.992 after every epoch
             # log the global batch's loss (DDP averages the ranks' shard gradients)
             first_over = sums.pop("first_over")
             sums = dict(zip(sums, mean_over_ranks(list(sums.values()), info, device)))
@@ -335,13 +353,29 @@ def _check_divergence(mean: float, best_mean: float, spec: TrainConfig, epoch: i
 
 def _optimised(spec: TrainConfig, net: nn.Module, device: torch.device, info: DistInfo
                ) -> tuple[nn.Module, torch.optim.Optimizer, Any]:  # fmt: skip
-    """The network on its device and layout (SyncBN when asked), its SGD and the per-epoch lr decay (§9.2)."""
+    """The network on its device and layout (SyncBN when asked), its SGD and its lr schedule."""
     net = net.to(device)
     if spec.channels_last:
         net = net.to(memory_format=torch.channels_last)
     net = with_sync_bn(net, device, info, spec.sync_bn)
     optimizer = torch.optim.SGD(net.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
-    return net, optimizer, torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=spec.lr_decay_per_epoch)
+    return net, optimizer, lr_schedule(optimizer, spec)
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, spec: TrainConfig) -> Any:
+    """§9.2's ExponentialLR (stepped after every epoch), or a per-iteration poly/cosine decay to 0 over the run
+    after a linear warmup (stepped after every iteration; ``lr_schedule``)."""
+    if spec.lr_schedule == "exponential":
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=spec.lr_decay_per_epoch)
+    total, warm = spec.epochs * spec.iters_per_epoch, spec.warmup_iters
+
+    def factor(t: int) -> float:
+        if t < warm:
+            return (t + 1) / warm
+        done = min(1.0, (t - warm) / max(1, total - warm))
+        return (1 - done) ** spec.poly_power if spec.lr_schedule == "poly" else 0.5 * (1 + math.cos(math.pi * done))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _report_epoch(row: dict[str, Any], bar: Any, on_epoch: Callable[[dict[str, Any]], None] | None) -> None:
@@ -380,10 +414,8 @@ def _validate(model: nn.Module, val_set: Dataset, device: torch.device, spec: Tr
 def _bar(spec: TrainConfig, start_epoch: int, name: str) -> Any:
     if start_epoch > spec.epochs:
         return None
-    from tqdm.auto import tqdm
-
     total = (spec.epochs - start_epoch + 1) * spec.iters_per_epoch
-    return tqdm(total=total, desc=f"train {name}", unit="it", dynamic_ncols=True)
+    return progress_bar(total=total, desc=f"train {name}", unit="it", dynamic_ncols=True)
 
 
 def _resume(path: Path, key: str, info: DistInfo, net: nn.Module, optimizer: torch.optim.Optimizer,

@@ -145,6 +145,13 @@ def summarize(values: ArrayLike, confidence: float = 0.95) -> Summary:
     return Summary(n, mean, sd, sem, lo, hi, tuple(float(x) for x in arr), confidence)
 
 
+def interval(values: ArrayLike, confidence: float = 0.95) -> tuple[float, float]:
+    """The Student-t interval of the mean as ``(low, high)``; a single value gives ``(value, value)`` (no
+    interval can be drawn). The ``errorbar`` callable for seaborn's plots of seed spread."""
+    s = summarize(values, confidence)
+    return (s.mean, s.mean) if s.n < 2 else (s.ci_low, s.ci_high)
+
+
 def paired_difference(a: ArrayLike, b: ArrayLike, confidence: float = 0.95) -> Summary:
     """Summary of a_s − b_s, paired by seed s (same seed → same data order and initialisation).
 

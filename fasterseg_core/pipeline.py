@@ -21,12 +21,15 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from . import progress
 from .config import RunConfig, load_config, project_root
 from .machine import git_state, resolve_hardware_tag
 from .report import ReportError, find_chromium, install_hint, render_report
@@ -58,21 +61,68 @@ def stage_notebooks(folder: Path | None = None) -> list[Path]:
 
 
 @contextlib.contextmanager
-def _project_env() -> Iterator[None]:
-    """Kernels inherit the driver's environment: name the project folder for them, so notebooks run from
-    another folder (a test's, a copy's) still find the profiles and outputs."""
-    old = os.environ.get("FASTERSEG_ROOT")
-    os.environ["FASTERSEG_ROOT"] = str(project_root())
+def _kernel_env(**values: str) -> Iterator[None]:
+    """Kernels inherit the driver's environment: name the project folder for them (so notebooks run from
+    another folder still find the profiles and outputs) and the file their progress bars report to."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop("FASTERSEG_ROOT", None)
-        else:
-            os.environ["FASTERSEG_ROOT"] = old
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
-def _execute(source: Path, executed: Path, parameters: dict[str, Any], folder: Path) -> StageResult:
+class _Watch:
+    """One terminal bar for the running stage, drawn from what its progress bars report (progress.py):
+    ``[3/7] 02_teacher · train seed-12345  45%|████▌     | 450/1000 [02:10<02:40]``."""
+
+    def __init__(self, path: Path, label: str) -> None:
+        self.path, self.label = path, label
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _Watch:  # noqa: PYI034 - a private context manager, never subclassed
+        self.path.unlink(missing_ok=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.path.unlink(missing_ok=True)
+
+    def _run(self) -> None:
+        """A tqdm bar on a terminal; elsewhere (CI logs, a file) one plain line at most every 30 s."""
+        from tqdm import tqdm  # the terminal's bar, not the notebook one
+
+        tty = sys.stderr.isatty()
+        bar, desc, said = None, None, 0.0
+        while not self._stop.wait(0.5):
+            state = progress.read(self.path)
+            if state is None or not state.get("total"):
+                continue
+            if not tty:
+                if time.monotonic() - said >= 30:
+                    said = time.monotonic()
+                    rate = state["n"] / state["elapsed"] if state.get("elapsed") else 0.0
+                    eta = f", about {(state['total'] - state['n']) / rate / 60:.1f} min left" if rate > 0 else ""
+                    print(f"{self.label} · {state['desc']}: {state['n']:g}/{state['total']:g}{eta}", flush=True)
+                continue
+            if state["desc"] != desc:
+                if bar is not None:
+                    bar.close()
+                desc = state["desc"]
+                bar = tqdm(total=state["total"], desc=f"{self.label} · {desc}", dynamic_ncols=True, leave=False)
+            bar.update(state["n"] - bar.n)
+        if bar is not None:
+            bar.close()
+
+
+def _execute(source: Path, executed: Path, parameters: dict[str, Any], folder: Path, label: str) -> StageResult:
     import papermill  # slow import (~1.3 s); only the driver needs it
 
     stage = source.stem
@@ -81,7 +131,8 @@ def _execute(source: Path, executed: Path, parameters: dict[str, Any], folder: P
         (executed.parent / "previous").mkdir(exist_ok=True)
         os.replace(executed, executed.parent / "previous" / executed.name)
     try:
-        with _project_env():
+        watch = executed.parent / f".progress-{stage}.json"
+        with _kernel_env(FASTERSEG_ROOT=str(project_root()), **{progress.ENV: str(watch)}), _Watch(watch, label):
             papermill.execute_notebook(str(source), str(executed), parameters=parameters, kernel_name="python3",
                                        cwd=str(folder), progress_bar=False)  # fmt: skip
         result = StageResult(stage, "ok", notebook=str(executed))
@@ -112,7 +163,8 @@ def run_stages(cfg: RunConfig, parameters: dict[str, Any], force: bool = False, 
     results: list[StageResult] = []
     ran: set[str] = set()  # stages that ran in this invocation: whatever reads them is stale
     failed = False
-    for source in stage_notebooks(folder):
+    notebooks = stage_notebooks(folder)
+    for number, source in enumerate(notebooks, start=1):
         stage, executed = source.stem, out_dir / source.name
         stale = force or bool(ran & set(STAGES[stage].upstream))
         if failed:
@@ -121,8 +173,8 @@ def run_stages(cfg: RunConfig, parameters: dict[str, Any], force: bool = False, 
             results.append(StageResult(stage, "skipped", notebook=str(executed)))
             print(f"[{stage}] complete for this config, skipped (FORCE=1 reruns)", flush=True)
         else:
-            print(f"[{stage}] running {source.name} ...", flush=True)
-            result = _execute(source, executed, parameters, folder)
+            print(f"[{stage}] running {source.name} ({number}/{len(notebooks)}) ...", flush=True)
+            result = _execute(source, executed, parameters, folder, f"[{number}/{len(notebooks)}] {stage}")
             failed, ran = result.status == "failed", ran | {stage}
             if failed:  # the kernel is gone: its manifest says running or interrupted; say why it stopped
                 mark_failed(cfg, stage, result.error)

@@ -211,10 +211,15 @@ def _front_page(cfg: RunConfig, record: dict[str, Any], results: list[dict[str, 
         contents.append(f'<li><a href="#{anchor}">{esc(text)}</a></li>')
         depth = level
     contents += ["</ol>"] * (depth - 1)
+    summary = cfg.output_dir / "06_analysis" / "summary.html"
+    analysed = any(r["stage"] == "06_analysis" and r["status"] in ("ok", "skipped") for r in results)
+    first_page = (summary.read_text(encoding="utf-8") if analysed and summary.exists() else
+                  '<p class="report-missing">No Reproducibility Summary: 06_analysis did not run.</p>')  # fmt: skip
     return (
         f'<section class="report-front"><h1>{esc(cfg.report.title)}</h1>'
-        f'<div class="report-meta">{meta}</div>'
-        "<h3>Pipeline</h3><table><tr><th>stage</th><th>status</th><th>time</th><th>note</th></tr>"
+        f'<div class="report-meta">{meta}</div>{first_page}'
+        '<h3 class="report-after-summary">Pipeline</h3><table><tr><th>stage</th><th>status</th><th>time</th>'
+        "<th>note</th></tr>"
         + "".join(rows)
         + '</table><h3>Contents</h3><nav class="report-toc"><ol>'
         + "".join(contents)

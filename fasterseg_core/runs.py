@@ -10,15 +10,20 @@ folder ``<output_root>/<profile>/<stage>/`` (house style §3.8: no timestamps in
   time, status and the stage's identity
 * ``metrics.json``  the stage's small results; other artifacts (checkpoints, figures) beside them
 
+The training stages are **seeded**: they run once per seed of the profile (``seeds``), each seed into its
+own run folder ``<stage>/seed-<s>/`` with the same files, resumable and skippable on its own; the stage
+folder then holds the stage's notebook run (seed aggregate, figures).
+
 A stage's **identity** (:func:`stage_identity`) hashes what can change its outputs: its own config
-sections and the identities of the upstream stages it reads. A stage is *complete for a config* when its
+sections, its seeds and the identities of the upstream stages it reads. A stage is *complete for a config* when its
 manifest says ``complete`` with the same identity and hardware tag, so changing ``distill.*`` leaves
 ``02_teacher`` complete, and changing ``latency.*`` leaves every training stage complete.
 
-    run = start_run(cfg, "02_teacher", seed=cfg.teacher.seed)
-    save_torch(state, run.path("checkpoints", "best.pt"))
-    run.finish({"miou": 0.61})
-    upstream_path(cfg, "02_teacher", "checkpoints", "best.pt")   # from 03_distill
+    run = start_run(cfg, "02_teacher")                            # the stage (all its seeds)
+    seed_run = start_run(cfg, "02_teacher", seed=12345, per_seed=True)  # one seed: 02_teacher/seed-12345/
+    save_torch(state, seed_run.path("checkpoints", "best.pt"))
+    seed_run.finish({"miou": 0.61})
+    upstream_path(cfg, "02_teacher", "checkpoints", "best.pt", seed=12345)   # from 03_distill
 """
 
 from __future__ import annotations
@@ -69,6 +74,11 @@ class Stage:
     upstream: tuple[str, ...] = ()
     section: str | None = None
     role: str | None = None
+
+    @property
+    def seeded(self) -> bool:
+        """Runs once per seed of the profile, each into ``<stage>/seed-<s>/`` (the training stages)."""
+        return self.section is not None
 
     @property
     def resume_ignore(self) -> tuple[str, ...]:
@@ -122,24 +132,49 @@ def _reads(cfg: RunConfig, stage: Stage, upstream: str) -> bool:
     return True
 
 
-def stage_identity(cfg: RunConfig, name: str, ignore: tuple[str, ...] = ()) -> str:
-    """A short hash of what a stage computes from: its config sections and its upstream identities.
+def stage_seeds(cfg: RunConfig, name: str) -> tuple[int, ...]:
+    """The seeds a stage runs with: every seed of the profile for the students, the first one for a shared
+    teacher (``teacher_per_seed: false``), none for the stages that are not seeded."""
+    stage = STAGES[name]
+    if not stage.seeded:
+        return ()
+    return cfg.seeds if name != "02_teacher" or cfg.teacher_per_seed else cfg.seeds[:1]
+
+
+def teacher_seed(cfg: RunConfig, seed: int) -> int:
+    """The seed of the teacher the distilled student of ``seed`` learns from."""
+    return seed if cfg.teacher_per_seed else cfg.seeds[0]
+
+
+def stage_identity(cfg: RunConfig, name: str, ignore: tuple[str, ...] = (), seed: int | None = None) -> str:
+    """A short hash of what a stage computes from: its config sections, its seeds and its upstream identities.
 
     Args:
         name: the stage.
         ignore: keys of the stage's own training section left out, e.g. ``("epochs", "eval_every_epochs")``
             for the resume key: raising ``epochs`` continues a finished run instead of starting over.
+        seed: the identity of one seed's run of a seeded stage; ``None`` the whole stage (all its seeds).
     """
     stage = STAGES[name]
     tree = to_dict(cfg)
-    blob: dict[str, Any] = {"stage": name}
+    blob: dict[str, Any] = {"stage": name, "device": cfg.device}
     for section in stage.sections:
         values = tree[section]
         if section == stage.section:
             values = {k: v for k, v in values.items() if k not in ignore}
         blob[section] = values
-    blob["device"] = cfg.device
-    blob["upstream"] = {u: stage_identity(cfg, u) for u in stage.upstream if _reads(cfg, stage, u)}
+    seeds = (seed,) if seed is not None else stage_seeds(cfg, name)
+    if stage.seeded:
+        blob["seeds"] = list(seeds)
+    upstream: dict[str, Any] = {}
+    for u in stage.upstream:
+        if not _reads(cfg, stage, u):
+            continue
+        if u == "02_teacher" and name == "03_distill":  # each seed learns from its own (or the shared) teacher
+            upstream[u] = [stage_identity(cfg, u, seed=teacher_seed(cfg, s)) for s in seeds]
+        else:
+            upstream[u] = stage_identity(cfg, u)
+    blob["upstream"] = upstream
     if name == "03_distill" and cfg.distill.teacher_checkpoint:
         blob["teacher_checkpoint"] = cfg.distill.teacher_checkpoint
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -163,39 +198,46 @@ class RunLocked(RuntimeError):
 _OPEN_RUNS: dict[Path, Run] = {}
 
 
-def stage_dir(cfg: RunConfig, stage: str) -> Path:
-    """``<output_root>/<profile>/<stage>``: the one folder a stage writes to."""
-    return cfg.output_dir / stage
+SEED_PREFIX = "seed-"
 
 
-def resume_key(cfg: RunConfig, stage: str) -> str:
+def stage_dir(cfg: RunConfig, stage: str, seed: int | None = None) -> Path:
+    """``<output_root>/<profile>/<stage>``, the one folder a stage writes to; ``<stage>/seed-<s>`` for the
+    run of one seed of a seeded stage."""
+    folder = cfg.output_dir / stage
+    return folder if seed is None else folder / f"{SEED_PREFIX}{seed}"
+
+
+def resume_key(cfg: RunConfig, stage: str, seed: int | None = None) -> str:
     """What a stage's results in its folder must match to be kept and continued: its identity, without the
     keys that only extend a run (a training stage's ``epochs``: 30 epochs continue a finished 20)."""
-    return stage_identity(cfg, stage, ignore=STAGES[stage].resume_ignore)
+    return stage_identity(cfg, stage, ignore=STAGES[stage].resume_ignore, seed=seed)
 
 
-def load_manifest(cfg: RunConfig, stage: str) -> dict[str, Any] | None:
-    """The stage's ``manifest.json``, or ``None`` when the stage never ran for this profile."""
-    path = stage_dir(cfg, stage) / "manifest.json"
+def load_manifest(cfg: RunConfig, stage: str, seed: int | None = None) -> dict[str, Any] | None:
+    """The ``manifest.json`` of a stage (or of one seed's run), or ``None`` when it never ran."""
+    path = stage_dir(cfg, stage, seed) / "manifest.json"
     return load_json(path) if path.exists() else None
 
 
-def is_complete(cfg: RunConfig, stage: str, hardware: str = "", *, any_hardware: bool = False) -> bool:
-    """Whether the stage finished for this config (same identity) on this hardware tag.
+def is_complete(cfg: RunConfig, stage: str, hardware: str = "", *, any_hardware: bool = False,
+                seed: int | None = None) -> bool:  # fmt: skip
+    """Whether the stage (or one seed's run of it) finished for this config on this hardware tag.
 
     ``any_hardware``: accept a run on another machine (a GPU-trained teacher evaluated on a CPU).
     """
-    manifest = load_manifest(cfg, stage)
+    manifest = load_manifest(cfg, stage, seed)
     return (
         manifest is not None
         and manifest.get("status") == "complete"
-        and manifest.get("identity") == stage_identity(cfg, stage)
+        and manifest.get("identity") == stage_identity(cfg, stage, seed=seed)
         and (any_hardware or manifest.get("hardware") == resolve_hardware_tag(cfg, hardware))
     )
 
 
-def upstream_path(cfg: RunConfig, stage: str, *parts: str) -> Path:
-    """Path of an artifact an earlier stage wrote, checked before a later stage relies on it.
+def upstream_path(cfg: RunConfig, stage: str, *parts: str, seed: int | None = None) -> Path:
+    """Path of an artifact an earlier stage (or one seed's run of it) wrote, checked before a later stage
+    relies on it.
 
     The upstream run must be complete with the identity this config gives it (its hardware may differ,
     e.g. a GPU-trained teacher timed on a CPU).
@@ -203,18 +245,18 @@ def upstream_path(cfg: RunConfig, stage: str, *parts: str) -> Path:
     Raises:
         FileNotFoundError: the stage has not completed for this config, or the artifact is missing.
     """
-    manifest = load_manifest(cfg, stage)
-    folder = stage_dir(cfg, stage)
+    manifest = load_manifest(cfg, stage, seed)
+    folder = stage_dir(cfg, stage, seed)
     if manifest is None or manifest.get("status") != "complete":
         raise FileNotFoundError(
             f"stage {stage} has no complete run in {folder}; run it first "
             f"(make report PROFILE={cfg.profile}, or its notebook)"
         )
-    if manifest.get("identity") != stage_identity(cfg, stage):
+    if manifest.get("identity") != stage_identity(cfg, stage, seed=seed):
         raise FileNotFoundError(
             f"stage {stage} in {folder} ran with a different {'/'.join(STAGES[stage].sections)} config "
-            f"(identity {manifest.get('identity')} != {stage_identity(cfg, stage)}); rerun it with this profile "
-            "and overrides (make report reruns what is stale)"
+            f"(identity {manifest.get('identity')} != {stage_identity(cfg, stage, seed=seed)}); rerun it with "
+            "this profile and overrides (make report reruns what is stale)"
         )
     path = folder.joinpath(*parts)
     if not path.exists():
@@ -259,7 +301,12 @@ def _unlock(fd: int | None) -> None:
 
 # ---- what the previous run left -------------------------------------------------------------------------
 def _results(folder: Path) -> list[Path]:
-    return [p for p in folder.iterdir() if p.name not in (LOCK_FILE, PREVIOUS)] if folder.is_dir() else []
+    """What a run left in its folder: everything but the lock, set-aside results and the seed runs (each
+    seed's folder is a run of its own, settled when that seed starts)."""
+    if not folder.is_dir():
+        return []
+    return [p for p in folder.iterdir()
+            if p.name not in (LOCK_FILE, PREVIOUS) and not (p.is_dir() and p.name.startswith(SEED_PREFIX))]  # fmt: skip
 
 
 def _settle_previous(folder: Path, key: str) -> dict[str, Any]:
@@ -407,7 +454,8 @@ def _on_signals(run: Run) -> Callable[[], None] | None:
     return restore
 
 
-def start_run(cfg: RunConfig, stage: str, hardware_tag: str = "", seed: int | None = None) -> Run:
+def start_run(cfg: RunConfig, stage: str, hardware_tag: str = "", seed: int | None = None, *,
+              per_seed: bool = False) -> Run:  # fmt: skip
     """Open the stage's run folder: lock it, settle what the previous run left, write ``config.yaml`` and a
     ``running`` manifest, seed if asked.
 
@@ -422,24 +470,29 @@ def start_run(cfg: RunConfig, stage: str, hardware_tag: str = "", seed: int | No
             machine's :func:`~fasterseg_core.machine.hardware_tag`.
         seed: seeds every generator (:func:`~fasterseg_core.machine.seed_everything`) and is recorded;
             ``None`` seeds nothing.
+        per_seed: the run of one seed of a seeded stage, into ``<stage>/seed-<seed>/``.
 
     Raises:
         RunLocked: another process is running this stage into the same folder.
     """
     get_stage(stage)
+    if per_seed and (seed is None or not STAGES[stage].seeded):
+        raise ValueError(f"a per-seed run needs a seeded stage and a seed, got {stage} with seed {seed}")
     device = resolve_device(cfg.device)
-    folder = stage_dir(cfg, stage)
+    folder_seed = seed if per_seed else None
+    folder = stage_dir(cfg, stage, folder_seed)
     if (earlier := _OPEN_RUNS.pop(folder.resolve(), None)) is not None:
         earlier.fail("stopped: a new run of the stage started in the same process (the earlier one raised)")
     fd = _lock(folder, stage)
     try:
-        key = resume_key(cfg, stage)
+        key = resume_key(cfg, stage, folder_seed)
         found = _settle_previous(folder, key)
-        if message := _describe(stage, found):
+        if message := _describe(stage if folder_seed is None else f"{stage} seed {seed}", found):
             print(message, flush=True)
         dump_config(cfg, folder / "config.yaml")
         manifest = {
-            "stage": stage, "profile": cfg.profile, "status": "running", "identity": stage_identity(cfg, stage),
+            "stage": stage, "profile": cfg.profile, "status": "running",
+            "identity": stage_identity(cfg, stage, seed=folder_seed),
             "resume_key": key, "hardware": resolve_hardware_tag(cfg, hardware_tag), "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
             "seed": seed, "git": git_state(), "versions": package_versions(), "pid": os.getpid(),

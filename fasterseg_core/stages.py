@@ -14,7 +14,7 @@ tables and figures. The stages themselves are listed once, in :data:`fasterseg_c
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from .config import RunConfig, resolve_path
 from .data import build_dataset
 from .distributed import init_distributed, local_device
 from .engine import TrainResult, evaluate, fit, training_loss
+from .evidence import summarize
 from .latency.cache import search_latency_table
 from .latency.suite import LatencyRecord, candidate_networks, load_records, measure_suite, real_images
 from .metrics import SCORE_KEYS, ConfusionMatrix
@@ -38,9 +39,20 @@ from .models import (
     published_architecture,
 )
 from .predictions import save_colour_predictions
-from .runs import Run, architecture_source, get_stage, resume_key, upstream_path
+from .runs import (
+    Run,
+    architecture_source,
+    get_stage,
+    is_complete,
+    resume_key,
+    stage_dir,
+    stage_seeds,
+    start_run,
+    teacher_seed,
+    upstream_path,
+)
 from .search import SearchResult, search
-from .storage import save_json
+from .storage import load_json, save_json
 
 __all__ = ["StageInputMissing", "TrainStageResult", "run_latency", "run_search", "run_training", "scores_table"]
 
@@ -63,14 +75,37 @@ def run_search(cfg: RunConfig, run: Run, *, progress: bool = True) -> SearchResu
 
 # ---- 02_teacher, 03_distill, 04_student -------------------------------------------------------------
 @dataclass
+class SeedResult:
+    """One seed's run of a training stage: its ``metrics.json``, ``history.csv`` and ``per_class_iou.csv``."""
+
+    seed: int
+    metrics: dict[str, Any]
+    history: pd.DataFrame
+    per_class: pd.DataFrame
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass
 class TrainStageResult:
-    """What a training stage's notebook shows."""
+    """What a training stage's notebook shows: every seed's run and their aggregate.
+
+    Attributes:
+        metrics: the stage's ``metrics.json``: ``seeds``, ``per_seed`` (seed → that run's metrics) and
+            ``summary`` (split → checkpoint → score → n, mean, sd and 95 % Student-t interval over the seeds).
+        history: every seed's ``history.csv`` with a ``seed`` column.
+        per_class: every seed's per-class IoU with a ``seed`` column.
+        seeds: seed → :class:`SeedResult`.
+    """
 
     metrics: dict[str, Any]
     history: pd.DataFrame
     per_class: pd.DataFrame
-    train: TrainResult
-    files: dict[str, Path] = field(default_factory=dict)
+    seeds: dict[int, SeedResult]
+
+    @property
+    def files(self) -> dict[str, Path]:
+        """The first seed's artifacts (its coloured predictions are the ones the notebook shows)."""
+        return next(iter(self.seeds.values())).files
 
 
 def stage_architecture(cfg: RunConfig, role: str) -> tuple[Architecture, str]:
@@ -87,9 +122,10 @@ def stage_architecture(cfg: RunConfig, role: str) -> tuple[Architecture, str]:
         ) from e
 
 
-def load_teacher(cfg: RunConfig, num_classes: int) -> tuple[nn.Module, str]:
-    """The teacher of ``03_distill`` (CPU, eval mode) and a description of its source: this run's
-    ``02_teacher`` best checkpoint, or ``distill.teacher_checkpoint`` (ours, or the authors' ``weights0.pt``)."""
+def load_teacher(cfg: RunConfig, num_classes: int, seed: int) -> tuple[nn.Module, str]:
+    """The teacher of ``03_distill``'s run of ``seed`` (CPU, eval mode) and a description of its source: the
+    ``02_teacher`` best checkpoint of its teacher seed (:func:`~fasterseg_core.runs.teacher_seed`), or
+    ``distill.teacher_checkpoint`` (ours, or the authors' ``weights0.pt``)."""
     if cfg.distill.teacher_checkpoint:
         path = resolve_path(cfg.distill.teacher_checkpoint)
         if not path.exists():
@@ -101,8 +137,9 @@ def load_teacher(cfg: RunConfig, num_classes: int) -> tuple[nn.Module, str]:
         except ValueError:  # … or the authors' plain state dict of the published teacher (weights0.pt)
             net, _ = load_checkpoint_model(path, "teacher", num_classes, official=True)
         return net.eval(), str(path)
+    t_seed = teacher_seed(cfg, seed)
     try:
-        path = upstream_path(cfg, "02_teacher", "checkpoints", "best.pt")
+        path = upstream_path(cfg, "02_teacher", "checkpoints", "best.pt", seed=t_seed)
     except FileNotFoundError as e:
         raise StageInputMissing(
             f"03_distill needs a trained teacher: {e}. Run notebooks/02_teacher.ipynb first (make report "
@@ -110,22 +147,76 @@ def load_teacher(cfg: RunConfig, num_classes: int) -> tuple[nn.Module, str]:
             "released weights0.pt (Cityscapes, 19 classes)"
         ) from e
     net, _ = load_checkpoint_model(path, None, num_classes)
-    return net.eval(), "02_teacher best"
+    return net.eval(), f"02_teacher seed {t_seed} best"
 
 
 def run_training(cfg: RunConfig, run: Run, *, progress: bool = True) -> TrainStageResult:
-    """Train the stage ``run.stage``, then evaluate its best and last checkpoints on val and test and write
-    every artifact into ``run.dir``.
-
-    Resumes from ``checkpoints/last.pt`` when it was trained from the same data, recipe and architecture.
-    Under ``torchrun`` every rank trains; rank 0 evaluates and writes.
+    """Stage ``02_teacher``, ``03_distill`` or ``04_student``: one run per seed of the stage
+    (:func:`~fasterseg_core.runs.stage_seeds`), each into ``<stage>/seed-<s>/`` (a seed already complete for
+    this config is reused, e.g. one a cluster sweep trained), then the aggregate over the seeds.
 
     Returns:
-        A :class:`TrainStageResult` (rank 0; other ranks get the training history only).
+        A :class:`TrainStageResult`; ``run.finish(result.metrics)`` is the notebook's.
     """
     stage = get_stage(run.stage)
-    if stage.section is None:
-        raise ValueError(f"{run.stage!r} is not a training stage")
+    seeds: dict[int, SeedResult] = {}
+    for seed in stage_seeds(cfg, stage.name):
+        if is_complete(cfg, stage.name, any_hardware=True, seed=seed):
+            seeds[seed] = load_seed_result(cfg, stage.name, seed)
+            print(f"{stage.name} seed {seed}: complete for this config, reused", flush=True)
+            continue
+        seed_run = start_run(cfg, stage.name, run.hardware, seed=seed, per_seed=True)
+        try:
+            seeds[seed] = train_seed(cfg, seed_run, progress=progress)
+        except Exception as e:
+            seed_run.fail(f"{type(e).__name__}: {e}")
+            raise
+        seed_run.finish(seeds[seed].metrics)
+    return aggregate_seeds(stage.name, seeds)
+
+
+def load_seed_result(cfg: RunConfig, stage: str, seed: int) -> SeedResult:
+    """A finished seed run of a training stage, read back from its folder."""
+    folder = stage_dir(cfg, stage, seed)
+    files = {"history": folder / "history.csv", "per_class": folder / "per_class_iou.csv",
+             "predictions": folder / "predictions"}  # fmt: skip
+    return SeedResult(seed, load_json(folder / "metrics.json"), pd.read_csv(files["history"]),
+                      pd.read_csv(files["per_class"]), files)  # fmt: skip
+
+
+def aggregate_seeds(stage: str, seeds: dict[int, SeedResult]) -> TrainStageResult:
+    """The stage's metrics over its seeds: every seed's metrics, and per split, checkpoint and score the
+    n, mean, sd and 95 % Student-t interval (:func:`fasterseg_core.evidence.summarize`)."""
+    summary: dict[str, Any] = {}
+    first = next(iter(seeds.values())).metrics
+    for split in ("val", "test"):
+        for which in first.get(split, {}):
+            for key in SCORE_KEYS:
+                values = [r.metrics[split][which][key] for r in seeds.values()]
+                if all(v is not None for v in values):
+                    summary.setdefault(split, {}).setdefault(which, {})[key] = asdict(summarize(values))
+    common = {k: first[k] for k in ("role", "distilled", "arch_source", "num_classes", "class_names", "dataset",
+                                    "epochs", "iters_per_epoch", "batch_size", "crop_hw", "params")}  # fmt: skip
+    metrics = {"stage": stage, **common, "seeds": list(seeds), "per_seed": {s: r.metrics for s, r in seeds.items()},
+               "summary": summary}  # fmt: skip
+    history = pd.concat([r.history.assign(seed=s) for s, r in seeds.items()], ignore_index=True)
+    per_class = pd.concat([r.per_class.assign(seed=s) for s, r in seeds.items()], ignore_index=True)
+    return TrainStageResult(metrics, history, per_class, seeds)
+
+
+def train_seed(cfg: RunConfig, run: Run, *, progress: bool = True) -> SeedResult:
+    """Train one seed of the stage ``run.stage`` into its run folder (``<stage>/seed-<s>/``), then evaluate
+    its best and last checkpoints on val and test and write every artifact there.
+
+    The seed sets the initial weights, the data order and the augmentation (§9.2), so the distilled and the
+    scratch student of one seed differ only by the teacher. Resumes from ``checkpoints/last.pt`` when it was
+    trained from the same settings. Under ``torchrun`` every rank trains; rank 0 evaluates and writes.
+
+    Returns:
+        A :class:`SeedResult` (rank 0; other ranks get the history only).
+    """
+    stage = get_stage(run.stage)
+    seed = int(run.manifest.get("seed", cfg.seeds[0]))
     spec = getattr(cfg, stage.section)
     info = init_distributed(run.device)
     device = local_device(run.device, info)
@@ -135,17 +226,16 @@ def run_training(cfg: RunConfig, run: Run, *, progress: bool = True) -> TrainSta
     arch, arch_source = stage_architecture(cfg, stage.role)
     teacher, teacher_source = None, ""
     if stage.section == "distill":  # loaded before the student is seeded: building it draws random numbers
-        teacher, teacher_source = load_teacher(cfg, num_classes)
+        teacher, teacher_source = load_teacher(cfg, num_classes, seed)
     loss_fn = training_loss(spec, teacher, device, info.world)
-    torch.manual_seed(spec.seed)  # §9.2 seed: the same initial weights on every rank and every rerun
+    torch.manual_seed(seed)  # §9.2 seed: the same initial weights on every rank and every rerun
     net = build_network(arch, num_classes)
     init_weights_(net)  # §7.3
     if info.main:
         arch.to_json(run.path("arch.json"))
     extra = {"arch": arch.to_dict(), "num_classes": num_classes, "role": stage.role}
-    key = resume_key(cfg, stage.name)
-    result = fit(spec, net, loss_fn, train_set, val_set, device, run.dir, key=key, extra_state=extra,
-                 num_workers=cfg.data.num_workers, progress=progress)  # fmt: skip
+    result = fit(spec, net, loss_fn, train_set, val_set, device, run.dir, seed=seed, extra_state=extra,
+                 key=resume_key(cfg, stage.name, seed), num_workers=cfg.data.num_workers, progress=progress)  # fmt: skip
     history = pd.DataFrame(result.history)
     splits = {"val": val_set}
     if cfg.data.dataset != "cityscapes":  # Cityscapes test labels are withheld (server evaluation)
@@ -155,7 +245,7 @@ def run_training(cfg: RunConfig, run: Run, *, progress: bool = True) -> TrainSta
     scores, per_class = _score_checkpoints(run, result, arch, splits, device, spec.eval_flip, progress,
                                            files if info.main else None)  # fmt: skip
     if not info.main:
-        return TrainStageResult({}, history, per_class, result)
+        return SeedResult(seed, {}, history, per_class)
     files["history"] = run.path("history.csv")
     history.to_csv(files["history"], index=False)
     files["per_class"] = run.path("per_class_iou.csv")
@@ -177,7 +267,7 @@ def run_training(cfg: RunConfig, run: Run, *, progress: bool = True) -> TrainSta
         **({"teacher_source": teacher_source} if teacher_source else {}),
     }  # fmt: skip
     save_json(metrics, run.path("metrics.json"))
-    return TrainStageResult(metrics, history, per_class, result, files)
+    return SeedResult(seed, metrics, history, per_class, files)
 
 
 def _score_checkpoints(run: Run, result: TrainResult, arch: Architecture, splits: dict[str, Any],
@@ -228,13 +318,23 @@ def _strip_iou(scores: dict[str, Any]) -> dict[str, Any]:
 
 
 def scores_table(metrics: dict[str, Any]) -> pd.DataFrame:
-    """One row per (split, checkpoint) of a stage's ``metrics.json``: epoch and the four scores in %."""
+    """One row per (split, checkpoint, seed) of a training stage's ``metrics.json`` and one "mean" row per
+    (split, checkpoint) over the seeds: epoch and the four scores in %, the mean rows with their 95 %
+    Student-t interval (``low``/``high``, mIoU)."""
     rows = []
-    for split in ("val", "test"):
-        for which, s in metrics.get(split, {}).items():
-            rows.append({"split": split, "checkpoint": which, "epoch": s["epoch"]}
-                        | {k: None if s[k] is None else 100 * s[k] for k in SCORE_KEYS})  # fmt: skip
-    return pd.DataFrame(rows).set_index(["split", "checkpoint"]).round(2)
+    for seed, m in metrics["per_seed"].items():
+        for split in ("val", "test"):
+            for which, sc in m.get(split, {}).items():
+                rows.append({"split": split, "checkpoint": which, "seed": str(seed), "epoch": sc["epoch"]}
+                            | {k: None if sc[k] is None else 100 * sc[k] for k in SCORE_KEYS})  # fmt: skip
+    for split, by in metrics.get("summary", {}).items():
+        for which, keys in by.items():
+            miou = keys.get("miou", {})
+            rows.append({"split": split, "checkpoint": which, "seed": f"mean of {miou.get('n')}"}
+                        | {k: 100 * v["mean"] for k, v in keys.items()}
+                        | {"mIoU low": 100 * miou.get("ci_low", float("nan")),
+                           "mIoU high": 100 * miou.get("ci_high", float("nan"))})  # fmt: skip
+    return pd.DataFrame(rows).set_index(["split", "checkpoint", "seed"]).sort_index().round(2)
 
 
 # ---- 05_latency ------------------------------------------------------------------------------------
@@ -271,8 +371,9 @@ def run_latency(cfg: RunConfig, run: Run, *, progress: bool = True) -> LatencySt
             if c.arch is None:
                 continue
             try:
-                upstream_path(cfg, stage, "checkpoints", "best.pt")  # complete, same config
-                net, info = load_stage_model(cfg, stage, "best")
+                first = stage_seeds(cfg, stage)[0]  # the first seed's weights stand for the network
+                upstream_path(cfg, stage, "checkpoints", "best.pt", seed=first)  # complete, same config
+                net, info = load_stage_model(cfg, stage, "best", seed=first)
             except (FileNotFoundError, ValueError):
                 continue
             if info["arch"] == c.arch.to_dict() and info["num_classes"] == val.num_classes:

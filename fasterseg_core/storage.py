@@ -59,6 +59,17 @@ def save_json(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
+def save_text(text: str, path: str | os.PathLike) -> Path:
+    """Write a text file (UTF-8) atomically."""
+    path, tmp = _atomic_target(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def load_json(path: str | os.PathLike) -> Any:
     """Read a JSON file written by :func:`save_json`."""
     return json.loads(Path(path).read_text())

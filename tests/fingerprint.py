@@ -35,6 +35,8 @@ FILES = {
     "04_student": ("metrics.json", "history.csv", "per_class_iou.csv", "arch.json"),
     "06_analysis": ("metrics.json",),
 }
+# The training stages' results of the first seed (12345, the paper's) live in its run folder.
+SEED_DIRS = {stage: f"{stage}/seed-12345" for stage in ("02_teacher", "03_distill", "04_student")}
 # 05_latency is all timing; 06_analysis counts its rows (stable), and every stage's manifest holds times.
 _TIMING_KEYS = {"throughput", "record", "train_images_per_s", "images_per_s", "latency_rows"}
 
@@ -64,12 +66,13 @@ def fingerprint(profile_dir: str | Path, stage_dirs: dict[str, str] | None = Non
 
     Args:
         profile_dir: ``<output_root>/<profile>``.
-        stage_dirs: stage → folder relative to ``profile_dir`` where it is not the stage's name.
+        stage_dirs: stage → folder relative to ``profile_dir`` where it is not the stage's name (default: the
+            training stages' first-seed folders, :data:`SEED_DIRS`).
     """
     root = Path(profile_dir)
     out = {}
     for stage, names in FILES.items():
-        folder = root / (stage_dirs or {}).get(stage, stage)
+        folder = root / (SEED_DIRS if stage_dirs is None else stage_dirs).get(stage, stage)
         for name in names:
             out[f"{stage}/{name}"] = _read(folder / name)
     return out

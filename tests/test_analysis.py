@@ -1,140 +1,87 @@
-"""The analysis reads what the stages wrote: tiny artifact folders written here in the documented formats
-(``fasterseg_core.stages`` / ``runs`` / ``latency.suite``), plus the published reference JSON files
-(skipped when ``../shared`` is absent)."""
+"""The analysis reads what the stages wrote: tiny artifact folders written here in the documented layout
+(per-seed runs ``<stage>/seed-<s>/`` aggregated by ``fasterseg_core.stages``; ``runs``; ``latency.suite``)
+and the published numbers the package carries."""
 
 from __future__ import annotations
 
 import json
 import math
-import re
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REFERENCE
 
 from fasterseg_core import analysis
 from fasterseg_core.config import load_config
 from fasterseg_core.models.published import published_architecture
 from fasterseg_core.runs import stage_identity
+from fasterseg_core.stages import aggregate_seeds, load_seed_result
 from fasterseg_core.storage import save_json
 
 CLASSES = ["sky", "building", "pole", "road", "car"]
+SEEDS = (12345, 12346)
 
 
-def _manifest(cfg, stage: str, status: str = "complete", key: str | None = None) -> dict:
+def _manifest(cfg, stage: str, status: str = "complete", key: str | None = None, seed: int | None = None) -> dict:
     return {
-        "stage": stage,
-        "profile": cfg.profile,
-        "status": status,
-        "identity": key or stage_identity(cfg, stage),
-        "hardware": "cpu-test",
-        "device": "cpu",
-        "device_name": "x86_64",
-        "seed": 12345,
-        "git": {"sha": "0123456789abcdef", "dirty": False},
-        "versions": {"python": "3.11.7", "torch": "2.14.1"},
-        "started_at": "2026-01-01T00:00:00+00:00",
-        "finished_at": "2026-01-01T00:01:00+00:00",
-        "seconds": 60.0,
-    }
+        "stage": stage, "profile": cfg.profile, "status": status,
+        "identity": key or stage_identity(cfg, stage, seed=seed), "hardware": "cpu-test", "device": "cpu",
+        "device_name": "x86_64", "seed": seed, "git": {"sha": "0123456789abcdef", "dirty": False},
+        "versions": {"python": "3.11.7", "torch": "2.14.1"}, "started_at": "2026-01-01T00:00:00+00:00",
+        "finished_at": "2026-01-01T00:01:00+00:00", "seconds": 60.0,
+    }  # fmt: skip
 
 
 def _scores(miou: float, iou: list[float | None]) -> dict:
     return {"miou": miou, "miou_no_back": miou - 0.01, "pixel_acc": 0.9, "mean_class_acc": miou, "iou": iou}
 
 
-def write_training_stage(cfg, stage: str, iou: list[float | None], arch_source: str = "published") -> None:
-    """A finished training stage as ``fasterseg_core.stages.run_training`` leaves it."""
-    folder = cfg.output_dir / stage
-    role = "teacher" if stage == "02_teacher" else "student"
-    best, last = _scores(0.5, iou), _scores(0.45, [None if v is None else v - 0.05 for v in iou])
-    metrics = {
-        "stage": stage,
-        "role": role,
-        "distilled": stage == "03_distill",
-        "arch_source": arch_source,
-        "num_classes": len(CLASSES),
-        "class_names": CLASSES,
-        "dataset": "camvid",
-        "epochs": 4,
-        "iters_per_epoch": 10,
-        "batch_size": 2,
-        "crop_hw": [64, 128],
-        "params": 1000,
-        "seconds_total": 40.0,
-        "seconds_per_epoch": 8.0,
-        "images_per_s": 2.5,
-        "best": {"epoch": 3, "val": {k: v for k, v in best.items() if k != "iou"}},
-        "last": {"epoch": 4, "val": {k: v for k, v in last.items() if k != "iou"}},
-        "val": {"best": best | {"epoch": 3}, "last": last | {"epoch": 4}},
-        "test": {"best": best | {"epoch": 3}, "last": last | {"epoch": 4}},
-    }
-    save_json(metrics, folder / "metrics.json")
-    save_json(_manifest(cfg, stage), folder / "manifest.json")
-    pd.DataFrame(
-        {
-            "epoch": [1, 2, 3, 4],
-            "iters": [10, 20, 30, 40],
-            "loss": [2.0, 1.5, 1.2, 1.1],
-            "seed_loss": 1.0,
-            "kd_loss": np.nan,
-            "lr": 0.01,
-            "seconds": 8.0,
-            "train_miou": [0.1, 0.2, 0.3, 0.35],
-            "val_miou": [0.2, np.nan, 0.5, 0.45],
-            "val_miou_no_back": np.nan,
-            "val_pixel_acc": np.nan,
-        }
-    ).to_csv(folder / "history.csv", index=False)
-    rows = [
-        {"split": split, "checkpoint": which, "class": c, "iou": v}
-        for split in ("val", "test")
-        for which, s in (("best", best), ("last", last))
-        for c, v in zip(CLASSES, s["iou"])
-    ]
-    pd.DataFrame(rows).to_csv(folder / "per_class_iou.csv", index=False)
+def write_training_stage(cfg, stage: str, iou: list[float | None], arch_source: str = "published",
+                         seeds: tuple[int, ...] = SEEDS, shift: float = 0.02) -> None:  # fmt: skip
+    """A finished training stage as ``stages.run_training`` leaves it: one run per seed (seed k's scores
+    ``k · shift`` lower), then the stage's aggregate."""
+    results = {}
+    for k, seed in enumerate(seeds):
+        folder = cfg.output_dir / stage / f"seed-{seed}"
+        d = k * shift
+        ious = [None if v is None else v - d for v in iou]
+        best, last = _scores(0.5 - d, ious), _scores(0.45 - d, [None if v is None else v - 0.05 for v in ious])
+        metrics = {
+            "stage": stage, "role": "teacher" if stage == "02_teacher" else "student",
+            "distilled": stage == "03_distill", "arch_source": arch_source, "num_classes": len(CLASSES),
+            "class_names": CLASSES, "dataset": "camvid", "epochs": 4, "iters_per_epoch": 10, "batch_size": 2,
+            "crop_hw": [64, 128], "params": 1000, "seconds_total": 40.0, "seconds_per_epoch": 8.0,
+            "images_per_s": 2.5, "best": {"epoch": 3, "val": {k: v for k, v in best.items() if k != "iou"}},
+            "last": {"epoch": 4, "val": {k: v for k, v in last.items() if k != "iou"}},
+            "val": {"best": best | {"epoch": 3}, "last": last | {"epoch": 4}},
+            "test": {"best": best | {"epoch": 3}, "last": last | {"epoch": 4}},
+        }  # fmt: skip
+        save_json(metrics, folder / "metrics.json")
+        save_json(_manifest(cfg, stage, seed=seed), folder / "manifest.json")
+        pd.DataFrame({"epoch": [1, 2, 3, 4], "iters": [10, 20, 30, 40], "loss": [2.0, 1.5, 1.2, 1.1],
+                      "kd_loss": np.nan, "lr": 0.01, "seconds": 8.0, "train_miou": [0.1, 0.2, 0.3, 0.35],
+                      "val_miou": [0.2, np.nan, 0.5 - d, 0.45 - d], "val_miou_no_back": np.nan,
+                      "val_pixel_acc": np.nan}).to_csv(folder / "history.csv", index=False)  # fmt: skip
+        rows = [{"split": split, "checkpoint": which, "class": c, "iou": v} for split in ("val", "test")
+                for which, s in (("best", best), ("last", last)) for c, v in zip(CLASSES, s["iou"])]  # fmt: skip
+        pd.DataFrame(rows).to_csv(folder / "per_class_iou.csv", index=False)
+        results[seed] = load_seed_result(cfg, stage, seed)
+    save_json(aggregate_seeds(stage, results).metrics, cfg.output_dir / stage / "metrics.json")
+    save_json(_manifest(cfg, stage), cfg.output_dir / stage / "manifest.json")
 
 
 def write_latency(cfg, tag: str = "cpu-test") -> None:
     """One machine's ``latency/<tag>.json`` (``LatencyRecord.save``) with FasterSeg networks and a peer."""
     rows = []
-    for net, ms in (
-        ("published teacher", 40.0),
-        ("published student", 10.0),
-        ("lraspp_mobilenet_v3_large", 12.0),
-    ):
+    for net, ms in (("published teacher", 40.0), ("published student", 10.0), ("lraspp_mobilenet_v3_large", 12.0)):
         for backend, factor in (("eager", 1.0), ("ort", 0.8)):
-            rows.append(
-                {
-                    "hardware_tag": tag,
-                    "network": net,
-                    "source": "",
-                    "backend": backend,
-                    "status": "ok",
-                    "input_hw": "128x256",
-                    "median_ms": ms * factor,
-                    "fps": 1000 / (ms * factor),
-                    "reason": "",
-                    "params_M": 4.4,
-                    "thop_GMACs": 0.5,
-                    "thop_GMACs_1024x2048": 28.0,
-                }
-            )
-    rows.append(
-        rows[0]
-        | {
-            "backend": "tensorrt",
-            "status": "unavailable",
-            "median_ms": None,
-            "fps": None,
-            "reason": "no TensorRT",
-        }
-    )
+            rows.append({"hardware_tag": tag, "network": net, "source": "", "backend": backend, "status": "ok",
+                         "input_hw": "128x256", "median_ms": ms * factor, "fps": 1000 / (ms * factor), "reason": "",
+                         "params_M": 4.41, "thop_GMACs": 0.5, "thop_GMACs_1024x2048": 27.9})  # fmt: skip
+    rows.append(rows[0] | {"backend": "tensorrt", "status": "unavailable", "median_ms": None, "fps": None,
+                           "reason": "no TensorRT"})  # fmt: skip
     env = {"device": "cpu", "cpu_model": "Test CPU", "cpu_count": 2, "torch_threads": 1, "torch_version": "2"}
-    save_json(
-        {"hardware_tag": tag, "environment": env, "rows": rows}, cfg.output_dir / "latency" / f"{tag}.json"
-    )
+    save_json({"hardware_tag": tag, "environment": env, "rows": rows}, cfg.output_dir / "latency" / f"{tag}.json")
 
 
 def write_search(cfg) -> None:
@@ -143,18 +90,9 @@ def write_search(cfg) -> None:
     folder.mkdir(parents=True)
     for role in ("teacher", "student"):
         published_architecture(role).to_json(folder / f"arch_{role}.json")
-    history = [
-        {
-            "phase": "search",
-            "epoch": e,
-            "student_latency_ms": 5.0 - e,
-            "student_latency02_ms": 5.5 - e,
-            "student_latency12_ms": 4.8 - e,
-            "lambda": 0.01 * 2 ** (e - 1),
-            "lambda_next": 0.01 * 2**e,
-        }
-        for e in (1, 2)
-    ]
+    history = [{"phase": "search", "epoch": e, "student_latency_ms": 5.0 - e, "student_latency02_ms": 5.5 - e,
+                "student_latency12_ms": 4.8 - e, "lambda": 0.01 * 2 ** (e - 1), "lambda_next": 0.01 * 2**e}
+               for e in (1, 2)]  # fmt: skip
     rng = np.random.default_rng(0)
 
     def tensors(k: int) -> dict:
@@ -162,37 +100,34 @@ def write_search(cfg) -> None:
         names += [f"ratio_{k}_{s}" for s in range(3)]
         return {n: rng.normal(size=(3, 2 if n.startswith("beta") else 5)).tolist() for n in names}
 
-    arch_history = [{"epoch": e, "teacher": tensors(0), "student": tensors(1)} for e in (0, 1, 2)]
     save_json(history, folder / "history.json")
-    save_json(arch_history, folder / "arch_history.json")
+    save_json([{"epoch": e, "teacher": tensors(0), "student": tensors(1)} for e in (0, 1, 2)],
+              folder / "arch_history.json")  # fmt: skip
     role_metrics = {"latency_ms": 3.0, "fps": 333.3, "arch_max_shift": 0.01}
-    save_json(
-        {
-            "latency_table": {"hardware_tag": "cpu-test", "backend": "eager", "input_hw": [128, 256]},
-            "target_fps": [300.0, 340.0],
-            "lambda_final": 0.04,
-            "arch_steps": 2,
-            "student_in_window": True,
-            "teacher": role_metrics,
-            "student": role_metrics,
-        },
-        folder / "metrics.json",
-    )
+    save_json({"latency_table": {"hardware_tag": "cpu-test", "backend": "eager", "input_hw": [128, 256]},
+               "target_fps": [300.0, 340.0], "lambda_final": 0.04, "arch_steps": 2, "student_in_window": True,
+               "published_student_ms": 3.1, "teacher": role_metrics, "student": role_metrics},
+              folder / "metrics.json")  # fmt: skip
     save_json(_manifest(cfg, "01_search"), folder / "manifest.json")
 
 
 @pytest.fixture
 def cfg(tmp_path):
-    return load_config("smoke", {"output_root": str(tmp_path / "out")})
+    return load_config("smoke", {"output_root": str(tmp_path / "out"), "model.arch_source": "published"})
+
+
+@pytest.fixture
+def pub():
+    return analysis.load_published()
 
 
 @pytest.fixture
 def full(cfg):
-    """Every upstream stage done: search, three training stages, latency, data."""
+    """Every upstream stage done: search, three training stages (two seeds; one shared teacher), latency, data."""
     write_search(cfg)
-    write_training_stage(cfg, "02_teacher", [0.9, 0.6, None, 0.8, 0.2])
+    write_training_stage(cfg, "02_teacher", [0.9, 0.6, None, 0.8, 0.2], seeds=SEEDS[:1])
     write_training_stage(cfg, "03_distill", [0.85, 0.5, None, 0.7, 0.3])
-    write_training_stage(cfg, "04_student", [0.8, 0.55, None, 0.7, 0.1])
+    write_training_stage(cfg, "04_student", [0.8, 0.55, None, 0.7, 0.1], shift=0.01)
     write_latency(cfg)
     save_json({"images": {"train": 32, "val": 8, "test": 8}}, cfg.output_dir / "00_data" / "metrics.json")
     save_json(_manifest(cfg, "00_data"), cfg.output_dir / "00_data" / "manifest.json")
@@ -201,53 +136,38 @@ def full(cfg):
     return cfg
 
 
-NO_REFERENCE = analysis.Published(None, None, REFERENCE.parent / "absent")
-
-
-def _numbers(exhibit: analysis.Exhibit, column: str) -> list[float]:
-    return [v for v in exhibit.table[column] if isinstance(v, (int, float)) and not math.isnan(v)]
-
-
 # ---- reading ------------------------------------------------------------------------------------------
 
 
 def test_stage_status_distinguishes_missing_incomplete_and_other_config(cfg):
-    write_training_stage(cfg, "02_teacher", [0.5] * 5)
+    write_training_stage(cfg, "02_teacher", [0.5] * 5, seeds=SEEDS[:1])
     save_json(_manifest(cfg, "03_distill", status="running"), cfg.output_dir / "03_distill" / "manifest.json")
     write_training_stage(cfg, "04_student", [0.5] * 5)
     save_json(_manifest(cfg, "04_student", key="another"), cfg.output_dir / "04_student" / "manifest.json")
     art = analysis.load_artifacts(cfg)
     status = {k: s.status for k, s in art.stages.items()}
-    assert status == {
-        "00_data": "not run",
-        "01_search": "not run",
-        "02_teacher": "complete",
-        "03_distill": "incomplete",
-        "04_student": "other config",
-        "05_latency": "not run",
-    }
+    assert status == {"00_data": "not run", "01_search": "not run", "02_teacher": "complete",
+                      "03_distill": "incomplete", "04_student": "other config", "05_latency": "not run"}  # fmt: skip
     assert art.trained("02_teacher") and art.trained("04_student") and art.trained("03_distill") is None
+    assert art.seed_values("04_student", "test", "best") == pytest.approx({12345: 0.5, 12346: 0.48})
     assert art.latency.empty and art.pipeline is None
 
 
-def test_nothing_ran_gives_not_run_rows_and_missing_panels_without_errors(cfg):
+def test_nothing_ran_gives_not_run_rows_and_missing_panels_without_errors(cfg, pub):
     art = analysis.load_artifacts(cfg)
-    t1 = analysis.table1(art, NO_REFERENCE)
-    assert list(t1.table.note) == ["02_teacher not run", "03_distill not run", "04_student not run"]
-    assert "Published columns are empty" in t1.caption
-    assert analysis.table2(art, NO_REFERENCE).table.network.tolist() == ["05_latency not run"]
-    for exhibit in (
-        analysis.figure1(art, NO_REFERENCE),
-        analysis.distillation_gain(art, NO_REFERENCE),
-        analysis.accuracy_latency(art),
-        *analysis.search_story(art),
-    ):
+    t1 = analysis.table1(art, pub)
+    ours = t1.table[t1.table.source == "this run"]
+    assert list(ours.note) == ["02_teacher not run", "03_distill not run", "04_student not run"]
+    assert "Published numbers" in t1.caption  # the package carries them: no empty columns
+    assert analysis.table2(art, pub).table.network.tolist()[0] == "05_latency not run"
+    for exhibit in (analysis.figure1(art, pub), analysis.distillation_gain(art, pub), analysis.accuracy_latency(art),
+                    *analysis.search_story(art)):  # fmt: skip
         assert exhibit.missing and not exhibit.png
         assert "Not available" in exhibit.to_html()
-    curves = analysis.training_curves(art, NO_REFERENCE)
-    assert curves.missing
-    compute = analysis.compute_table(art, NO_REFERENCE)
-    assert set(compute.table.status) == {"not run"}
+    compute = analysis.compute_table(art, pub)
+    assert set(compute.table.status[~compute.table.stage.str.startswith("study")]) == {"not run"}
+    entries = analysis.ledger(art, pub)
+    assert {e.verdict for e in entries} == {"not tested"}
     for exhibit in analysis.reproducibility(art):
         exhibit.to_html()
 
@@ -255,50 +175,94 @@ def test_nothing_ran_gives_not_run_rows_and_missing_panels_without_errors(cfg):
 # ---- the exhibits -------------------------------------------------------------------------------------
 
 
-def test_table1_reads_best_and_last_as_percent(full):
-    t1 = analysis.table1(analysis.load_artifacts(full), NO_REFERENCE)
+def test_table1_gives_the_mean_over_seeds_and_its_interval(full, pub):
+    t1 = analysis.table1(analysis.load_artifacts(full), pub)
     rows = t1.table.set_index(["source", "model"])
-    assert len(rows) == 6
+    ours = rows.loc[["this run, best", "this run, last"]]
+    assert len(ours) == 6
     assert rows.loc[("this run, best", "Teacher"), "Validation mIoU (%)"] == pytest.approx(50.0)
-    assert rows.loc[("this run, last", "Distilled student"), "Validation mIoU (%)"] == pytest.approx(45.0)
-    assert rows.loc[("this run, best", "Trained student"), "Mean IU no back (%)"] == pytest.approx(49.0)
-    assert rows.loc[("this run, best", "Teacher"), "at epoch"] == 3
-    html = t1.to_html()
-    assert (
-        'data-exhibit="Table 1"' in html
-        and "<td>50.0</td>" in html
-        and "Table 1. Validation accuracy" in html
-    )
+    assert rows.loc[("this run, best", "Teacher"), "mIoU 95 % CI"] == "n = 1"  # one shared teacher
+    assert rows.loc[("this run, best", "Distilled student"), "Validation mIoU (%)"] == pytest.approx(49.0)
+    # two seeds 50.0 and 48.0: mean 49, sd √2, t(0.975, 1) = 12.706: 49 ± 12.706 · √2 / √2 = 49 ± 12.706
+    assert rows.loc[("this run, best", "Distilled student"), "mIoU 95 % CI"] == "[36.3, 61.7]"
+    assert rows.loc[("this run, last", "Distilled student"), "Validation mIoU (%)"] == pytest.approx(44.0)
+    assert rows.loc[("this run, best", "Trained student"), "seeds"] == 2
+    assert rows.loc[("this run, best", "Teacher"), "at epoch"] == "3"
+    assert rows.loc[("study, 100 epochs", "Teacher"), "Validation mIoU (%)"] == 56.7
+    assert rows.loc[("paper, Table 4", "FasterSeg (student)"), "Validation mIoU (%)"] == 73.1
+    assert 'data-exhibit="Table 1"' in t1.to_html() and "<td>50.0</td>" in t1.to_html()
 
 
-def test_figure1_per_class_iou_and_distillation_gain(full):
+def test_figure1_and_distillation_gain_are_paired_by_seed(full, pub):
     art = analysis.load_artifacts(full)
     frame, split = analysis.per_class_iou(art)
-    assert split == "test" and list(frame.index) == CLASSES
-    assert frame.loc["sky", "Teacher"] == pytest.approx(90.0) and math.isnan(frame.loc["pole", "Teacher"])
-    fig1 = analysis.figure1(art, NO_REFERENCE)
+    assert split == "test" and set(frame["class"]) == set(CLASSES) and set(frame.seed) == set(SEEDS)
+    teacher = frame[(frame.model == "Teacher") & (frame["class"] == "sky")]
+    assert teacher.iou.tolist() == [pytest.approx(90.0)]
+    fig1 = analysis.figure1(art, pub)
     assert fig1.png.startswith(b"\x89PNG") and len(fig1.table) == len(CLASSES)
-    gain = analysis.distillation_gain(art, NO_REFERENCE)
-    by_class = gain.table.set_index("class")["gain (points)"]
-    assert by_class["car"] == pytest.approx(20.0) and by_class["road"] == pytest.approx(0.0)
-    assert math.isnan(by_class["pole"]) and gain.png
+    gain = analysis.distillation_gain(art, pub).table.set_index("class")
+    # car: distilled 30 / 28, trained 10 / 9 → per-seed gains 20 and 19
+    assert gain.loc["car", "mean gain (points)"] == pytest.approx(19.5) and gain.loc["car", "seeds"] == 2
+    assert gain.loc["car", "per seed"] == "+20.0, +19.0"
+    assert "pole" not in gain.index  # absent from every split: no pair
 
 
-def test_table2_keeps_the_trained_networks_on_every_machine_and_backend(full):
-    write_latency(full, "cuda-test")
+def test_claims_ledger_gives_a_verdict_per_claim(full, pub, tmp_path):
     art = analysis.load_artifacts(full)
-    t2 = analysis.table2(art, NO_REFERENCE).table
+    entries = {(e.id, e.metric.split(",")[0]): e for e in analysis.ledger(art, pub)}
+    par_test = entries[("study_trained_on_par_with_distilled", "test mIoU")]
+    # scratch − distilled, test best: 50 − 50 = 0 and 49 − 48 = 1 → mean 0.5, t-interval [−5.85, 6.85]
+    assert par_test.per_seed == pytest.approx({12345: 0.0, 12346: 1.0})
+    assert par_test.verdict == "inconclusive" and par_test.summary["ci_low"] == pytest.approx(0.5 - 12.706 / 2, abs=1e-3)
+    above = entries[("study_distilled_above_teacher_val", "val mIoU")]
+    assert above.per_seed == pytest.approx({12345: 0.0, 12346: -2.0})  # both seeds against the one teacher
+    assert "One teacher serves every seed" in above.note
+    target = entries[("paper_student_meets_latency_target", "searched student's table FPS on this device")]
+    assert target.verdict == "inconclusive" and "n = 1" in target.reason  # one search
+    speed = entries[("paper_student_much_faster_than_teacher", "teacher / student latency")]
+    assert speed.per_seed == {0: 4.0} and speed.verdict == "supported"
+    params = entries[("paper_student_params_flops", "parameters (M)")]
+    flops = entries[("paper_student_params_flops", "GFLOPs at 1024×2048 (thop convention)")]
+    assert params.verdict == "on par" and flops.verdict == "contradicted"  # 27.9 vs 28.2 beyond rounding
+    table = analysis.claims_exhibit(art, list(entries.values()), pub)
+    assert set(table.table.verdict) <= {"supported", "contradicted", "on par", "inconclusive", "not tested"}
+    path = analysis.save_ledger(list(entries.values()), tmp_path)
+    saved = json.loads(path.read_text())
+    assert saved["format"] == "fasterseg-claims/1" and len(saved["claims"]) == len(entries)
+    assert analysis.paired_figure(list(entries.values())).png
+
+
+def test_reproducibility_summary_is_built_from_the_artifacts(full, pub, tmp_path):
+    art = analysis.load_artifacts(full)
+    entries = analysis.ledger(art, pub)
+    summary = analysis.build_summary(art, entries, pub)
+    assert [s["claim"] for s in summary["scope"]] == list(dict.fromkeys(e.claim for e in entries))  # one per claim
+    assert summary["methodology"]["seeds"] == [12345, 12346] and summary["methodology"]["networks"] == ["published"]
+    assert {d["key"] for d in summary["deviations"]} >= {"data.dataset", "seeds"}
+    assert any("inconclusive" in x for x in summary["difficult"])
+    html = analysis.summary_html(summary)
+    for section in ("Scope of reproducibility", "Methodology", "Results", "What was easy", "What was difficult",
+                    "Deviations from the paper"):  # fmt: skip
+        assert f"<h3>{section}</h3>" in html
+    analysis.save_summary(summary, tmp_path)
+    assert (tmp_path / "summary.html").read_text() == html and (tmp_path / "summary.json").exists()
+
+
+def test_table2_keeps_the_trained_networks_on_every_machine_and_backend(full, pub):
+    write_latency(full, "cuda-test")
+    t2 = analysis.table2(analysis.load_artifacts(full), pub).table
     ours = t2[t2.source == "ours"]
     assert set(ours.network) == {"published teacher", "published student"}  # arch_source of the stages
-    assert set(ours.hardware) == {"cpu-test", "cuda-test"} and set(ours.backend) == {
-        "eager",
-        "ort",
-        "tensorrt",
-    }
+    assert set(ours.hardware) == {"cpu-test", "cuda-test"} and set(ours.backend) == {"eager", "ort", "tensorrt"}
     eager = ours[(ours.network == "published student") & (ours.backend == "eager")]
     assert eager.FPS.tolist() == [100.0, 100.0]
     trt = ours[ours.backend == "tensorrt"]
     assert trt.ms.isna().all() and (trt.FPS == "unavailable").all()
+    published = t2.set_index(["source", "network"])
+    assert published.loc[("paper, Table 4", "student")][["params (M)", "GFLOPs", "FPS"]].tolist() == [4.4, 28.2, 163.9]
+    assert published.loc[("study A", "student"), "FPS"] == 96.1
+    assert published.loc[("study B (log)", "teacher"), "FPS"] == pytest.approx(79.24, abs=0.01)
 
 
 def test_accuracy_latency_places_trained_networks_and_peers_apart(full):
@@ -306,132 +270,81 @@ def test_accuracy_latency_places_trained_networks_and_peers_apart(full):
     table = fig.table.set_index("network")
     assert table.loc["lraspp_mobilenet_v3_large", "kind"] == "torchvision peer"
     assert math.isnan(table.loc["lraspp_mobilenet_v3_large", "val mIoU (%)"])
-    trained = fig.table[fig.table.model.notna()]
-    assert set(trained.model) == {"Teacher", "Distilled student", "Trained student"}
-    assert trained.set_index("model").loc["Teacher", "ms"] == 40.0 and fig.png
+    trained = fig.table[fig.table.model.notna()].set_index("model")
+    assert set(trained.index) == {"Teacher", "Distilled student", "Trained student"}
+    assert trained.loc["Teacher", "ms"] == 40.0 and trained.loc["Distilled student", "val mIoU (%)"] == pytest.approx(49.0)
 
 
-def test_training_curves_and_compute_accounting(full):
+def test_training_curves_and_compute_accounting(full, pub):
     art = analysis.load_artifacts(full)
-    assert analysis.training_curves(art, NO_REFERENCE).png
-    table = analysis.compute_table(art, NO_REFERENCE).table.set_index("stage")
+    assert analysis.training_curves(art, pub).png
+    table = analysis.compute_table(art, pub).table.set_index("stage")
     teacher = table.loc["02_teacher"]
     assert teacher["s/iter"] == pytest.approx(0.8)  # 8 s per epoch of 10 iterations
     assert teacher["600k iters (h)"] == pytest.approx(0.8 * 600_000 / 3600)
     scale = 12 * 512 * 1024 / (2 * 64 * 128)  # paper batch × crop over ours, in pixels
     assert teacher["paper batch & crop (h)"] == pytest.approx(0.8 * 600_000 * scale / 3600)
     assert table.loc["00_data", "wall"] == "60 s" and teacher.recipe == "4 × 10 it, batch 2, 64x128"
+    assert table.loc["study 02_teacher", "s/epoch"] == 662.5
 
 
 def test_search_story_and_reproducibility(full):
     art = analysis.load_artifacts(full)
     story = analysis.search_story(art)
-    assert [e.label for e in story] == ["Figure 3a", "Figure 3b", "Figure 3c", "Figure 3d", "Figure 3e"]
-    assert all(e.png for e in story)
+    assert [e.label for e in story] == ["Figure 3a", "Figure 3b", "Figure 3c", "Figure 3d", "Figure 3e", "Table 3f"]
+    assert all(e.png for e in story[:5])
+    compared = story[5].table.set_index("network")
+    assert compared.loc["published student", "measured ms"] == 10.0 and "cannot show" in story[5].caption
     manifest = {e.label: e for e in analysis.reproducibility(art)}
     provenance = manifest["Table 4a"].table.set_index("stage")
-    assert (
-        provenance.loc["02_teacher", "commit"] == "0123456789"
-        and provenance.loc["02_teacher", "seed"] == 12345
-    )
+    assert provenance.loc["02_teacher", "commit"] == "0123456789"
     assert "torch" in set(manifest["Table 4b"].table.package)
     assert manifest["Table 4c"].table["CPU"].tolist() == ["Test CPU"]
     data = manifest["Table 4d"].table
-    assert (
-        data.images.tolist() == [32, 8, 8] and "fixed seed" in data["checksum source"][0]
-    )  # smoke: synthetic
+    assert data.images.tolist() == [32, 8, 8] and "fixed seed" in data["checksum source"][0]  # smoke: synthetic
     config = manifest["Table 4e"].table.set_index("key")
-    assert (
-        config.loc["data.dataset", "this run"] == "synthetic"
-        and config.loc["data.dataset", "paper default"] == "cityscapes"
-    )
+    assert config.loc["data.dataset", "this run"] == "synthetic" and config.loc["data.dataset", "paper default"] == "cityscapes"
 
 
-def test_exhibit_saves_and_renders_in_a_notebook(full, tmp_path):
-    t1 = analysis.table1(analysis.load_artifacts(full), NO_REFERENCE)
+def test_exhibit_saves_and_renders_in_a_notebook(full, pub, tmp_path):
+    t1 = analysis.table1(analysis.load_artifacts(full), pub)
     bundle = t1._repr_mimebundle_()
     assert set(bundle) == {"text/plain", "text/html"} and "Validation accuracy" in bundle["text/plain"]
-    fig = analysis.figure1(analysis.load_artifacts(full), NO_REFERENCE)
+    fig = analysis.figure1(analysis.load_artifacts(full), pub)
     assert "image/png" in fig._repr_mimebundle_()
     paths = [*t1.save(tmp_path / "run"), *fig.save(tmp_path / "run")]
     assert sorted(p.relative_to(tmp_path / "run").as_posix() for p in paths) == [
-        "figures/figure_1.png",
-        "tables/figure_1.csv",
-        "tables/table_1.csv",
-    ]
+        "figures/figure_1.png", "tables/figure_1.csv", "tables/table_1.csv"]  # fmt: skip
     assert len(pd.read_csv(tmp_path / "run" / "tables" / "table_1.csv")) == len(t1.table)
-    summary = analysis.summary(analysis.load_artifacts(full), [t1, fig])
-    assert summary["02_teacher"]["best_val_miou"] == 0.5 and summary["exhibits"] == {
-        "Table 1": "ok",
-        "Figure 1": "ok",
-    }
+    summary = analysis.run_metrics(analysis.load_artifacts(full), [t1, fig])
+    assert summary["02_teacher"]["best_val_miou"] == {"12345": 0.5}
+    assert summary["exhibits"] == {"Table 1": "ok", "Figure 1": "ok"}
     json.dumps(summary)
 
 
-# ---- the published numbers ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def published():
-    pub = analysis.load_published()
-    if pub.study is None or pub.paper is None:
-        pytest.skip(f"reference data {REFERENCE} not available")
-    return pub
-
-
-def test_published_columns_hold_the_study_and_the_paper(full, published):
-    art = analysis.load_artifacts(full)
-    t1 = analysis.table1(art, published).table.set_index(["source", "model"])
-    assert t1.loc[("study, 100 epochs", "Teacher"), "Validation mIoU (%)"] == 56.7
-    assert t1.loc[("study, 300 epochs", "Trained Student"), "Mean pixel acc (%)"] == 94.8
-    assert t1.loc[("paper, Table 4", "FasterSeg (student)"), "Validation mIoU (%)"] == 73.1
-    t2 = analysis.table2(art, published).table.set_index(["source", "network"])
-    assert t2.loc[("paper", "student")][["params (M)", "GFLOPs", "FPS"]].tolist() == [
-        4.4,
-        28.2,
-        163.9,
-    ]
-    assert t2.loc[("study A", "student"), "FPS"] == 96.1
-    assert t2.loc[("study B", "student"), "FPS"] == 195.9
-    assert t2.loc[("study B (log)", "teacher"), "FPS"] == pytest.approx(79.24, abs=0.01)
-    assert "Published numbers" in analysis.table1(art, published).caption
-
-
-def test_study_test_iou_matches_our_cityscapes_class_names(published):
+def test_figure1_on_cityscapes_adds_the_study_submissions_and_the_paper(tmp_path, pub):
     from fasterseg_core.data.labels import CITYSCAPES
 
-    study = analysis.study_test_iou(published)
-    assert study.shape == (19, 4)
-    keys = [re.sub(r"[^a-z0-9]", "", n.lower()) for n in CITYSCAPES.class_names]
-    assert study.reindex(keys).notna().all().all(), "every Cityscapes class must find the study's IoU"
-    assert study.loc["road", "FasterSeg Student (pretrained weights)"] == 97.8054
-
-
-def test_training_curves_and_compute_include_the_study(full, published):
-    art = analysis.load_artifacts(full)
-    assert analysis.training_curves(art, published).png
-    compute = analysis.compute_table(art, published).table.set_index("stage")
-    assert compute.loc["study 02_teacher", "s/epoch"] == 662.5
-    assert compute.loc["study 02_teacher", "600k iters (h)"] == pytest.approx(662.5 * 600 / 3600)
-
-
-def test_figure1_on_cityscapes_adds_the_study_submissions_and_the_paper(tmp_path, published):
-    from fasterseg_core.data.labels import CITYSCAPES
-
-    cfg = load_config("smoke", {"output_root": str(tmp_path / "out")})
-    names = list(CITYSCAPES.class_names)
-    write_training_stage(cfg, "04_student", [0.5] * len(names))
-    metrics = json.loads((cfg.output_dir / "04_student" / "metrics.json").read_text())
-    metrics.update(dataset="cityscapes", class_names=names, num_classes=len(names))
-    metrics.pop("test")  # Cityscapes test labels are withheld
-    save_json(metrics, cfg.output_dir / "04_student" / "metrics.json")
-    (cfg.output_dir / "04_student" / "per_class_iou.csv").unlink()
-    fig = analysis.figure1(analysis.load_artifacts(cfg), published)
+    cfg = load_config("smoke", {"output_root": str(tmp_path / "out"), "model.arch_source": "published"})
+    global CLASSES
+    saved, CLASSES = CLASSES, list(CITYSCAPES.class_names)
+    try:
+        write_training_stage(cfg, "04_student", [0.5] * len(CLASSES), seeds=SEEDS[:1])
+    finally:
+        CLASSES = saved
+    for folder in (cfg.output_dir / "04_student", cfg.output_dir / "04_student" / "seed-12345"):
+        metrics = json.loads((folder / "metrics.json").read_text())
+        metrics["dataset"] = "cityscapes"
+        for m in [metrics, *metrics.get("per_seed", {}).values()]:
+            m["dataset"] = "cityscapes"
+            m.pop("test", None)  # Cityscapes test labels are withheld
+        save_json(metrics, folder / "metrics.json")
+    csv = cfg.output_dir / "04_student" / "seed-12345" / "per_class_iou.csv"
+    table = pd.read_csv(csv)
+    table[table.split == "val"].to_csv(csv, index=False)
+    fig = analysis.figure1(analysis.load_artifacts(cfg), pub)
     assert fig.title == "Per-class IoU on the val split" and "withheld" in fig.caption
     columns = list(fig.table.columns)
     assert "Trained student (%)" in columns and "study: Trained Student (300 epochs) (%)" in columns
-    assert (
-        fig.table.set_index("class").loc["road", "study: FasterSeg Student (pretrained weights) (%)"]
-        == 97.8054
-    )
-    assert "71.5" in fig.caption
+    road = fig.table.set_index("class").loc["road", "study: FasterSeg Student (pretrained weights) (%)"]
+    assert road == 97.8054 and "71.5" in fig.caption

@@ -145,7 +145,8 @@ def _reference(
     spec = getattr(cfg, section)
     train_set = build_dataset(cfg.data, "train", train=True, crop_hw=tuple(spec.crop_size_hw))
     val_set = build_dataset(cfg.data, "val", train=False)
-    torch.manual_seed(spec.seed)  # as run_training: the same initial weights
+    seed = cfg.seeds[0]
+    torch.manual_seed(seed)  # as train_seed: the same initial weights
     net = build_network(published_architecture(role), train_set.num_classes)
     init_weights_(net)
     opt = torch.optim.SGD(
@@ -158,7 +159,7 @@ def _reference(
     for epoch in range(1, spec.epochs + 1):
         net.train()
         # each rank's whole epoch, drawn in the order a rank draws it (its loader reseeds the global RNG)
-        shards = [list(epoch_loader(train_set, spec.batch_size, spec.iters_per_epoch, spec.seed, epoch,
+        shards = [list(epoch_loader(train_set, spec.batch_size, spec.iters_per_epoch, seed, epoch,
                                     DistInfo(r, WORLD), 0)) for r in range(WORLD)]  # fmt: skip
         sums = {"loss": 0.0, "seg_loss": 0.0, "kd_loss": 0.0}
         train_cm = ConfusionMatrix(train_set.num_classes)
@@ -215,7 +216,7 @@ def _check_against_reference(
     teacher: torch.nn.Module | None = None,
 ) -> None:
     rows, states = _reference(cfg, section, role, teacher)
-    out = cfg.output_dir / stage
+    out = cfg.output_dir / stage / f"seed-{cfg.seeds[0]}"
 
     # weights and batch-norm buffers after training: rank 0's checkpoint = the accumulating single process
     last = load_torch(out / "checkpoints" / "last.pt")
@@ -257,7 +258,7 @@ def _check_against_reference(
     written = {Path(p).name for _, p in writes.get("0", [])}
     for name in ("arch.json", "metrics.json", "history.csv", "per_class_iou.csv", "last.pt", "best.pt"):
         assert name in written, f"rank 0 did not write {name} (wrote {sorted(written)})"
-    assert stdout.count(f"{stage}: best epoch") == 1 and f"({WORLD} processes)" in stdout
+    assert stdout.count(f"{stage} seed {cfg.seeds[0]}: best epoch") == 1 and f"({WORLD} processes)" in stdout
 
 
 @pytest.mark.slow
@@ -290,7 +291,7 @@ def test_torchrun_two_processes_distil_the_same_student_as_one(tmp_path, one_thr
     )
     overrides = _overrides(tmp_path, "distill", epochs=1, **{"distill.teacher_checkpoint": str(teacher_path)})
     stdout, writes = _torchrun(tmp_path, "03_distill", overrides)
-    metrics = json.loads((tmp_path / "outputs" / "smoke" / "03_distill" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "outputs" / "smoke" / "03_distill" / "seed-12345" / "metrics.json").read_text())
     assert metrics["distilled"] and metrics["teacher_source"] == str(teacher_path)
     _check_against_reference(
         tmp_path,

@@ -121,7 +121,7 @@ def test_load_stage_model_round_trip(tmp_path, one_thread):
     cfg = smoke_cfg(tmp_path)
     torch.manual_seed(1)
     net = build_published("student", num_classes=19)
-    save_torch(training_checkpoint(net, epoch=7), stage_dir(cfg, "03_distill") / "checkpoints" / "best.pt")
+    save_torch(training_checkpoint(net, epoch=7), stage_dir(cfg, "03_distill", cfg.seeds[0]) / "checkpoints" / "best.pt")
     loaded, info = load_stage_model(cfg, "03_distill", "best")
     assert not loaded.training
     assert info["epoch"] == 7 and info["stage"] == "03_distill" and info["source"] == "ours"
@@ -147,7 +147,7 @@ def test_checkpoint_of_another_architecture_is_a_clear_error(tmp_path, one_threa
     student = build_published("student", num_classes=19)
     ckpt = training_checkpoint(student)
     ckpt["arch"] = build_published("teacher", num_classes=19).arch.to_dict()  # wrong arch stored with it
-    save_torch(ckpt, stage_dir(cfg, "02_teacher") / "checkpoints" / "best.pt")
+    save_torch(ckpt, stage_dir(cfg, "02_teacher", cfg.seeds[0]) / "checkpoints" / "best.pt")
     with pytest.raises(CheckpointMismatchError, match="looks like a student checkpoint") as e:
         load_stage_model(cfg, "02_teacher")
     assert "best.pt" in str(e.value)
@@ -194,7 +194,7 @@ def test_cli_stage_checkpoint_end_to_end(tmp_path, capsys, one_thread):
     cfg = smoke_cfg(tmp_path)
     torch.manual_seed(5)
     net = build_published("student", num_classes=19)
-    save_torch(training_checkpoint(net), stage_dir(cfg, "03_distill") / "checkpoints" / "best.pt")
+    save_torch(training_checkpoint(net), stage_dir(cfg, "03_distill", cfg.seeds[0]) / "checkpoints" / "best.pt")
     out_json, colours = tmp_path / "scores.json", tmp_path / "colours"
     overrides = json.dumps(
         {"output_root": str(tmp_path), "data.synthetic_eval_images": 2, "data.synthetic_hw": [64, 128]}

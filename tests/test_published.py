@@ -12,9 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import REFERENCE, load_reference
 
-from fasterseg_core.analysis import artifacts
 from fasterseg_core.analysis.published import FORMAT, Claim, Published, Value, load_published
-from fasterseg_core.config import load_config
 
 UNITS = {"%", "M", "G", "FPS", "ms", "h", "s", "points", "px (H x W)", "fraction"}
 CLAIMS = {  # (a)-(f) of the claims ledger
@@ -46,54 +44,6 @@ TEXT_KEYS = {  # study.figure1.text.<key> → figure1_test_per_class_iou.stated_
     "paper_vs_released_weights_gap_body": "body_paper_vs_pretrained_weights_gap_approx_points",
 }
 # Every read of pub.study / pub.paper in analysis/accuracy.py and analysis/speed.py ("*": every key or item).
-STUDY_READS = [
-    *(
-        f"table1_validation.models.*.{f}"
-        for f in ("column_group", "column_label", "epochs", "weights")
-        + ("mean_iu_no_back", "mean_pixel_acc", "validation_miou")
-    ),
-    "figure1_test_per_class_iou.models.*.figure_label",
-    "figure1_test_per_class_iou.models.*.class_iou",
-    "figure1_test_per_class_iou.figure_bar_values.Distilled Student (100 epochs)",
-    "figure1_test_per_class_iou.figure_bar_values.Trained Student (100 epochs)",
-    "table2_latency.hardware.*.gpu",
-    *(f"table2_latency.columns.{c}.hardware" for c in ("reproduced_A", "reproduced_B")),
-    *(
-        f"table2_latency.{m}.{c}"
-        for m in ("params_M", "flops_G", "fps")
-        for c in ("reproduced_A", "reproduced_B")
-    ),
-    *(
-        f"table2_latency.logs.*.{f}"
-        for f in ("model", "hardware", "params_M", "flops_G", "fps", "latency_ms_derived")
-    ),
-    *(
-        f"training_curves.runs.{run}.epochs.*.{f}"
-        for run in (
-            "100epoch_trainscratch_teacher",
-            "100epoch_distilled_student_from_100epoch_teacher",
-            "100epoch_distilled_student_from_pretrain_teacher",
-            "100epoch_trainscratch_student",
-            "300epoch_trainscratch_student",
-        )
-        for f in ("epoch", "train_mIoU")  # valid_mIoU is read with .get (absent between validations)
-    ),
-    *(
-        f"training_times_hours.from_log_timestamps.{k}.{f}"
-        for k in ("teacher_100ep", "distillation_100ep_from_100ep_teacher", "student_100ep", "student_300ep")
-        for f in ("epochs", "wall_total_h", "train_s_per_epoch_mean")
-    ),
-]
-PAPER_READS = [
-    "published.cityscapes_table4.rows.FasterSeg.0",
-    "published.cityscapes_table4.rows.FasterSeg.1",
-    "published.cityscapes_table4.rows.FasterSeg.2",
-    "published.fasterseg_student_complexity.params_M",
-    "published.fasterseg_student_complexity.GFLOPs_at_1024x2048",
-    "published.camvid.mIoU",
-]
-
-
 @pytest.fixture(scope="module")
 def pub() -> Published:
     return load_published()
@@ -103,17 +53,6 @@ def get(doc, path: str):
     for part in path.split("."):
         doc = doc[int(part)] if isinstance(doc, list) else doc[part]
     return doc
-
-
-def expand(doc, path: str) -> list:
-    """Every node a path with ``*`` wildcards reaches (KeyError/IndexError when one is missing)."""
-    nodes = [doc]
-    for part in path.split("."):
-        if part == "*":
-            nodes = [c for n in nodes for c in (n.values() if isinstance(n, dict) else n)]
-        else:
-            nodes = [n[int(part)] if isinstance(n, list) else n[part] for n in nodes]
-    return nodes
 
 
 def value_refs(node, prefix: str = "") -> dict[str, dict]:
@@ -136,25 +75,6 @@ def same(a, b) -> bool:
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
     return type(a) is type(b) and a == b
-
-
-def subset_mismatches(view, real, path: str = "") -> list[str]:
-    """Paths where ``view`` (a subset of ``real``'s keys) differs from ``real``."""
-    if isinstance(view, dict):
-        if not isinstance(real, dict):
-            return [f"{path}: not a dict in the reference"]
-        bad = [f"{path}.{k}: not in the reference" for k in view if k not in real]
-        return bad + [
-            m for k in view if k in real for m in subset_mismatches(view[k], real[k], f"{path}.{k}")
-        ]
-    if isinstance(view, list):
-        if not isinstance(real, list) or len(view) != len(real):
-            return [f"{path}: list length differs"]
-        return [m for i, (v, r) in enumerate(zip(view, real)) for m in subset_mismatches(v, r, f"{path}.{i}")]
-    return [] if same(view, real) else [f"{path}: {view!r} != {real!r}"]
-
-
-# ---- (a) it loads from the package alone ---------------------------------------------------------------
 
 
 def test_loads_from_package_data_without_opening_anything_outside_the_package(monkeypatch):
@@ -260,22 +180,6 @@ def test_typed_accessors(pub):
 # ---- (c) fidelity to ../shared/reference ---------------------------------------------------------------
 
 
-def test_legacy_views_equal_the_reference_files_key_by_key(pub):
-    study, figures = (
-        load_reference("reproduction_2022.json"),
-        load_reference("fasterseg_reference_figures.json"),
-    )
-    views = pub.legacy_views()
-    assert subset_mismatches(views.study, study) == []
-    assert subset_mismatches(views.paper, figures) == []
-    # every read of the analysis code finds a value in the views
-    for path in STUDY_READS:
-        assert expand(views.study, path), path
-    for path in PAPER_READS:
-        assert expand(views.paper, path), path
-    assert views.paper["published"]["camvid"]["verified"] is False
-
-
 def test_every_carried_value_equals_the_reference(pub):
     study = load_reference("reproduction_2022.json")
     paper = load_reference("fasterseg_reference_figures.json")["published"]
@@ -328,21 +232,6 @@ def test_latency_target_window_matches_the_spec(pub):
         pytest.skip(f"spec {spec} not available")
     lo, hi = pub.paper_value("latency_target_fps_min").value, pub.paper_value("latency_target_fps_max").value
     assert f"Target window {lo}–{hi} FPS" in spec.read_text()
-
-
-def test_legacy_views_drive_the_current_exhibits_like_the_shared_files(pub, tmp_path):
-    """The one-step switch: the analysis functions give the same tables from the views as from ../shared."""
-    from fasterseg_core import analysis
-
-    real = analysis.load_published()
-    if real.study is None or real.paper is None:
-        pytest.skip(f"reference data {REFERENCE} not available")
-    views = pub.legacy_views()
-    ours = artifacts.Published(views.study, views.paper, real.folder)
-    art = analysis.load_artifacts(load_config("smoke", {"output_root": str(tmp_path / "out")}))
-    for exhibit in (analysis.table1, analysis.table2, analysis.compute_table):
-        a, b = exhibit(art, ours), exhibit(art, real)
-        assert a.table.equals(b.table) and a.caption == b.caption, exhibit.__name__
 
 
 # ---- (d) the claims ledger -----------------------------------------------------------------------------

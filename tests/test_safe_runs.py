@@ -45,14 +45,15 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _child(tmp_path: Path, body: str) -> subprocess.Popen:
-    """A Python process that opens a smoke ``04_student`` run in ``tmp_path``, prints "ready", then runs
-    ``body``."""
+def _child(tmp_path: Path, body: str, seed: int | None = None) -> subprocess.Popen:
+    """A Python process that opens a smoke ``04_student`` run in ``tmp_path`` (the stage's, or one seed's),
+    prints "ready", then runs ``body``."""
     code = textwrap.dedent(f"""
         import os, signal, sys, time
         from fasterseg_core.config import load_config
         from fasterseg_core.runs import start_run
-        run = start_run(load_config("smoke", {{"output_root": {str(tmp_path)!r}}}), "04_student")
+        cfg = load_config("smoke", {{"output_root": {str(tmp_path)!r}}})
+        run = start_run(cfg, "04_student", seed={seed}, per_seed={seed is not None})
         print("ready", flush=True)
     """) + textwrap.dedent(body)  # fmt: skip
     env = dict(os.environ, FASTERSEG_ROOT=str(REPO), PYTHONUNBUFFERED="1")
@@ -105,8 +106,6 @@ def test_a_second_run_of_a_stage_fails_naming_the_first(tmp_path):
     try:
         with pytest.raises(runs.RunLocked, match=rf"already running .* pid {proc.pid} .* started 20"):
             runs.start_run(_cfg(tmp_path), "04_student")
-        assert cli_main(["train", "--profile", "smoke", "--stage", "04_student", "--overrides",
-                         json.dumps({"output_root": str(tmp_path)})]) == 2  # fmt: skip
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -116,6 +115,20 @@ def test_a_second_run_of_a_stage_fails_naming_the_first(tmp_path):
     run = runs.start_run(_cfg(tmp_path), "04_student")
     assert run.manifest["previous_run"]["status"] == "interrupted"
     run.finish()
+
+
+def test_one_seed_cannot_be_trained_twice_at_once(tmp_path, capsys):
+    proc = _child(tmp_path, "time.sleep(60)", seed=12345)
+    try:
+        args = ["train", "--profile", "smoke", "--stage", "04_student", "--seed", "12345", "--overrides",
+                json.dumps({"output_root": str(tmp_path)})]  # fmt: skip
+        assert cli_main(args) == 2
+        err = capsys.readouterr().err
+        assert f"pid {proc.pid}" in err and "04_student is already running" in err and err.count("\n") == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert runs.load_manifest(_cfg(tmp_path), "04_student", seed=12345)["status"] == "interrupted"
 
 
 def test_a_killed_run_is_reported_by_the_next_one(tmp_path, capsys):

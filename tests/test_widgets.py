@@ -89,7 +89,7 @@ def trained(tmp_path, one_thread):
         "num_classes": 19,
         "metrics": {},
     }
-    save_torch(ckpt, cfg.output_dir / "04_student" / "checkpoints" / "best.pt")
+    save_torch(ckpt, cfg.output_dir / "04_student" / f"seed-{cfg.seeds[0]}" / "checkpoints" / "best.pt")
     return cfg
 
 

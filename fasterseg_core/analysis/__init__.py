@@ -33,20 +33,14 @@ Tables 4a-e    reproducibility manifest                            :func:`reprod
 """
 
 from .accuracy import distillation_gain, figure1, per_class_iou, study_test_iou, table1, training_curves
-from .artifacts import (
-    STAGES,
-    TRAINED,
-    Artifacts,
-    Published,
-    StageArtifacts,
-    load_artifacts,
-    load_published,
-    load_stage,
-)
+from .artifacts import STAGES, TRAINED, Artifacts, StageArtifacts, load_artifacts, load_stage
+from .claims import claims_exhibit, ledger, paired_figure, save_ledger
 from .exhibit import Exhibit
-from .provenance import reproducibility, stage_status_table, summary
+from .provenance import reproducibility, run_metrics, stage_status_table
+from .published import Published, load_published
 from .search_story import search_story
 from .speed import accuracy_latency, compute_table, table2, trained_networks
+from .summary import build_summary, save_summary, summary_html
 
 __all__ = [
     "STAGES",
@@ -56,18 +50,25 @@ __all__ = [
     "Published",
     "StageArtifacts",
     "accuracy_latency",
+    "build_summary",
+    "claims_exhibit",
     "compute_table",
     "distillation_gain",
     "figure1",
+    "ledger",
     "load_artifacts",
     "load_published",
     "load_stage",
+    "paired_figure",
     "per_class_iou",
     "reproducibility",
+    "run_metrics",
+    "save_ledger",
+    "save_summary",
     "search_story",
     "stage_status_table",
     "study_test_iou",
-    "summary",
+    "summary_html",
     "table1",
     "table2",
     "trained_networks",

@@ -1,23 +1,21 @@
-"""Reading what the stages wrote and the published numbers; nothing here computes a result.
+"""Reading what the stages wrote; nothing here computes a result.
 
-* :func:`load_artifacts`: every stage's manifest and metrics under ``outputs/<profile>/`` with a status
-  ("complete", "other config", "incomplete", "not run"), the latency records of every machine
-  (:func:`fasterseg_core.latency.suite.load_records`) and the pipeline record ``pipeline.json``.
-* :func:`load_published`: ``reproduction_2022.json`` (the 2022 reproduction study, "the study") and
-  ``fasterseg_reference_figures.json`` (the paper's numbers) from ``../shared/reference``; ``None`` for an
-  absent file, and :attr:`Published.note` says so in every caption.
+:func:`load_artifacts` gives every stage's manifest and metrics under ``outputs/<profile>/`` with a status
+("complete", "other config", "incomplete", "not run"), the training stages' per-seed runs
+(``<stage>/seed-<s>/``: metrics, ``history.csv``, ``per_class_iou.csv``), the latency records of every
+machine (:func:`fasterseg_core.latency.suite.load_records`) and the pipeline record ``pipeline.json``. The
+published numbers come from the package (:func:`fasterseg_core.analysis.published.load_published`).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ..config import RunConfig, project_root
+from ..config import RunConfig
 from ..latency.suite import load_records
 from ..runs import STAGES as _STAGE_TABLE
 from ..runs import TRAINING_STAGES, load_manifest, stage_dir, stage_identity
@@ -27,10 +25,8 @@ from ..storage import load_json
 STAGES = tuple(name for name in _STAGE_TABLE if name != "06_analysis")
 # training stage → (row label, role of its network, section of the config)
 TRAINED = {n: (_STAGE_TABLE[n].label, _STAGE_TABLE[n].role, _STAGE_TABLE[n].section) for n in TRAINING_STAGES}
-STUDY_FILE, PAPER_FILE = "reproduction_2022.json", "fasterseg_reference_figures.json"
 # The paper's "epoch" (§9.1): 1000 iterations of batch 12 crops of 512×1024; used as the common unit.
 PAPER_EPOCHS, PAPER_ITERS, PAPER_BATCH, PAPER_CROP_HW = 600, 1000, 12, (512, 1024)
-# The study's logged runs behind each of our training stages (training_curves.runs keys).
 NOT_RUN = "not run"
 
 
@@ -40,6 +36,7 @@ class StageArtifacts:
 
     ``status``: "complete" (finished for this config), "other config" (finished, but for another resolved
     config, e.g. other overrides), "incomplete" (started, never finished: failed or running) or "not run".
+    A training stage's ``metrics`` is its seed aggregate (``seeds``, ``per_seed``, ``summary``).
     """
 
     stage: str
@@ -61,6 +58,19 @@ class StageArtifacts:
         path = self.folder / name
         return load_json(path) if self.ran and path.exists() else None
 
+    @property
+    def per_seed(self) -> dict[int, dict[str, Any]]:
+        """A training stage's metrics of each seed (seed → ``metrics.json`` of ``seed-<s>/``)."""
+        if not self.ran or "per_seed" not in self.metrics:
+            return {}
+        return {int(s): m for s, m in self.metrics["per_seed"].items()}
+
+    def seed_table(self, name: str) -> pd.DataFrame | None:
+        """A CSV every seed run wrote (``history.csv``, ``per_class_iou.csv``), with a ``seed`` column."""
+        frames = [pd.read_csv(p).assign(seed=s) for s in self.per_seed
+                  if (p := self.folder / f"seed-{s}" / name).exists()]  # fmt: skip
+        return pd.concat(frames, ignore_index=True) if frames else None
+
 
 @dataclass
 class Artifacts:
@@ -72,9 +82,18 @@ class Artifacts:
     pipeline: dict[str, Any] | None
 
     def trained(self, stage: str) -> dict[str, Any] | None:
-        """The training stage's ``metrics.json`` when it ran, else ``None``."""
+        """The training stage's aggregate ``metrics.json`` when it ran, else ``None``."""
         s = self.stages[stage]
         return s.metrics if s.ran else None
+
+    def seed_values(self, stage: str, split: str, which: str, key: str = "miou") -> dict[int, float]:
+        """Seed → one score (fraction) of a training stage, e.g. the test mIoU of the best checkpoint."""
+        out = {}
+        for seed, m in self.stages[stage].per_seed.items():
+            v = ((m.get(split) or {}).get(which) or {}).get(key)
+            if v is not None:
+                out[seed] = float(v)
+        return out
 
 
 def load_stage(cfg: RunConfig, stage: str) -> StageArtifacts:
@@ -101,38 +120,6 @@ def load_artifacts(cfg: RunConfig) -> Artifacts:
         load_records(cfg.output_dir / "latency"),
         load_json(pipeline) if pipeline.exists() else None,
     )
-
-
-@dataclass
-class Published:
-    """The study's and the paper's numbers (``None`` when ``../shared/reference`` is absent)."""
-
-    study: dict[str, Any] | None
-    paper: dict[str, Any] | None
-    folder: Path
-
-    @property
-    def note(self) -> str:
-        """A caption sentence about the published columns."""
-        if self.study is not None and self.paper is not None:
-            return (
-                f"Published numbers: the 2022 reproduction study ({STUDY_FILE}) and the paper "
-                f"({PAPER_FILE}), from {self.folder.name}/."
-            )
-        missing = [n for n, d in ((STUDY_FILE, self.study), (PAPER_FILE, self.paper)) if d is None]
-        return f"Published columns are empty: {', '.join(missing)} not found in {self.folder}."
-
-
-def load_published(folder: str | Path | None = None) -> Published:
-    """Read ``reproduction_2022.json`` and ``fasterseg_reference_figures.json`` from ``folder``
-    (default ``../shared/reference`` beside the repository); a missing file leaves its field ``None``."""
-    folder = Path(folder) if folder is not None else project_root().parent / "shared" / "reference"
-
-    def read(name: str) -> dict[str, Any] | None:
-        path = folder / name
-        return json.loads(path.read_text()) if path.exists() else None
-
-    return Published(read(STUDY_FILE), read(PAPER_FILE), folder)
 
 
 def pct(value: Any) -> float:

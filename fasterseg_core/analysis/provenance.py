@@ -157,7 +157,7 @@ def _dataset_exhibit(art: Artifacts) -> Exhibit:
     )
 
 
-def summary(art: Artifacts, exhibits: list[Exhibit]) -> dict[str, Any]:
+def run_metrics(art: Artifacts, exhibits: list[Exhibit]) -> dict[str, Any]:
     """The analysis' ``metrics.json``: stage statuses, which exhibits have content, headline numbers."""
     out: dict[str, Any] = {
         "stages": {k: s.status for k, s in art.stages.items()},
@@ -166,8 +166,9 @@ def summary(art: Artifacts, exhibits: list[Exhibit]) -> dict[str, Any]:
     for stage in TRAINED:
         if (m := art.trained(stage)) is not None:
             out[stage] = {
-                "best_val_miou": m["best"]["val"]["miou"],
-                "last_val_miou": m["last"]["val"]["miou"],
+                "seeds": m["seeds"],
+                "best_val_miou": {s: p["best"]["val"]["miou"] for s, p in m["per_seed"].items()},
+                "last_val_miou": {s: p["last"]["val"]["miou"] for s, p in m["per_seed"].items()},
                 "epochs": m["epochs"],
             }
     out["latency_rows"] = len(art.latency)

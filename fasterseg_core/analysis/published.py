@@ -15,7 +15,6 @@ analysis modules read from ``../shared/reference`` today.
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from dataclasses import dataclass, field
@@ -186,16 +185,6 @@ class Claim:
     numbers_note: str = ""
 
 
-@dataclass(frozen=True)
-class LegacyViews:
-    """The carried numbers in the shape of ``reproduction_2022.json`` (``study``) and of
-    ``fasterseg_reference_figures.json`` (``paper``, so ``paper["published"][...]``), limited to what the
-    analysis modules read."""
-
-    study: dict[str, Any]
-    paper: dict[str, Any]
-
-
 class Published:
     """Typed access to ``results.json``; build with :func:`load_published`."""
 
@@ -342,107 +331,6 @@ class Published:
 
     def claims(self) -> list[Claim]:
         return [Claim(**c) for c in self.doc["claims"]]
-
-    # ---- the shapes the analysis modules read today -------------------------------------------------
-    def legacy_views(self) -> LegacyViews:
-        """Fresh dicts shaped like the subsets of ``reproduction_2022.json`` and of
-        ``fasterseg_reference_figures.json`` that ``analysis.accuracy`` and ``analysis.speed`` read, so
-        ``artifacts.Published(views.study, views.paper, ...)`` can stand in for the shared files."""
-        s = self._study
-        t1 = {
-            k: {f: (m[f]["value"] if isinstance(m[f], dict) else m[f]) for f in m}
-            for k, m in s["table1"]["models"].items()
-        }
-        f1 = s["figure1"]
-        t2 = s["table2"]
-        times = self.study_times()
-
-        def col(c: dict[str, Any]) -> dict[str, Any]:
-            return {k: v for k, v in c.items() if not isinstance(v, dict)}
-
-        study = {
-            "table1_validation": {"models": t1},
-            "figure1_test_per_class_iou": {
-                "class_names": list(f1["classes"]),
-                "models": {
-                    k: {
-                        "figure_label": m["figure_label"],
-                        "weights": m["weights"],
-                        "class_iou": dict(m["class_iou"]["values"]),
-                    }
-                    for k, m in f1["models"].items()
-                },
-                "figure_bar_values": {label: v["value"] for label, v in f1["bar_values"].items()},
-            },
-            "table2_latency": {
-                "hardware": {
-                    k: {"label": h["label"], "gpu": h["gpu"], "cpu": {"model_name": h["cpu"]}}
-                    for k, h in t2["hardware"].items()
-                },
-                "columns": {k: col(c) for k, c in t2["columns"].items()},
-                **{
-                    m: {k: c[m]["value"] for k, c in t2["columns"].items()}
-                    for m in ("params_M", "flops_G", "fps")
-                },
-                "teacher_fps_stated_in_text": t2["teacher_fps_text"]["value"],
-                "logs": {
-                    k: {
-                        "model": g["model"],
-                        "hardware": g["hardware"],
-                        "input_shape_nchw": list(g["input_nchw"]),
-                        **{m: g[m]["value"] for m in ("params_M", "flops_G", "fps", "latency_ms_derived")},
-                    }
-                    for k, g in t2["logs"].items()
-                },
-            },
-            "training_curves": {
-                "runs": {
-                    name: {
-                        "description_results_md": r["description"],
-                        "trained_network": r["trained_network"],
-                        "distillation": r["distillation"],
-                        "teacher_weights": r["teacher_weights"],
-                        "epochs": copy.deepcopy(r["epochs"]),
-                    }
-                    for name, r in s["curves"]["runs"].items()
-                }
-            },
-            "training_times_hours": {
-                "gpu_stated": s["times"]["gpu_stated"],
-                "stated_in_report": {k: dict(v) for k, v in times.stated.items()},
-                "from_log_timestamps": {k: dict(v) for k, v in times.from_logs.items()},
-            },
-        }
-        p = {k: self.paper_value(k).value for k in self.doc["paper"]}
-        paper = {
-            "published": {
-                "cityscapes_table4": {
-                    "rows": {
-                        "FasterSeg": [
-                            p["cityscapes_val_miou"],
-                            p["cityscapes_test_miou"],
-                            p["cityscapes_fps"],
-                            p["cityscapes_resolution"],
-                        ]
-                    }
-                },
-                "fasterseg_student_complexity": {
-                    "params_M": p["student_params"],
-                    "GFLOPs_at_1024x2048": p["student_flops"],
-                },
-                "speed_protocol": {"pytorch_fps_same_gpu": p["pytorch_fps"]},
-                "released_checkpoint_note": {
-                    "student_val_mIoU_of_released_weights_reported_by_user": p["released_student_val_miou"]
-                },
-                "camvid": {
-                    "mIoU": p["camvid_miou"],
-                    "FPS": p["camvid_fps"],
-                    "resolution": self.paper_value("camvid_miou").conditions["input_hw"],
-                    "verified": self.paper_value("camvid_miou").status != "unverified",
-                },
-            }
-        }
-        return LegacyViews(study, paper)
 
 
 def load_published() -> Published:

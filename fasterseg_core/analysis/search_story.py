@@ -4,11 +4,15 @@
 
 from __future__ import annotations
 
+import pandas as pd
+
 from .. import plots
 from ..models.architecture import Architecture
 from ..models.published import published_architecture
 from .artifacts import Artifacts
 from .exhibit import Exhibit
+
+PAPER_ARCH_STEPS = 22_290  # §3.4: 30 search epochs × 743 iterations (Cityscapes), one architecture step each
 
 
 def search_story(art: Artifacts) -> list[Exhibit]:
@@ -61,4 +65,43 @@ def search_story(art: Artifacts) -> list[Exhibit]:
         "colour is the most likely choice, shade its lead over a uniform choice."
     )
     out.append(Exhibit("Figure 3e", "How α, β and γ moved", cap, figure=fig))
+    out.append(searched_vs_published(art))
     return out
+
+
+def searched_vs_published(art: Artifacts) -> Exhibit:
+    """Table 3f: this run's searched networks beside the published ones: table and measured latency on this
+    machine, parameters, cells per branch, how far α/β/γ moved, and what a search of this size can show."""
+    s = art.stages["01_search"]
+    m = s.metrics
+    lat = art.latency
+    eager = lat[(lat.status == "ok") & (lat.backend == "eager")] if not lat.empty else lat
+    rows = []
+    for origin in ("searched", "published"):
+        for role in ("student", "teacher"):
+            arch = (Architecture.from_json(s.folder / f"arch_{role}.json") if origin == "searched"
+                    else published_architecture(role))  # fmt: skip
+            r = eager[eager.network == f"{origin} {role}"] if len(eager) else eager
+            rows.append({
+                "network": f"{origin} {role}", "cells per branch": " + ".join(str(len(b)) for b in arch.branches),
+                "branch ends": ", ".join(f"1/{8 * 2**e}" for e in arch.lasts),
+                "table ms": m[role]["latency_ms"] if origin == "searched" else (m["published_student_ms"]
+                                                                               if role == "student" else None),
+                "measured ms": float(r.iloc[0].median_ms) if len(r) else None,
+                "params (M)": float(r.iloc[0].params_M) if len(r) else None,
+                "largest α/β/γ change": m[role]["arch_max_shift"] if origin == "searched" else None,
+            })  # fmt: skip
+    share = m["arch_steps"] / PAPER_ARCH_STEPS
+    cap = (
+        f"The networks this run's search derived beside the authors' published ones (Fig. 6): their table latency "
+        f"on this device's lookup table (01_search) and their measured eager latency on this machine "
+        f"(05_latency, {', '.join(dict.fromkeys(eager.input_hw)) if len(eager) else 'not measured'}). "
+        f"What a search of this size can and cannot show: {m['arch_steps']} architecture steps are "
+        f"{100 * share:.2g} % of the paper's {PAPER_ARCH_STEPS:,}; the architecture logits moved by at most "
+        f"{max(m['student']['arch_max_shift'], m['teacher']['arch_max_shift']):.3g}. It shows that the search, its "
+        "latency objective and the λ rule run end to end on this device and in which direction the latency term "
+        "pushes; it cannot show which architecture FasterSeg's search finds, so the training stages here train "
+        + ("the published networks." if art.cfg.model.arch_source == "published" else "the derived networks.")
+    )
+    fmts = {"table ms": "{:.2f}", "measured ms": "{:.2f}", "params (M)": "{:.2f}", "largest α/β/γ change": "{:.3g}"}
+    return Exhibit("Table 3f", "Searched and published networks", cap, pd.DataFrame(rows), formats=fmts)

@@ -14,17 +14,9 @@ import pandas as pd
 
 from ..latency.peers import PEERS
 from ..plots import plot_accuracy_latency
-from .artifacts import (
-    PAPER_BATCH,
-    PAPER_CROP_HW,
-    PAPER_EPOCHS,
-    PAPER_ITERS,
-    TRAINED,
-    Artifacts,
-    Published,
-    pct,
-)
+from .artifacts import PAPER_BATCH, PAPER_CROP_HW, PAPER_EPOCHS, PAPER_ITERS, TRAINED, Artifacts
 from .exhibit import Exhibit
+from .published import Published
 
 
 def trained_networks(art: Artifacts) -> dict[str, str]:
@@ -72,32 +64,27 @@ def _our_speed_rows(art: Artifacts, trained: dict[str, str]) -> list[dict[str, A
 
 
 def _paper_speed_rows(pub: Published) -> list[dict[str, Any]]:
-    if pub.paper is None:
-        return []
-    c = pub.paper["published"]["fasterseg_student_complexity"]
-    fps = pub.paper["published"]["cityscapes_table4"]["rows"]["FasterSeg"][2]
-    return [{"source": "paper", "network": "student", "hardware": "GTX 1080 Ti", "backend": "TensorRT",
-             "input": "1024x2048", "params (M)": c["params_M"], "GFLOPs": c["GFLOPs_at_1024x2048"],
-             "ms": 1000 / fps, "FPS": fps}]  # fmt: skip
+    fps, params, flops = (pub.paper_value(k) for k in ("cityscapes_fps", "student_params", "student_flops"))
+    return [{"source": pub.cite("paper.cityscapes_fps"), "network": "student", "hardware": "GTX 1080 Ti",
+             "backend": "TensorRT", "input": "1024x2048", "params (M)": params.value, "GFLOPs": flops.value,
+             "ms": 1000 / fps.value, "FPS": fps.value}]  # fmt: skip
 
 
 def _study_speed_rows(pub: Published) -> list[dict[str, Any]]:
-    if pub.study is None:
-        return []
-    t2 = pub.study["table2_latency"]
-    gpu = {hw: t2["hardware"][hw]["gpu"].removeprefix("NVIDIA ") for hw in t2["hardware"]}
+    t2 = pub.study_table2()
+    gpu = {k: h.gpu.removeprefix("NVIDIA ") for k, h in t2.hardware.items()}
     rows = []
-    for col in ("reproduced_A", "reproduced_B"):
-        hw = t2["columns"][col]["hardware"]
-        rows.append({"source": f"study {hw}", "network": "student", "hardware": gpu[hw], "backend": "not logged",
-                     "input": "1024x2048", "params (M)": t2["params_M"][col], "GFLOPs": t2["flops_G"][col],
-                     "ms": 1000 / t2["fps"][col], "FPS": t2["fps"][col]})  # fmt: skip
-    for log in t2["logs"].values():
-        if log["model"] == "teacher":
-            hw = log["hardware"]
-            rows.append({"source": f"study {hw} (log)", "network": "teacher", "hardware": gpu[hw],
-                         "backend": "not logged", "input": "1024x2048", "params (M)": log["params_M"],
-                         "GFLOPs": log["flops_G"], "ms": log["latency_ms_derived"], "FPS": log["fps"]})  # fmt: skip
+    for col in t2.columns.values():
+        if col.hardware is None:
+            continue  # the column quoting the paper
+        rows.append({"source": f"study {col.hardware}", "network": "student", "hardware": gpu[col.hardware],
+                     "backend": "not logged", "input": "1024x2048", "params (M)": col.params_M,
+                     "GFLOPs": col.flops_G, "ms": 1000 / col.fps, "FPS": col.fps})  # fmt: skip
+    for log in t2.logs:
+        if log.model == "teacher":
+            rows.append({"source": f"study {log.hardware} (log)", "network": "teacher", "hardware": gpu[log.hardware],
+                         "backend": "not logged", "input": "1024x2048", "params (M)": log.params_M,
+                         "GFLOPs": log.flops_G, "ms": log.latency_ms_derived, "FPS": log.fps})  # fmt: skip
     return rows
 
 
@@ -127,7 +114,7 @@ def accuracy_latency(art: Artifacts, backend: str = "eager", hardware: str = "")
                     "network": trained[role],
                     "ms": ms[trained[role]],
                     "kind": "trained here",
-                    "val mIoU (%)": pct(m["best"]["val"]["miou"]),
+                    "val mIoU (%)": 100 * m["summary"]["val"]["best"]["miou"]["mean"],
                 }
             )
     others = [
@@ -140,7 +127,7 @@ def accuracy_latency(art: Artifacts, backend: str = "eager", hardware: str = "")
     fig = plot_accuracy_latency(pd.DataFrame(points), pd.DataFrame(others), f"{tag}, {backend}")
     size = ", ".join(dict.fromkeys(ok.input_hw))
     cap = (
-        f"Best-checkpoint val mIoU (metrics.json) against median batch-1 latency ({backend} backend, "
+        f"Best-checkpoint val mIoU (the mean over the seeds, metrics.json) against median batch-1 latency ({backend} backend, "
         f"hardware '{tag}', input {size}; latency/{tag}.json). The peers (torchvision LR-ASPP and DeepLabV3 "
         "with MobileNetV3, random weights) and networks not trained here have no accuracy in this run, so "
         "they sit on the latency-only strip below, same x axis. "
@@ -165,7 +152,8 @@ def compute_table(art: Artifacts, pub: Published) -> Exhibit:
         }
         m = s.metrics if s.ran else None
         if stage in TRAINED and m is not None:
-            spe, iters = m.get("seconds_per_epoch"), m.get("iters_per_epoch")
+            per_epoch = [p["seconds_per_epoch"] for p in s.per_seed.values() if p.get("seconds_per_epoch")]
+            spe, iters = (float(np.median(per_epoch)) if per_epoch else None), m.get("iters_per_epoch")
             s_iter = spe / iters if spe and iters else float("nan")
             px = m["batch_size"] * m["crop_hw"][0] * m["crop_hw"][1]
             row |= {
@@ -176,28 +164,15 @@ def compute_table(art: Artifacts, pub: Published) -> Exhibit:
                 "paper batch & crop (h)": s_iter * full * paper_px / px / 3600,
             }
         rows.append(row)
-    if pub.study is not None:
-        logged = pub.study["training_times_hours"]["from_log_timestamps"]
-        for key, stage in (
-            ("teacher_100ep", "02_teacher"),
-            ("distillation_100ep_from_100ep_teacher", "03_distill"),
-            ("student_100ep", "04_student"),
-            ("student_300ep", "04_student"),
-        ):
-            t = logged[key]
-            spe = t["train_s_per_epoch_mean"]
-            rows.append(
-                {
-                    "stage": f"study {stage}",
-                    "status": "RTX 3080 Ti",
-                    "wall": duration(t["wall_total_h"] * 3600),
-                    "recipe": _recipe(t["epochs"], PAPER_ITERS, PAPER_BATCH, PAPER_CROP_HW),
-                    "s/epoch": spe,
-                    "s/iter": spe / PAPER_ITERS,
-                    "600k iters (h)": spe * PAPER_EPOCHS / 3600,
-                    "paper batch & crop (h)": spe * PAPER_EPOCHS / 3600,
-                }
-            )
+    times = pub.study_times()
+    for key, stage in (("teacher_100ep", "02_teacher"), ("distillation_100ep_from_100ep_teacher", "03_distill"),
+                       ("student_100ep", "04_student"), ("student_300ep", "04_student")):  # fmt: skip
+        t = times.from_logs[key]
+        spe = t["train_s_per_epoch_mean"]
+        rows.append({"stage": f"study {stage}", "status": times.gpu_stated, "wall": duration(t["wall_total_h"] * 3600),
+                     "recipe": _recipe(t["epochs"], PAPER_ITERS, PAPER_BATCH, PAPER_CROP_HW), "s/epoch": spe,
+                     "s/iter": spe / PAPER_ITERS, "600k iters (h)": spe * PAPER_EPOCHS / 3600,
+                     "paper batch & crop (h)": spe * PAPER_EPOCHS / 3600})  # fmt: skip
     cols = [
         "stage",
         "status",
@@ -210,12 +185,12 @@ def compute_table(art: Artifacts, pub: Published) -> Exhibit:
     ]
     cap = (
         "Wall time of each stage's run (manifest.json: start_run → finish); for training stages the recipe "
-        "(epochs × iterations, batch, crop), the median training seconds per epoch "
-        "(metrics.json, evaluation excluded), per iteration, and that rate extrapolated to the paper's "
+        "(epochs × iterations, batch, crop; the wall time covers every seed), the median training seconds per "
+        "epoch over the seeds (metrics.json, evaluation excluded), per iteration, and that rate extrapolated to the paper's "
         f"{PAPER_EPOCHS} epochs × {PAPER_ITERS} iterations, first at this run's batch and crop, then scaled "
         "by pixels per batch to the paper's batch 12 of 512×1024 crops (a rough linear scaling; evaluation "
-        "time not included). Study rows: hours measured from its log timestamps on one RTX 3080 Ti "
-        "(training_times_hours), its mean training seconds per epoch extrapolated the same way. "
+        "time not included). Study rows: hours measured from its log timestamps on one GPU "
+        "(its training times), its mean training seconds per epoch extrapolated the same way. "
         f"{pub.note}"
     )
     fmts = {

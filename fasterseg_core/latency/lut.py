@@ -44,6 +44,7 @@ from ..models.architecture import WIDTH_CHOICES_CHI, Architecture
 from ..models.heads import FeatureFusion, Head
 from ..models.network import plan_cells
 from ..models.ops import OPS, ConvNorm
+from ..progress import bar as progress_bar
 from .backends import prepare
 from .measure import environment_record, time_prepared
 
@@ -298,8 +299,6 @@ def build_lut(
     Returns:
         The table; save it with :meth:`LatencyTable.save`.
     """
-    from tqdm.auto import tqdm
-
     device = torch.device(device)
     entries = lut_entries(tuple(input_hw), num_classes=num_classes)
     if only is not None:
@@ -311,7 +310,7 @@ def build_lut(
     done = dict(resume_from.entries) if resume_from is not None else {}
     record = environment_record(device)
     tag = hardware_tag or f"{device.type}-{backend}"
-    bar = tqdm(entries, desc=f"latency table {input_hw[0]}x{input_hw[1]} ({backend})", disable=not progress)
+    bar = progress_bar(entries, desc=f"latency table {input_hw[0]}x{input_hw[1]} ({backend})", disable=not progress)
     t0 = time.perf_counter()
     for e in bar:
         if e.key in done:

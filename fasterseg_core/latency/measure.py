@@ -110,9 +110,12 @@ class LatencyResult:
     iterations: int = 0
     reason: str = ""
     record: dict[str, Any] = field(default_factory=dict)
+    # the timed backend itself, kept so that agreement checks reuse it instead of building it again
+    prepared: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("prepared")
         d["input_shape"] = list(self.input_shape)
         return d
 
@@ -196,6 +199,7 @@ def measure(
     num_threads: int = 0,
     calibration_images: list[torch.Tensor] | None = None,
     seed: int = 0,
+    keep: bool = False,
 ) -> LatencyResult:
     """Time one network on one backend (§10) and say exactly what ran.
 
@@ -207,6 +211,7 @@ def measure(
         name: label stored in the result (e.g. "student").
         num_threads: torch intra-op threads for the measurement (0 = leave as is).
         calibration_images: for ``ort_int8``.
+        keep: keep the prepared backend in ``result.prepared`` (e.g. for an agreement check on it).
 
     Returns:
         A :class:`LatencyResult`; status "unavailable"/"failed" carries the reason instead of figures.
@@ -242,4 +247,5 @@ def measure(
     for k, v in summarise(times).items():
         setattr(result, k, v)
     result.iterations = len(times)
+    result.prepared = prepared if keep else None
     return result

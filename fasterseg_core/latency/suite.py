@@ -28,6 +28,7 @@ from torch import nn
 from ..models.architecture import Architecture
 from ..models.network import build_network
 from ..models.published import build_published, published_architecture
+from ..progress import bar as progress_bar
 from .agreement import agreement
 from .backends import prepare
 from .flops import count_complexity
@@ -126,21 +127,21 @@ def measure_suite(
         images: real (1, 3, H, W) normalised images at ``input_hw`` for int8 calibration and agreement.
         labels: their (1, H, W) labels, for the mIoU change (meaningful once weights are trained).
     """
-    from tqdm.auto import tqdm
-
     record = LatencyRecord(hardware_tag, environment_record(device))
     record.environment["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
     calib = (images or [])[:4] or None
     jobs = [(c, b) for c in candidates for b in backends]
-    bar = tqdm(jobs, desc=f"latency {input_hw[0]}x{input_hw[1]} on {hardware_tag}", disable=not progress)
+    bar = progress_bar(jobs, desc=f"latency {input_hw[0]}x{input_hw[1]} on {hardware_tag}", disable=not progress)
     complexity: dict[str, dict[str, float]] = {}
+    references: dict[str, Any] = {}  # the fp32 eager reference of each network, built once for its agreements
     lut = _table_for(candidates, device, input_hw, hardware_tag)
     for c, backend in bar:
         bar.set_postfix_str(f"{c.name} / {backend}")
         if c.name not in complexity:
             complexity[c.name] = _complexity(c.net, input_hw)
+        check = backend in LOW_PRECISION and bool(images)
         r = measure(c.net, (1, 3, *input_hw), device, backend, name=c.name, warmup=warmup, min_loop_s=min_loop_s,
-                    timed_s=timed_s, num_threads=num_threads, calibration_images=calib)  # fmt: skip
+                    timed_s=timed_s, num_threads=num_threads, calibration_images=calib, keep=check)  # fmt: skip
         row: dict[str, Any] = {
             "hardware_tag": hardware_tag, "network": c.name, "source": c.source, "backend": backend,
             "status": r.status, "input_hw": f"{input_hw[0]}x{input_hw[1]}", "median_ms": r.median_ms,
@@ -151,11 +152,12 @@ def measure_suite(
         if lut is not None and c.arch is not None:
             row["lut_estimate_ms"] = estimate_latency(c.arch, lut, faithful_quirks=False)
             row["lut_estimate_quirks_ms"] = estimate_latency(c.arch, lut, faithful_quirks=True)
-        if backend in LOW_PRECISION and r.status == "ok" and images:
-            ref = prepare(c.net, images[0], "eager", device)
-            cand = prepare(c.net, images[0], backend, device, calibration_images=calib)
-            agree = agreement(ref, cand, images, labels, num_classes=num_classes)
+        if check and r.status == "ok":
+            if c.name not in references:
+                references[c.name] = prepare(c.net, images[0], "eager", device)
+            agree = agreement(references[c.name], r.prepared, images, labels, num_classes=num_classes)
             row.update({f"agreement_{k}": v for k, v in agree.items()})
+            r.prepared = None
         record.rows.append(row)
     return record
 

@@ -20,6 +20,7 @@ from .study import (
     MODEL_COLOURS,
     plot_accuracy_latency,
     plot_class_gain,
+    plot_paired_differences,
     plot_per_class_iou,
     plot_study_curves,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "plot_explorer_view",
     "plot_image_sizes",
     "plot_latency",
+    "plot_paired_differences",
     "plot_per_class_iou",
     "plot_search_latency",
     "plot_stage_curves",

@@ -8,110 +8,92 @@ import math
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
+
+from ..evidence import interval
 
 # Our three networks keep the same colour in every figure; published series are drawn in greys.
 MODEL_COLOURS = {"Teacher": "#1f77b4", "Distilled student": "#d62728", "Trained student": "#2ca02c"}
 _STUDY_GREYS = ("#4d4d4d", "#7f7f7f", "#a6a6a6", "#cccccc", "#e0e0e0")
 
 
-def _colour(name: str, study_index: int) -> str:
-    for model, colour in MODEL_COLOURS.items():
-        if name.startswith(model):
-            return colour
-    return _STUDY_GREYS[study_index % len(_STUDY_GREYS)]
+def _palette(names: list[str]) -> dict[str, str]:
+    greys = iter(_STUDY_GREYS * 4)
+    return {n: next((c for m, c in MODEL_COLOURS.items() if n.startswith(m)), None) or next(greys) for n in names}
 
 
-def plot_per_class_iou(
-    bars: pd.DataFrame, means: pd.Series, reference: tuple[str, float] | None = None, title: str = ""
-) -> Figure:
-    """Grouped bars of IoU per class (left) and the mean per model (right), as the study's Figure 1.
+def plot_per_class_iou(bars: pd.DataFrame, means: pd.DataFrame, reference: tuple[str, float] | None = None,
+                       title: str = "") -> Figure:  # fmt: skip
+    """IoU per class (left) and the mean over classes per model (right), as the study's Figure 1, with the
+    spread over seeds: bars are means, whiskers the 95 % Student-t interval, dots (right) single seeds.
 
     Args:
-        bars: class × series IoU in percent (NaN: class absent, no bar).
-        means: series → mean IoU in percent (the study's bar chart).
+        bars: long table ``class``, ``model``, ``seed``, ``iou`` (percent; published series have one row per
+            class).
+        means: long table ``model``, ``seed``, ``iou``: the mean over classes of each seed (the study's bars).
         reference: (label, value in percent) drawn as a dashed line on the means (e.g. the paper's 71.5).
         title: figure title.
     """
+    order = list(pd.unique(bars["model"]))
+    palette = _palette(order)
     fig, (ax, axm) = plt.subplots(1, 2, figsize=(11, 4.2), width_ratios=(4, 1.1), layout="constrained")
-    n = max(1, bars.shape[1])
-    width = 0.8 / n
-    x = np.arange(len(bars))
-    greys = 0
-    for j, name in enumerate(bars.columns):
-        colour = _colour(name, greys)
-        greys += colour in _STUDY_GREYS
-        ax.bar(
-            x + (j - (n - 1) / 2) * width,
-            bars[name].to_numpy(dtype=float),
-            width * 0.95,
-            color=colour,
-            label=name,
-            edgecolor="k" if colour in _STUDY_GREYS else colour,
-            linewidth=0.3,
-        )
-    ax.set_xticks(x, bars.index, rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel("IoU (%)")
-    ax.set_ylim(0, 100)
-    ax.set_xlim(-0.6, len(bars) - 0.4)
-    ax.legend(fontsize=7, ncol=min(n, 3), loc="lower left", bbox_to_anchor=(0, 1.0), frameon=False)
+    sns.barplot(bars, x="class", y="iou", hue="model", hue_order=order, palette=palette, errorbar=interval,
+                capsize=0.1, err_kws={"linewidth": 0.8}, ax=ax, order=list(pd.unique(bars["class"])))  # fmt: skip
+    ax.tick_params(axis="x", rotation=60, labelsize=8)
+    ax.set(xlabel="", ylabel="IoU (%)", ylim=(0, 100))
+    ax.legend(fontsize=7, ncol=min(len(order), 3), loc="lower left", bbox_to_anchor=(0, 1.0), frameon=False)
     fig.suptitle(title, fontsize=10)
-    greys = 0
-    colours = []
-    for name in means.index:
-        colours.append(_colour(name, greys))
-        greys += colours[-1] in _STUDY_GREYS
-    ym = np.arange(len(means))
-    axm.barh(ym, means.to_numpy(dtype=float), color=colours, edgecolor="k", linewidth=0.3)
-    for y, v in zip(ym, means.to_numpy(dtype=float)):
+    m_order = list(pd.unique(means["model"]))
+    sns.barplot(means, y="model", x="iou", order=m_order, hue="model", palette=_palette(m_order), errorbar=interval,
+                capsize=0.2, err_kws={"linewidth": 0.8}, ax=axm, legend=False)  # fmt: skip
+    sns.stripplot(means, y="model", x="iou", order=m_order, color="k", size=3, ax=axm)
+    for y, name in enumerate(m_order):
+        v = means[means.model == name].iou.mean()
         if not math.isnan(v):
             axm.text(v + 1, y, f"{v:.1f}", va="center", fontsize=7)
     if reference is not None:
         axm.axvline(reference[1], ls="--", color="k", lw=1)
         axm.set_title(f"dashed: {reference[0]}\n{reference[1]:.1f} %", fontsize=7)
-    axm.set_yticks(ym, means.index, fontsize=7)
-    axm.invert_yaxis()
-    axm.set_xlim(0, 100)
-    axm.set_xlabel("mean IoU (%)")
+    axm.set(xlim=(0, 100), xlabel="mean IoU (%)", ylabel="")
+    axm.tick_params(axis="y", labelsize=7)
     return fig
 
 
-def plot_class_gain(gain: pd.Series, title: str = "") -> Figure:
-    """Horizontal bars of a per-class difference in IoU points (green: gain, red: loss).
+def plot_class_gain(gain: pd.DataFrame, title: str = "") -> Figure:
+    """Per-class difference in IoU points (distilled − scratch student), paired by seed: dots are seeds,
+    bars the mean (green: gain, red: loss), whiskers the 95 % Student-t interval.
 
     Args:
-        gain: class → difference in percentage points (NaN: class absent, left blank).
+        gain: long table ``class``, ``seed``, ``gain`` (percentage points).
     """
-    values = gain.to_numpy(dtype=float)
-    fig, ax = plt.subplots(figsize=(7, 1.0 + 0.25 * len(gain)), layout="constrained")
-    colours = ["#2ca02c" if v >= 0 else "#d62728" for v in np.nan_to_num(values)]
-    y = np.arange(len(gain))
-    ax.barh(y, np.nan_to_num(values), color=colours)
-    for yi, v in zip(y, values):
-        if not math.isnan(v):
-            ax.text(v, yi, f" {v:+.1f} ", va="center", ha="left" if v >= 0 else "right", fontsize=7)
+    order = list(pd.unique(gain["class"]))
+    means = gain.groupby("class", sort=False).gain.mean().reindex(order)
+    colours = {c: "#2ca02c" if v >= 0 else "#d62728" for c, v in means.fillna(0).items()}
+    fig, ax = plt.subplots(figsize=(7, 1.0 + 0.28 * len(order)), layout="constrained")
+    sns.barplot(gain, y="class", x="gain", order=order, hue="class", palette=colours, errorbar=interval,
+                capsize=0.2, err_kws={"linewidth": 0.8}, ax=ax, legend=False)  # fmt: skip
+    sns.stripplot(gain, y="class", x="gain", order=order, color="k", size=3, ax=ax)
     ax.axvline(0, color="k", lw=0.8)
-    ax.set_yticks(y, gain.index, fontsize=8)
-    ax.invert_yaxis()
-    lim = max(1.0, float(np.nanmax(np.abs(values))) * 1.3) if np.isfinite(values).any() else 1.0
-    ax.set_xlim(-lim, lim)
-    ax.set_xlabel("IoU difference (percentage points)")
+    lim = max(1.0, float(np.nanmax(np.abs(gain.gain.to_numpy()))) * 1.3) if len(gain) else 1.0
+    ax.set(xlim=(-lim, lim), xlabel="IoU difference (percentage points)", ylabel="")
+    ax.tick_params(axis="y", labelsize=8)
     ax.set_title(title, fontsize=10)
     return fig
 
 
 def plot_study_curves(frame: pd.DataFrame, panels: list[str]) -> Figure:
-    """One panel per trained network: mIoU against (paper) epochs, ours in colour, the study's in grey.
+    """One panel per trained network: mIoU against (paper) epochs; ours in colour (the mean over the seeds,
+    band ±1 sd), the study's in grey.
 
     Args:
         frame: long table with ``panel``, ``series``, ``kind`` ("val" solid, "train" dashed), ``source``
-            ("ours" or "study"), ``x`` (epochs on the common axis) and ``miou`` (percent).
+            ("ours" or "study"), ``seed``, ``x`` (epochs on the common axis) and ``miou`` (percent).
         panels: panel names in order (the networks).
     """
-    fig, axes = plt.subplots(
-        1, len(panels), figsize=(4.0 * len(panels), 3.6), sharex=True, sharey=True, layout="constrained"
-    )
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 3.6), sharex=True, sharey=True,
+                             layout="constrained")  # fmt: skip
     axes = np.atleast_1d(axes)
     for ax, panel in zip(axes, panels):
         sub = frame[frame.panel == panel] if len(frame) else frame
@@ -119,31 +101,42 @@ def plot_study_curves(frame: pd.DataFrame, panels: list[str]) -> Figure:
         for series, rows in sub.groupby("series", sort=False) if len(sub) else []:
             ours = rows.source.iloc[0] == "ours"
             run = series.rsplit(",", 1)[0]
-            colour = (
-                MODEL_COLOURS.get(panel, "C0") if ours else greys.setdefault(run, _STUDY_GREYS[len(greys)])
-            )
+            colour = MODEL_COLOURS.get(panel, "C0") if ours else greys.setdefault(run, _STUDY_GREYS[len(greys)])
             val = rows.kind.iloc[0] == "val"
-            ax.plot(
-                rows.x,
-                rows.miou,
-                "-" if val else "--",
-                color=colour,
-                lw=1.6 if ours else 1.0,
-                marker="o" if val and ours else None,
-                ms=3,
-                alpha=1.0 if val else 0.7,
-                label=series,
-            )
+            sns.lineplot(rows, x="x", y="miou", ax=ax, color=colour, errorbar=("sd", 1) if ours else None,
+                         linestyle="-" if val else "--", linewidth=1.6 if ours else 1.0,
+                         marker="o" if val and ours else None, markersize=3, alpha=1.0 if val else 0.7,
+                         label=series)  # fmt: skip
         if not len(sub):
             ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes, color="grey")
         else:
             ax.set_xscale("log")
             ax.legend(fontsize=6, loc="lower right", frameon=False)
         ax.set_title(panel, fontsize=10)
-        ax.set_xlabel("paper epochs (1000 iterations × batch 12)")
+        ax.set(xlabel="paper epochs (1000 iterations × batch 12)", ylabel="mIoU (%)", ylim=(0, 100))
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("mIoU (%)")
-    axes[0].set_ylim(0, 100)
+    return fig
+
+
+def plot_paired_differences(frame: pd.DataFrame, margin: float) -> Figure:
+    """Per-seed paired differences of several claims: dots per seed, the mean with its 95 % Student-t
+    interval, a band of ±``margin`` around 0 (the equivalence margin).
+
+    Args:
+        frame: long table ``claim``, ``seed``, ``points`` (differences in percentage points).
+        margin: the "on par" margin in points.
+    """
+    order = list(pd.unique(frame["claim"]))
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.55 * len(order)), layout="constrained")
+    ax.axvspan(-margin, margin, color="0.9", zorder=0, label=f"±{margin:g} point (on par)")
+    ax.axvline(0, color="k", lw=0.8)
+    sns.pointplot(frame, y="claim", x="points", order=order, errorbar=interval, linestyle="none", color="k",
+                  capsize=0.2, markers="D", ax=ax)  # fmt: skip
+    sns.stripplot(frame, y="claim", x="points", order=order, hue="seed", palette="tab10", size=6, ax=ax,
+                  jitter=0.1)  # fmt: skip
+    ax.set(xlabel="difference (mIoU points)", ylabel="")
+    ax.tick_params(axis="y", labelsize=8)
+    ax.legend(fontsize=7, title="seed", title_fontsize=7, loc="best")
     return fig
 
 

@@ -6,32 +6,38 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from ..data.labels import colorize
+from ..evidence import interval
 from ..predictions import ImageView
 
 
-def plot_stage_curves(histories: dict[str, pd.DataFrame], title: str = "") -> Figure:
-    """Loss (left) and validation / running-train mIoU (right) per epoch for one or more training runs.
+def plot_stage_curves(history: pd.DataFrame, title: str = "") -> Figure:
+    """Loss (left) and validation / running-train mIoU (right) per epoch of one training stage, the mean
+    over its seeds with a band of ±1 sd when there are several (seaborn).
 
     Args:
-        histories: run name → its ``history.csv`` frame (columns epoch, loss, train_miou, val_miou;
-            ``kd_loss`` drawn dashed when present and finite).
+        history: the seeds' ``history.csv`` rows with a ``seed`` column (epoch, loss, kd_loss, train_miou,
+            val_miou; ``kd_loss`` drawn dashed when present and finite).
         title: figure title.
     """
+    n = history["seed"].nunique() if "seed" in history else 1
+    band = ("sd", 1) if n > 1 else None
     fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(10, 3.4), layout="constrained")
-    for i, (name, h) in enumerate(histories.items()):
-        color = f"C{i}"
-        ax_loss.plot(h.epoch, h.loss, color=color, label=f"{name} total")
-        if "kd_loss" in h and h.kd_loss.notna().any():
-            ax_loss.plot(h.epoch, h.kd_loss, color=color, ls="--", label=f"{name} distillation")
-        ax_iou.plot(h.epoch, h.train_miou, color=color, ls=":", label=f"{name} train (running)")
-        val = h.dropna(subset=["val_miou"])
-        ax_iou.plot(val.epoch, val.val_miou, color=color, marker="o", label=f"{name} val")
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="training loss")
-    ax_iou.set(xlabel="epoch", ylabel="mIoU", title="mIoU", ylim=(0, None))
+    sns.lineplot(history, x="epoch", y="loss", errorbar=band, ax=ax_loss, label="total")
+    if "kd_loss" in history and history.kd_loss.notna().any():
+        sns.lineplot(history, x="epoch", y="kd_loss", errorbar=band, ax=ax_loss, label="distillation",
+                     linestyle="--")  # fmt: skip
+    sns.lineplot(history, x="epoch", y="train_miou", errorbar=band, ax=ax_iou, label="train (running)",
+                 linestyle=":")  # fmt: skip
+    sns.lineplot(history.dropna(subset=["val_miou"]), x="epoch", y="val_miou", errorbar=band, ax=ax_iou,
+                 marker="o", label="val")  # fmt: skip
+    spread = f"mean of {n} seeds, band ±1 sd" if n > 1 else "one seed"
+    ax_loss.set(xlabel="epoch", ylabel="loss", title=f"training loss ({spread})")
+    ax_iou.set(xlabel="epoch", ylabel="mIoU", title=f"mIoU ({spread})", ylim=(0, None))
     for ax in (ax_loss, ax_iou):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -41,22 +47,21 @@ def plot_stage_curves(histories: dict[str, pd.DataFrame], title: str = "") -> Fi
 
 
 def plot_stage_iou(per_class: pd.DataFrame, title: str = "") -> Figure:
-    """Grouped bars of IoU per class, one group per class and one bar per run/checkpoint.
+    """IoU per class (bars: mean over the seeds; whiskers: 95 % Student-t interval when there are several
+    seeds), one bar per series (e.g. "test · best"), classes in their first-seen order.
 
     Args:
-        per_class: long table with columns ``class``, ``iou`` and a ``series`` column naming the bar
-            (e.g. "test · best"); classes keep their first-seen order.
+        per_class: long table with columns ``class``, ``iou``, ``series`` and (several seeds) ``seed``.
         title: figure title.
     """
-    wide = per_class.pivot_table(index="class", columns="series", values="iou", sort=False)
-    wide = wide.reindex(pd.unique(per_class["class"]))
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(wide)), 3.4), layout="constrained")
-    width = 0.8 / max(1, wide.shape[1])
-    x = np.arange(len(wide))
-    for i, series in enumerate(wide.columns):
-        ax.bar(x + (i - (wide.shape[1] - 1) / 2) * width, wide[series].to_numpy(float), width, label=series)
-    ax.set_xticks(x, wide.index, rotation=45, ha="right")
-    ax.set(ylabel="IoU", ylim=(0, 1), title=title)
+    order = list(pd.unique(per_class["class"]))
+    n = per_class["seed"].nunique() if "seed" in per_class else 1
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(order)), 3.4), layout="constrained")
+    sns.barplot(per_class, x="class", y="iou", hue="series", order=order, ax=ax,
+                errorbar=interval if n > 1 else None, capsize=0.1, err_kws={"linewidth": 1})  # fmt: skip
+    ax.tick_params(axis="x", rotation=45)
+    ax.set(xlabel="", ylabel="IoU", ylim=(0, 1), title=title + (f" (mean of {n} seeds, 95 % t-interval)" if n > 1
+                                                                  else ""))  # fmt: skip
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
     return fig

@@ -43,6 +43,7 @@ from ..machine import seed_everything
 from ..models.architecture import Architecture
 from ..models.network import init_weights_
 from ..models.supernet import HEAD_NAMES, Supernet, build_supernet
+from ..progress import bar as progress_bar
 from ..runs import Run, resume_key
 from .data import (
     SearchData,
@@ -226,11 +227,9 @@ def _search_epochs(cfg: RunConfig, run: Run, net: Supernet, data: SearchData, lu
                    objective: _Objective, state: _SearchState, key: str, progress: bool
                    ) -> tuple[dict[str, Any], dict[str, Path]]:  # fmt: skip
     """Phase 2: the search epochs from ``state.start`` on; returns the last derivation and its files."""
-    from tqdm.auto import tqdm
-
     sc, device, iters = cfg.search, run.device, state.iters
     eval_loader = DataLoader(data.val, sc.search_batch_size, shuffle=False, num_workers=cfg.data.num_workers)
-    bar = tqdm(total=sc.search_epochs * iters, initial=state.start * iters, desc="search", disable=not progress)
+    bar = progress_bar(total=sc.search_epochs * iters, initial=state.start * iters, desc="search", disable=not progress)
     eta = _Eta("search", (sc.search_epochs - state.start) * iters, sc.search_epochs - state.start, bar)
     derived: dict[str, Any] = {}
     files: dict[str, Path] = {}
@@ -315,8 +314,6 @@ def _pretrain(net: Supernet, data: SearchData, cfg: RunConfig, device: torch.dev
     Returns:
         The pretraining history (one record per epoch).
     """
-    from tqdm.auto import tqdm
-
     sc = cfg.search
     path = train_path(sc.path_sampling)
     iters = iterations_per_epoch(sc.iters_per_epoch, sc.min_iters_per_epoch, len(data.pretrain),
@@ -334,7 +331,7 @@ def _pretrain(net: Supernet, data: SearchData, cfg: RunConfig, device: torch.dev
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         start, history = int(ckpt["epoch"]), list(ckpt["history"])
-    bar = tqdm(total=sc.pretrain_epochs * iters, initial=start * iters, desc="pretrain", disable=not progress)
+    bar = progress_bar(total=sc.pretrain_epochs * iters, initial=start * iters, desc="pretrain", disable=not progress)
     eta = _Eta("pretrain", (sc.pretrain_epochs - start) * iters, 0, bar)
     for epoch in range(start, sc.pretrain_epochs):
         seed = epoch_seed(sc.seed, "pretrain", epoch)

@@ -1,0 +1,206 @@
+"""The claims ledger: every claim of the paper and of the 2022 study that this pipeline can test, with the
+published number, this run's per-seed values, their mean and 95 % interval, and a verdict by a stated rule
+(:mod:`fasterseg_core.evidence`).
+
+Each entry is decided by one of three rules: a paired difference over seeds (distilled − scratch student of
+the same seed; distilled student − its teacher), a value against a threshold (the searched student's table
+FPS against its window), or a quantity that does not vary with the seed (parameters, FLOPs, the latency
+ratio of two fixed networks on this machine). Differences are in mIoU points; "on par" needs TOST within
+the margin (±1 point). One seed gives "inconclusive (n = 1)", never a verdict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..evidence import Verdict, summarize, verdict, verdict_threshold
+from ..plots import plot_paired_differences
+from ..runs import teacher_seed
+from ..storage import save_json
+from .artifacts import TRAINED, Artifacts
+from .exhibit import Exhibit
+from .published import Published
+
+MARGIN_POINTS = 1.0  # equivalence margin for "on par" claims: ±1 mIoU point
+SPEED_NOISE = 0.15  # a latency ratio within 15 % of 1 is inside this machine's run-to-run noise
+ROUNDING = {"params": 0.05, "flops": 0.05}  # the published figures are printed to one decimal
+
+
+@dataclass
+class Entry:
+    """One row of the ledger (``claims.json``)."""
+
+    id: str
+    source: str
+    where: str
+    claim: str
+    published: str
+    metric: str
+    per_seed: dict[int, float]
+    verdict: str
+    reason: str
+    rule: str
+    note: str = ""
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _entry(c: Any, pub: Published, metric: str, per_seed: dict[int, float], v: Verdict, note: str) -> Entry:
+    numbers = "; ".join(f"{n['value']:g} {n['unit']} ({pub.cite(n['ref'])})" for n in c.numbers)
+    s = summarize(list(per_seed.values())) if per_seed else None
+    return Entry(c.id, pub.sources()[c.source].short, c.where, c.claim, numbers, metric, per_seed, v.label,
+                 v.reason, v.rule, note, asdict(s) if s else {})  # fmt: skip
+
+
+def _missing(c: Any, pub: Published, metric: str, why: str) -> Entry:
+    numbers = "; ".join(f"{n['value']:g} {n['unit']}" for n in c.numbers)
+    return Entry(c.id, pub.sources()[c.source].short, c.where, c.claim, numbers, metric, {}, "not tested", why, "")
+
+
+def scale_note(art: Artifacts) -> str:
+    """What limits a verdict here: dataset, training length and device against the paper's and the study's."""
+    m = next((art.trained(s) for s in TRAINED if art.trained(s)), None)
+    if m is None:
+        return ""
+    dataset = m["dataset"]
+    length = (f"{m['epochs']} epochs × {m['iters_per_epoch']} iterations of batch {m['batch_size']} at "
+              f"{m['crop_hw'][0]}×{m['crop_hw'][1]} (paper: 600 × 1000 of 12 at 512×1024; study: 100–300 epochs)")
+    parts = [f"{dataset} ({'the study: Cityscapes' if dataset != 'cityscapes' else 'as the study'})", length,
+             f"device {art.cfg.device}"]  # fmt: skip
+    return "At this scale: " + "; ".join(parts) + ". A verdict says what holds here, not at the paper's scale."
+
+
+def _paired(art: Artifacts, a: str, b: str, split: str, teacher: bool = False) -> dict[int, float]:
+    """Seed → 100·(score of stage ``a`` − score of stage ``b``), best checkpoints; ``teacher``: ``b`` is the
+    teacher, matched to each student seed by :func:`~fasterseg_core.runs.teacher_seed`."""
+    va, vb = art.seed_values(a, split, "best"), art.seed_values(b, split, "best")
+    out = {}
+    for seed, x in va.items():
+        other = teacher_seed(art.cfg, seed) if teacher else seed
+        if other in vb:
+            out[seed] = 100 * (x - vb[other])
+    return out
+
+
+def ledger(art: Artifacts, pub: Published) -> list[Entry]:
+    """The claims of :meth:`Published.claims`, each tested on this run's artifacts."""
+    claims = {c.id: c for c in pub.claims()}
+    note = scale_note(art)
+    out: list[Entry] = []
+    c = claims["study_trained_on_par_with_distilled"]
+    for split in ("val", "test"):
+        d = _paired(art, "04_student", "03_distill", split)
+        metric = f"{split} mIoU, scratch − distilled student (points, paired by seed)"
+        out.append(_entry(c, pub, metric, d, verdict(list(d.values()), "equivalent", MARGIN_POINTS), note)
+                   if d else _missing(c, pub, metric, "needs 03_distill and 04_student"))  # fmt: skip
+    c = claims["study_distilled_above_teacher_val"]
+    d = _paired(art, "03_distill", "02_teacher", "val", teacher=True)
+    shared = "" if art.cfg.teacher_per_seed else " One teacher serves every seed: its own spread is not counted."
+    metric = "val mIoU, distilled student − teacher (points)"
+    out.append(_entry(c, pub, metric, d, verdict(list(d.values()), "greater", MARGIN_POINTS), note + shared)
+               if d else _missing(c, pub, metric, "needs 02_teacher and 03_distill"))  # fmt: skip
+    c = claims["paper_distillation_improves_student"]
+    d = _paired(art, "03_distill", "04_student", "test")
+    metric = "test mIoU, distilled − scratch student (points, paired by seed)"
+    out.append(_entry(c, pub, metric, d, verdict(list(d.values()), "greater", MARGIN_POINTS), note)
+               if d else _missing(c, pub, metric, "needs 03_distill and 04_student"))  # fmt: skip
+    out.append(_latency_target(art, pub, claims["paper_student_meets_latency_target"]))
+    out += _measured(art, pub, claims)
+    return out
+
+
+def _latency_target(art: Artifacts, pub: Published, c: Any) -> Entry:
+    metric = "searched student's table FPS on this device, against its target window"
+    s = art.stages["01_search"]
+    if not s.ran:
+        return _missing(c, pub, metric, f"01_search {s.status}")
+    m = s.metrics
+    low, high = m["target_fps"]
+    fps = {int(art.cfg.search.seed): float(m["student"]["fps"])}
+    v = verdict_threshold(list(fps.values()), (low + high) / 2, "equivalent", (high - low) / 2)
+    note = (f"One search (seed {art.cfg.search.seed}) of {m['arch_steps']} architecture steps (paper: 22,290), on "
+            f"this device's lookup table; window {low:.1f}–{high:.1f} FPS = the published student's table FPS "
+            f"± {100 * art.cfg.search.target_window_rel:g} %. The largest α/β/γ change was "
+            f"{m['student']['arch_max_shift']:.3g}.")  # fmt: skip
+    return _entry(c, pub, metric, fps, v, note)
+
+
+def _measured(art: Artifacts, pub: Published, claims: dict[str, Any]) -> list[Entry]:
+    """Claims on quantities measured once per machine: params, FLOPs and the teacher/student latency ratio."""
+    lat = art.latency
+    c_speed, c_size = claims["paper_student_much_faster_than_teacher"], claims["paper_student_params_flops"]
+    if lat.empty:
+        why = f"05_latency {art.stages['05_latency'].status}"
+        return [_missing(c_speed, pub, "latency ratio", why), _missing(c_size, pub, "params / FLOPs", why)]
+    eager = lat[(lat.status == "ok") & (lat.backend == "eager")]
+    rows = {n: eager[eager.network == n].iloc[0] for n in ("published teacher", "published student")
+            if (eager.network == n).any()}  # fmt: skip
+    out = []
+    if len(rows) == 2:
+        ratio = float(rows["published teacher"].median_ms / rows["published student"].median_ms)
+        v = verdict_threshold([ratio], 1 + SPEED_NOISE, "greater", deterministic=True)
+        tag = rows["published student"].hardware_tag
+        out.append(_entry(c_speed, pub, f"teacher / student latency, eager PyTorch on {tag} "
+                          f"({rows['published student'].input_hw})", {0: ratio}, v,
+                          f"One machine's median latencies (05_latency); a ratio must exceed 1 + {SPEED_NOISE:g} "
+                          "(this machine's run-to-run noise) to count as faster."))  # fmt: skip
+    else:
+        out.append(_missing(c_speed, pub, "latency ratio", "no eager latency of both published networks"))
+    student = lat[lat.network == "published student"]
+    if student.empty:
+        return out + [_missing(c_size, pub, "params / FLOPs", "the published student was not measured")]
+    r = student.iloc[0]
+    for key, value, threshold in (("params", float(r.params_M), 4.4), ("flops", float(r.thop_GMACs_1024x2048), 28.2)):
+        metric = "parameters (M)" if key == "params" else "GFLOPs at 1024×2048 (thop convention)"
+        v = verdict_threshold([value], threshold, "equivalent", ROUNDING[key], deterministic=True)
+        extra = " The study counts 27.9 G for the same network; see method §8." if key == "flops" else ""
+        out.append(_entry(c_size, pub, metric, {0: value}, v, f"Counted on the published student.{extra}"))
+    return out
+
+
+def ledger_table(entries: list[Entry]) -> pd.DataFrame:
+    """One row per entry: claim, source, published, ours (mean ± interval), verdict."""
+    rows = []
+    for e in entries:
+        s = e.summary
+        ours = "" if not s else (f"{s['mean']:.3g}" + (f" [{s['ci_low']:.3g}, {s['ci_high']:.3g}]" if s["n"] > 1 else "")
+                                 + f" (n = {s['n']})")  # fmt: skip
+        rows.append({"claim": e.claim, "source": f"{e.source}, {e.where}", "published": e.published,
+                     "tested here": e.metric, "ours: mean [95 % CI]": ours,
+                     "per seed": ", ".join(f"{v:.3g}" for v in e.per_seed.values()), "verdict": e.verdict,
+                     "why": e.reason})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def claims_exhibit(art: Artifacts, entries: list[Entry], pub: Published) -> Exhibit:
+    """Table 5: the claims ledger."""
+    cap = (
+        "Every claim of the paper and the 2022 study this pipeline can test. Differences are paired by seed (the "
+        "two students of one seed share initial weights and data order); 'on par' needs TOST within "
+        f"±{MARGIN_POINTS:g} mIoU point; a single seed or a single search is 'inconclusive (n = 1)'. The full rule "
+        f"of each verdict is in 06_analysis/claims.json. {scale_note(art)} {pub.note}"
+    )
+    return Exhibit("Table 5", "Claims ledger", cap, ledger_table(entries))
+
+
+def paired_figure(entries: list[Entry]) -> Exhibit:
+    """Figure 6: the per-seed paired differences of the accuracy claims, with their means and intervals."""
+    rows = [{"claim": e.metric, "seed": s, "points": v} for e in entries if e.per_seed and "points" in e.metric
+            for s, v in e.per_seed.items()]  # fmt: skip
+    title = "Paired differences per seed"
+    if not rows:
+        return Exhibit("Figure 6", title, "", missing="no paired comparison ran")
+    frame = pd.DataFrame(rows)
+    cap = (f"Each dot is one seed's difference in mIoU points; bars are the means and whiskers their 95 % "
+           f"Student-t intervals; the grey band is ±{MARGIN_POINTS:g} point, the margin of 'on par'.")  # fmt: skip
+    return Exhibit("Figure 6", title, cap, frame, plot_paired_differences(frame, MARGIN_POINTS),
+                   formats={"points": "{:+.2f}", "seed": "{:.0f}"})  # fmt: skip
+
+
+def save_ledger(entries: list[Entry], folder: Path) -> Path:
+    """``claims.json`` beside the analysis' other outputs."""
+    return save_json({"format": "fasterseg-claims/1", "margin_points": MARGIN_POINTS,
+                      "claims": [asdict(e) for e in entries]}, Path(folder) / "claims.json")  # fmt: skip
