@@ -225,11 +225,15 @@ def measure(
         name=name or type(model).__name__, backend=backend, status="ok", input_shape=tuple(input_shape)
     )
     result.record = {**environment_record(device), "batch": input_shape[0], "input_hw": list(input_shape[2:])}
+    start = time.perf_counter()
     try:
         prepared = prepare(
             model, example, backend, device, num_threads=num_threads, calibration_images=calibration_images
         )
         result.record.update(prepared.info)
+        # what a row costs (export, compile, quantise vs. timing): shows where a latency stage's time goes
+        result.record["prepare_s"] = round(time.perf_counter() - start, 3)
+        start = time.perf_counter()
         times = time_prepared(
             prepared.run,
             prepared.sync,
@@ -244,6 +248,7 @@ def measure(
     except BackendFailed as e:
         result.status, result.reason = "failed", str(e)
         return result
+    result.record["timing_s"] = round(time.perf_counter() - start, 3)
     for k, v in summarise(times).items():
         setattr(result, k, v)
     result.iterations = len(times)

@@ -134,11 +134,15 @@ def measure_suite(
     bar = progress_bar(jobs, desc=f"latency {input_hw[0]}x{input_hw[1]} on {hardware_tag}", disable=not progress)
     complexity: dict[str, dict[str, float]] = {}
     references: dict[str, Any] = {}  # the fp32 eager reference of each network, built once for its agreements
+    start = time.perf_counter()
     lut = _table_for(candidates, device, input_hw, hardware_tag)
+    record.environment["lut_build_s"] = round(time.perf_counter() - start, 3)
     for c, backend in bar:
         bar.set_postfix_str(f"{c.name} / {backend}")
+        start = time.perf_counter()
         if c.name not in complexity:
             complexity[c.name] = _complexity(c.net, input_hw)
+        complexity_s = time.perf_counter() - start
         check = backend in LOW_PRECISION and bool(images)
         r = measure(c.net, (1, 3, *input_hw), device, backend, name=c.name, warmup=warmup, min_loop_s=min_loop_s,
                     timed_s=timed_s, num_threads=num_threads, calibration_images=calib, keep=check)  # fmt: skip
@@ -148,15 +152,19 @@ def measure_suite(
             "mean_ms": r.mean_ms, "p90_ms": r.p90_ms, "p99_ms": r.p99_ms, "fps": r.fps,
             "iterations": r.iterations, "reason": r.reason, "dtype": r.record.get("dtype"),
             "backend_version": r.record.get("backend_version"), **complexity[c.name],
+            "complexity_s": round(complexity_s, 3), "prepare_s": r.record.get("prepare_s"),
+            "timing_s": r.record.get("timing_s"),
         }  # fmt: skip
         if lut is not None and c.arch is not None:
             row["lut_estimate_ms"] = estimate_latency(c.arch, lut, faithful_quirks=False)
             row["lut_estimate_quirks_ms"] = estimate_latency(c.arch, lut, faithful_quirks=True)
         if check and r.status == "ok":
+            start = time.perf_counter()
             if c.name not in references:
                 references[c.name] = prepare(c.net, images[0], "eager", device)
             agree = agreement(references[c.name], r.prepared, images, labels, num_classes=num_classes)
             row.update({f"agreement_{k}": v for k, v in agree.items()})
+            row["agreement_s"] = round(time.perf_counter() - start, 3)
             r.prepared = None
         record.rows.append(row)
     return record
