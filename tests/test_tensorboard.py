@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,6 +30,7 @@ from fasterseg_core.scalars import FOLDER, Scalars, search_tags
 from fasterseg_core.stages import run_search, run_training
 from fasterseg_core.storage import load_torch
 
+REPO = Path(__file__).resolve().parents[1]
 SEED = 12345
 TINY_DATA = {"seeds": [SEED], "data.synthetic_train_images": 8, "data.synthetic_eval_images": 2,
              "data.synthetic_hw": [64, 128]}  # fmt: skip
@@ -210,3 +217,49 @@ def test_search_writes_losses_lambda_latency_and_entropies(tmp_path):
         if tag.startswith("entropy/"):
             assert all(0.0 <= v <= 1.0 for _, v in got[tag]), tag
     assert got["entropy/student_alpha"][-1][1] < 1.0
+
+
+# ---- make tensorboard ------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.slow
+def test_the_tensorboard_command_serves_a_profiles_runs_with_restarts_purged(tmp_path):
+    """``python -m fasterseg_core tensorboard`` (what ``make tensorboard`` runs) on a profile's output folder:
+    the server lists the run and shows a restarted run's steps once each."""
+    run_dir = tmp_path / "smoke" / "04_student" / f"seed-{SEED}"
+    with Scalars(run_dir) as first:  # an interrupted process: steps 1-3
+        for step in (1, 2, 3):
+            first.add({"iteration/loss": 10.0 + step}, step)
+    with Scalars(run_dir) as resumed:  # resumed at step 3
+        for step in (3, 4):
+            resumed.add({"iteration/loss": 20.0 + step}, step)
+    port = _free_port()
+    cmd = [sys.executable, "-m", "fasterseg_core", "tensorboard", "--profile", "smoke", "--overrides",
+           json.dumps({"output_root": str(tmp_path)}), "--port", str(port)]  # fmt: skip
+    server = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = f"04_student/seed-{SEED}/{FOLDER}"
+    query = urllib.parse.urlencode({"run": run, "tag": "iteration/loss"})
+    expected = [(1, 11.0), (2, 12.0), (3, 23.0), (4, 24.0)]
+    try:
+        deadline, points = time.monotonic() + 90, None
+        while time.monotonic() < deadline and server.poll() is None and points != expected:
+            time.sleep(0.5)
+            try:  # the server loads the folder in the background: poll until it has read both files
+                points = [(step, value) for _, step, value in
+                          _get(f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?{query}")]  # fmt: skip
+            except OSError:
+                pass
+        assert server.poll() is None, server.stdout.read()
+        assert points == expected
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
