@@ -2,7 +2,7 @@
 # both build the environment first (`make setup`, idempotent; a second run takes a moment).
 #
 #   make report [PROFILE=camvid-cpu] [OVERRIDES='{"teacher.epochs": 2}'] [HARDWARE_TAG=x] [FORCE=1]
-#   make test | make lab | make lint | make data | make clean-outputs | make strip-notebooks
+#   make test | make lab | make tensorboard | make lint | make data | make clean-outputs | make strip-notebooks
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -16,6 +16,7 @@ HARDWARE_TAG ?=
 FORCE ?=
 PYTEST_ARGS ?=
 LAB_ARGS ?=
+PORT ?= 6006
 
 # Exact pins, installed before the package so that `pip install -e .` (which only asks for >= ranges)
 # reuses them instead of resolving another multi-GB torch build (see ../shared/docs/toolchain.md §1).
@@ -42,7 +43,7 @@ ifneq ($(wildcard ../shared/data/camvid),)
 CAMVID_SOURCE ?= ../shared/data/camvid
 endif
 
-.PHONY: help setup system-packages js-assets data test report lab lint clean-outputs strip-notebooks
+.PHONY: help setup system-packages js-assets data test report lab tensorboard lint clean-outputs strip-notebooks
 
 help:
 	@echo "make report [PROFILE=$(PROFILE)] [OVERRIDES='{\"teacher.epochs\": 2}'] [HARDWARE_TAG=...] [FORCE=1]"
@@ -50,6 +51,7 @@ help:
 	@echo "make setup       .venv, system packages for the PDF, offline JS for the HTML report"
 	@echo "make data        put CamVid under data/camvid (CAMVID_SOURCE=folder copies a local copy)"
 	@echo "make lab         JupyterLab on notebooks/ with the project's environment"
+	@echo "make tensorboard [PROFILE=...] [PORT=6006]  live curves of every stage of the profile"
 	@echo "make lint        ruff"
 	@echo "make clean-outputs | make strip-notebooks"
 
@@ -105,6 +107,12 @@ report: setup
 # The venv's own "python3" kernel: the same parameters cell and load_config call as under papermill.
 lab: setup
 	cd notebooks && ../$(VENV)/bin/jupyter lab --notebook-dir=. $(LAB_ARGS)
+
+# Live curves: TensorBoard on the profile's output folder (as the config resolves it, OVERRIDES included),
+# where each run folder's tensorboard/ is one run; on this machine only (127.0.0.1).
+tensorboard: $(SETUP_STAMP)
+	$(PY) -m fasterseg_core tensorboard --profile $(PROFILE) $(if $(OVERRIDES),--overrides '$(OVERRIDES)') \
+		--host 127.0.0.1 --port $(PORT)
 
 lint: $(SETUP_STAMP)
 	$(PY) -m ruff check .

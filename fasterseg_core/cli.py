@@ -1,14 +1,15 @@
 """The command line: ``python -m fasterseg_core <command>``, every entry point in one place.
 
-=============  ===============================================================================
-command        what it does
-=============  ===============================================================================
-``report``     every stage notebook in order (complete ones skipped), then report.html + .pdf
-``train``      one training stage outside the notebooks; the ``torchrun`` entry point
-``evaluate``   score a checkpoint (a stage's, or any file, the authors' included) on a split
-``latency``    time networks on backends, or build a latency lookup table
-``data``       put CamVid under a folder (link a local copy or download), checksums verified
-=============  ===============================================================================
+===============  ===============================================================================
+command          what it does
+===============  ===============================================================================
+``report``       every stage notebook in order (complete ones skipped), then report.html + .pdf
+``train``        one training stage outside the notebooks; the ``torchrun`` entry point
+``evaluate``     score a checkpoint (a stage's, or any file, the authors' included) on a split
+``latency``      time networks on backends, or build a latency lookup table
+``data``         put CamVid under a folder (link a local copy or download), checksums verified
+``tensorboard``  TensorBoard on a profile's output folder: the live curves of every stage and seed
+===============  ===============================================================================
 
 Every command that reads a profile takes the same ``--profile`` / ``--overrides`` pair. A user error (bad
 override or JSON, missing input, wrong checkpoint, broken dataset) prints one ``error: …`` line naming the
@@ -241,6 +242,20 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tensorboard(args: argparse.Namespace) -> int:
+    """TensorBoard over the profile's output folder (each run folder's ``tensorboard/`` is one run there)."""
+    logdir = load_config(args.profile, _overrides(args.overrides)).output_dir
+    note = "" if logdir.is_dir() else " (nothing there yet: curves appear as stages start)"
+    print(f"TensorBoard on http://{args.host}:{args.port}/ reading {logdir}{note}", flush=True)
+    from tensorboard import default, program  # deferred: a few seconds to import, needed by this command only
+
+    # in this process (not a child), so that stopping the command stops the server
+    board = program.TensorBoard(plugins=default.get_plugins())
+    board.configure(argv=[sys.argv[0], "--logdir", str(logdir), "--host", args.host,
+                          "--port", str(args.port)])  # fmt: skip
+    return board.main()
+
+
 # ---- the parser ----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """``python -m fasterseg_core`` with its subcommands."""
@@ -301,6 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--copy", action="store_true", help="copy the files instead of linking the split folders")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the checksum check")
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("tensorboard", help="TensorBoard on the profile's output folder (make tensorboard)")
+    p.add_argument("--profile", default="camvid-cpu", help="params/<profile>.yaml or a YAML path")
+    p.add_argument("--overrides", default="", help="JSON object of dotted keys, e.g. output_root")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
+    p.add_argument("--port", type=int, default=6006)
+    p.set_defaults(func=cmd_tensorboard)
     return parser
 
 

@@ -16,6 +16,8 @@ the KL term against a frozen teacher (:class:`~fasterseg_core.losses.Distillatio
   the same global sample order and takes its slice of each global batch, so N processes of batch B/N
   compute the gradient of one process on batch B (up to batch-norm statistics, per rank unless
   ``sync_bn``); metrics are all-reduced; rank 0 logs and writes checkpoints.
+* **Live curves**: each iteration's losses and lr, each epoch's history row, as TensorBoard scalars in
+  ``out_dir/tensorboard/`` (:mod:`fasterseg_core.scalars`; ``history.csv`` stays the record).
 * Mixed precision (bf16/fp16 autocast) and ``channels_last`` as options (the paper trained fp32 NCHW).
 
     result = fit(spec, net, loss_fn, train_set, val_set, device, run.dir, key=identity)
@@ -53,6 +55,7 @@ from .losses import DistillationLoss, SegmentationLoss, ohem_min_kept
 from .metrics import SCORE_KEYS, ConfusionMatrix
 from .predictions import predict_logits
 from .progress import bar as progress_bar
+from .scalars import Scalars, iteration_tags, training_tags
 
 _log = logging.getLogger(__name__)
 
@@ -119,7 +122,8 @@ def training_loss(spec: TrainConfig, teacher: nn.Module | None = None, device: t
 def train_one_epoch(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer, loader: Iterable,
                     device: torch.device, spec: TrainConfig, *, scaler: torch.amp.GradScaler, num_classes: int,
                     epoch: int, where: str = "", bar: Any = None, ceiling: float = math.inf,
-                    per_iteration: Any = None) -> tuple[dict[str, float], ConfusionMatrix]:  # fmt: skip
+                    per_iteration: Any = None, scalars: Scalars | None = None
+                    ) -> tuple[dict[str, float], ConfusionMatrix]:  # fmt: skip
     """One epoch of SGD over ``loader``.
 
     Args:
@@ -133,6 +137,7 @@ def train_one_epoch(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Op
         bar: a tqdm bar to advance, or None.
         ceiling: a loss above this is noted: ``sums["first_over"]`` is the first iteration past it (0: none).
         per_iteration: an lr scheduler stepped after every optimiser step (poly/cosine), or None.
+        scalars: TensorBoard scalars of the run: each iteration's losses and lr, at the stage's global step.
 
     Returns:
         (sums of the per-iteration losses, the training confusion matrix).
@@ -160,6 +165,7 @@ def train_one_epoch(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Op
             )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        step_lr = optimizer.param_groups[0]["lr"]  # the rate of this step (a per-iteration schedule moves it)
         scaler.step(optimizer)
         scaler.update()
         if per_iteration is not None:
@@ -167,6 +173,9 @@ def train_one_epoch(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Op
         value = float(loss.detach())
         sums["loss"] += value
         first_over = first_over or (it if value > ceiling else 0)
+        if scalars is not None:
+            scalars.add(iteration_tags(value, {n: float(v.detach()) for n, v in parts.items()}, step_lr),
+                        (epoch - 1) * spec.iters_per_epoch + it)  # fmt: skip
         for name, value in parts.items():
             sums[name] += float(value.detach())
         train_cm.update(outputs["out"].detach().argmax(1), labels)
@@ -285,6 +294,7 @@ def fit(spec: TrainConfig, net: nn.Module, loss_fn: LossFn, train_set: Dataset, 
     scaler = torch.amp.GradScaler(device.type, enabled=spec.amp == "fp16")
     num_classes = getattr(train_set, "num_classes", None) or net.num_classes
     bar = _bar(spec, state.start_epoch, Path(out_dir).name) if progress and info.main else None
+    scalars = Scalars(out_dir, info=info)  # live curves in out_dir/tensorboard/ (rank 0)
     try:
         for epoch in range(state.start_epoch, spec.epochs + 1):
             t0 = time.perf_counter()
@@ -298,7 +308,7 @@ def fit(spec: TrainConfig, net: nn.Module, loss_fn: LossFn, train_set: Dataset, 
                                                  num_classes=num_classes, epoch=epoch, where=Path(out_dir).name,
                                                  bar=bar, ceiling=spec.divergence_factor * best_mean,
                                                  per_iteration=None if spec.lr_schedule == "exponential"
-                                                 else scheduler)  # fmt: skip
+                                                 else scheduler, scalars=scalars)  # fmt: skip
             except TrainingDiverged as e:
                 raise TrainingDiverged(f"{e}; {kept}. Lower the learning rate, check the labels, or try "
                                        "amp='none'.") from None  # fmt: skip
@@ -322,6 +332,8 @@ def fit(spec: TrainConfig, net: nn.Module, loss_fn: LossFn, train_set: Dataset, 
             state.history.append(row)
             state.seconds_total += time.perf_counter() - t0
             if info.main:
+                # before the checkpoint: a run killed in between redoes this epoch and replaces its curves
+                scalars.add(training_tags(row), epoch * spec.iters_per_epoch)
                 save_checkpoint(last_path, "train", key, epoch, unwrap(model).state_dict(),
                                 optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=rng_state(),
                                 history=state.history, best=state.best, seconds_total=state.seconds_total,
@@ -329,6 +341,7 @@ def fit(spec: TrainConfig, net: nn.Module, loss_fn: LossFn, train_set: Dataset, 
                 _report_epoch(row, bar, on_epoch)
             barrier(info)
     finally:
+        scalars.close()
         if bar is not None:
             bar.close()
     if info.main and not best_path.exists() and last_path.exists():

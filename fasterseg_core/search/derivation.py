@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..config import RunConfig
 from ..latency.lut import LatencyTable, estimate_latency
 from ..models.architecture import Architecture
@@ -102,6 +104,27 @@ def arch_snapshot(net: Supernet, epoch: int) -> dict[str, Any]:
     return {"epoch": epoch} | {
         role: {n: t.tolist() for n, t in net.arch_state(k).items()} for k, role in enumerate(ROLES)
     }
+
+
+# α, β, γ by their tensors' names in :meth:`Supernet.arch_state` (γ is stored as ``ratio_k_s``)
+ARCH_KINDS = {"alpha": "alpha_", "beta": "beta_", "gamma": "ratio_"}
+
+
+def arch_entropies(net: Supernet) -> dict[str, float]:
+    """How decided the search is: per role and kind, the mean over rows of softmax(row)'s entropy divided by
+    log(choices), so 1 is uniform (the start, §2.3) and 0 one-hot. Keys ``<role>_alpha|beta|gamma``; the
+    teacher has no γ (one width column: nothing to choose). Reads detached copies; draws no random numbers.
+    """
+    out: dict[str, float] = {}
+    for k, role in enumerate(ROLES):
+        state = net.arch_state(k)
+        for kind, prefix in ARCH_KINDS.items():
+            rows = torch.cat([t for n, t in state.items() if n.startswith(prefix)]).double()
+            if rows.shape[-1] < 2:
+                continue
+            entropy = torch.special.entr(torch.softmax(rows, dim=-1)).sum(-1) / math.log(rows.shape[-1])
+            out[f"{role}_{kind}"] = float(entropy.mean())
+    return out
 
 
 def derive_networks(

@@ -11,6 +11,9 @@ search"), §4 (derivation, via :mod:`fasterseg_core.models.derive`) and §12.1 (
    their candidates on the latency table, adapt λ (:mod:`.objective`), save the architectures and an
    atomic checkpoint (:mod:`.derivation`).
 
+Every epoch's history record, the target window and the α/β/γ entropies also go to TensorBoard
+(``01_search/tensorboard/``, :mod:`fasterseg_core.scalars`); ``history.json`` stays the record.
+
 Deviation, opt-in (``search.path_sampling: true``, default false): every pass runs one sampled operator per
 cell and one sampled input per two-input cell instead of all of them (``path="sample"`` of
 :meth:`~fasterseg_core.models.supernet.Supernet.forward`), and the per-epoch evaluation runs the most likely
@@ -45,6 +48,7 @@ from ..models.network import init_weights_
 from ..models.supernet import HEAD_NAMES, Supernet, build_supernet
 from ..progress import bar as progress_bar
 from ..runs import Run, resume_key
+from ..scalars import SEARCH_LAYOUT, Scalars, search_tags, target_tags
 from .data import (
     SearchData,
     check_supernet_input,
@@ -55,6 +59,7 @@ from .data import (
 )
 from .derivation import (
     ROLES,
+    arch_entropies,
     arch_snapshot,
     derive_networks,
     epoch_fields,
@@ -178,9 +183,12 @@ def search(cfg: RunConfig, run: Run, lut: LatencyTable, *, progress: bool = True
     ckpt_dir = run.dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     ckpt = resumable(ckpt_dir / "search.pt", "search", key)
-    history = [] if ckpt is not None else _pretrain(net, data, cfg, device, ckpt_dir, key, progress)
-    state = _SearchState(cfg, net, data, history, ckpt)
-    derived, files = _search_epochs(cfg, run, net, data, lut, objective, state, key, progress)
+    with Scalars(run.dir) as scalars:  # live curves, step = iterations of the stage (pretraining first)
+        scalars.layout(SEARCH_LAYOUT)
+        history = [] if ckpt is not None else _pretrain(net, data, cfg, device, ckpt_dir, key, progress,
+                                                        scalars)  # fmt: skip
+        state = _SearchState(cfg, net, data, history, ckpt)
+        derived, files = _search_epochs(cfg, run, net, data, lut, objective, state, key, progress, scalars)
     metrics = final_metrics(cfg, lut, derived, state.history, state.arch_history, window=objective.window,
                             published_ms=objective.published_ms, latency_scale=objective.scale, lam=state.lam,
                             per_iter=state.per_iter, arch_steps=state.iters * sc.search_epochs)  # fmt: skip
@@ -224,10 +232,11 @@ class _SearchState:
 
 
 def _search_epochs(cfg: RunConfig, run: Run, net: Supernet, data: SearchData, lut: LatencyTable,
-                   objective: _Objective, state: _SearchState, key: str, progress: bool
+                   objective: _Objective, state: _SearchState, key: str, progress: bool, scalars: Scalars
                    ) -> tuple[dict[str, Any], dict[str, Path]]:  # fmt: skip
     """Phase 2: the search epochs from ``state.start`` on; returns the last derivation and its files."""
     sc, device, iters = cfg.search, run.device, state.iters
+    pretrain_steps = sc.pretrain_epochs * _pretrain_iters(cfg, data)  # the x-axis continues after pretraining
     eval_loader = DataLoader(data.val, sc.search_batch_size, shuffle=False, num_workers=cfg.data.num_workers)
     bar = progress_bar(total=sc.search_epochs * iters, initial=state.start * iters, desc="search", disable=not progress)
     eta = _Eta("search", (sc.search_epochs - state.start) * iters, sc.search_epochs - state.start, bar)
@@ -255,6 +264,9 @@ def _search_epochs(cfg: RunConfig, run: Run, net: Supernet, data: SearchData, lu
         state.arch_history.append(arch_snapshot(net, epoch + 1))
         record["seconds_eval"] = round(time.perf_counter() - t1, 2)
         files = save_artifacts(run, net, derived, pair_miou(miou), state.history, state.arch_history)
+        scalars.add(search_tags(record) | target_tags(objective.window)
+                    | {f"entropy/{k}": v for k, v in arch_entropies(net).items()},
+                    pretrain_steps + (epoch + 1) * iters)  # fmt: skip (before the checkpoint, as fit does)
         state.save(run.dir / "checkpoints" / "search.pt", key, net, epoch + 1)
         # the search checkpoint supersedes the pretraining one (a rerun never pretrains again): free 1-2 GB
         (run.dir / "checkpoints" / "pretrain.pt").unlink(missing_ok=True)
@@ -307,8 +319,15 @@ def _evaluate_indices(net: Supernet, loader: DataLoader, device: torch.device, p
     }  # fmt: skip
 
 
+def _pretrain_iters(cfg: RunConfig, data: SearchData) -> int:
+    """Iterations of one pretraining epoch (§3.1: the weight half at the pretraining batch size)."""
+    sc = cfg.search
+    return iterations_per_epoch(sc.iters_per_epoch, sc.min_iters_per_epoch, len(data.pretrain),
+                                sc.pretrain_batch_size)  # fmt: skip
+
+
 def _pretrain(net: Supernet, data: SearchData, cfg: RunConfig, device: torch.device, ckpt_dir: Path, key: str,
-              progress: bool) -> list[dict[str, Any]]:  # fmt: skip
+              progress: bool, scalars: Scalars) -> list[dict[str, Any]]:  # fmt: skip
     """§3.2 pretraining on the weight half: index 0, sandwich widths, SGD + clipping; resumable per epoch.
 
     Returns:
@@ -316,8 +335,7 @@ def _pretrain(net: Supernet, data: SearchData, cfg: RunConfig, device: torch.dev
     """
     sc = cfg.search
     path = train_path(sc.path_sampling)
-    iters = iterations_per_epoch(sc.iters_per_epoch, sc.min_iters_per_epoch, len(data.pretrain),
-                                 sc.pretrain_batch_size)  # fmt: skip
+    iters = _pretrain_iters(cfg, data)
     criterion = OhemCrossEntropy(ohem_min_kept(sc.pretrain_batch_size, sc.pretrain_crop_hw, loss_stride=8),
                                  sc.ohem_thresh)  # fmt: skip
     opt = torch.optim.SGD(net.weight_parameters(), lr=sc.pretrain_lr, momentum=sc.momentum,
@@ -351,6 +369,7 @@ def _pretrain(net: Supernet, data: SearchData, cfg: RunConfig, device: torch.dev
         history.append({"phase": "pretrain", "epoch": epoch + 1, "lr": sched.get_last_lr()[0],
                         "loss_weights": total / iters, "seconds_train": round(time.perf_counter() - t0, 2)})  # fmt: skip
         sched.step()
+        scalars.add(search_tags(history[-1]), (epoch + 1) * iters)
         save_checkpoint(ckpt_dir / "pretrain.pt", "search", key, epoch + 1, net.state_dict(),
                         optimizer=opt.state_dict(), scheduler=sched.state_dict(), history=history)  # fmt: skip
     bar.close()
