@@ -14,7 +14,9 @@ CamVid from ``$FASTERSEG_DATA``, ``data/camvid`` or ``../shared/data``), in one 
   the loader is not in this figure;
 * **loader images/s**: the engine's epoch loader (§9.1 sampling and augmentation of real images: decode,
   pre-resize, flip, scale, normalise, crop, collate) with the profile's ``data.num_workers`` and with 0
-  workers, each epoch's worker start-up included (the engine starts its workers every epoch).
+  workers, each epoch's worker start-up included (the engine starts its workers every epoch);
+* **both together**: the same fit fed by that real loader (``data.num_workers`` workers sharing the cores
+  with the training threads), and which of the two bounds the step (the slower one alone).
 
 The loader must not be the bottleneck: ``loader / training`` > 1 for every stage. The loader was timed on
 its own here; during training its workers share the cores with the training threads. The variants are
@@ -116,6 +118,7 @@ def engine_seconds(
     device: torch.device,
     iters: int,
     teacher: nn.Module | None = None,
+    workers: int = 0,
 ) -> float:
     """Seconds of one :func:`~fasterseg_core.engine.fit` epoch of ``iters`` iterations on ``data``.
 
@@ -126,7 +129,7 @@ def engine_seconds(
     spec = replace(spec, epochs=1, iters_per_epoch=iters, eval_every_epochs=10**9)
     with tempfile.TemporaryDirectory(prefix="fasterseg-bench-") as tmp:
         loss = training_loss(spec, teacher, device)
-        result = fit(spec, net, loss, data, None, device, Path(tmp), progress=False)
+        result = fit(spec, net, loss, data, None, device, Path(tmp), num_workers=workers, progress=False)
     return float(result.history[0]["seconds"])
 
 
@@ -163,6 +166,8 @@ def cpu_profile(profile: str, iters: int, rounds: int, loader_batches: int) -> d
             )
     teacher_spec = specs["teacher"]
     loader_set = build_dataset(cfg.data, "train", train=True, crop_hw=tuple(teacher_spec.crop_size_hw))
+    # the real loader per crop size, for the step and the loader together (workers share the cores)
+    real = {hw: build_dataset(cfg.data, "train", train=True, crop_hw=hw) for hw in crops}
     num_classes = loader_set.num_classes
     models = {v: build_variant(v, num_classes) for v in VARIANTS}
     workers = cfg.data.num_workers
@@ -184,11 +189,14 @@ def cpu_profile(profile: str, iters: int, rounds: int, loader_batches: int) -> d
     for v, (net, teacher) in models.items():  # warm-up: allocator, kernels, first-touch of weights
         engine_seconds(specs[v], net, crops[tuple(specs[v].crop_size_hw)], device, 1, teacher)
     loader_seconds(loader_set, teacher_spec, 0, 1, epoch=0)
-    times: dict[str, list[float]] = {k: [] for k in (*VARIANTS, "loader", "loader_0")}
+    times: dict[str, list[float]] = {k: [] for k in (*VARIANTS, *(f"{v}+loader" for v in VARIANTS), "loader",
+                                                     "loader_0")}  # fmt: skip
     for r in range(rounds):
         for v, (net, teacher) in models.items():
             s = engine_seconds(specs[v], net, crops[tuple(specs[v].crop_size_hw)], device, iters, teacher)
             times[v].append(iters * specs[v].batch_size / s)
+            s = engine_seconds(specs[v], net, real[tuple(specs[v].crop_size_hw)], device, iters, teacher, workers)
+            times[f"{v}+loader"].append(iters * specs[v].batch_size / s)
         for key, w in (("loader", workers), ("loader_0", 0)):
             s = loader_seconds(loader_set, teacher_spec, w, loader_batches, epoch=r + 1)
             times[key].append(loader_batches * teacher_spec.batch_size / s)
@@ -200,10 +208,10 @@ def cpu_profile(profile: str, iters: int, rounds: int, loader_batches: int) -> d
         )
     med = {k: statistics.median(v) for k, v in times.items()}
     print(
-        f"\n| stage | training img/s | s/iteration | one epoch of the profile | "
-        f"loader ({workers} workers) / training | loader (0 workers) / training |"
+        f"\n| stage | training img/s (in-memory crops) | with the real loader | s/iteration | one epoch of the "
+        f"profile | loader ({workers} workers) / training | loader (0 workers) / training | bound |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     rows = []
     for v, spec in specs.items():
         s_it = spec.batch_size / med[v]
@@ -216,12 +224,17 @@ def cpu_profile(profile: str, iters: int, rounds: int, loader_batches: int) -> d
                 "crop_hw": list(spec.crop_size_hw),
                 "ratio_loader": med["loader"] / med[v],
                 "ratio_loader_0": med["loader_0"] / med[v],
+                "images_per_s_with_loader": med[f"{v}+loader"],
+                # the slower of the two alone bounds the pair; sharing the cores costs the rest
+                "bound": "loader" if med["loader"] < med[v] else "step",
                 "runs": times[v],
+                "runs_with_loader": times[f"{v}+loader"],
             }
         )
         print(
-            f"| {v} | {med[v]:.2f} | {s_it:.2f} s | {s_it * spec.iters_per_epoch / 60:.1f} min | "
-            f"{med['loader'] / med[v]:.1f}× | {med['loader_0'] / med[v]:.1f}× |"
+            f"| {v} | {med[v]:.2f} | {med[f'{v}+loader']:.2f} | {s_it:.2f} s | "
+            f"{s_it * spec.iters_per_epoch / 60:.1f} min | {med['loader'] / med[v]:.1f}× | "
+            f"{med['loader_0'] / med[v]:.1f}× | {rows[-1]['bound']} |"
         )
     print(
         f"\nloader: {med['loader']:.1f} img/s with {workers} workers, {med['loader_0']:.1f} img/s with 0 "

@@ -300,7 +300,8 @@ def fit(spec: TrainConfig, net: nn.Module, loss_fn: LossFn, train_set: Dataset, 
             t0 = time.perf_counter()
             model.train()
             lr = optimizer.param_groups[0]["lr"]
-            loader = epoch_loader(train_set, spec.batch_size, spec.iters_per_epoch, seed, epoch, info, num_workers)
+            loader = epoch_loader(train_set, spec.batch_size, spec.iters_per_epoch, seed, epoch, info, num_workers,
+                                  device)
             best_mean = min((r["loss"] for r in state.history), default=math.inf)
             kept = f"the last good checkpoint ({last_path if last_path.exists() else 'none yet'}) is kept"
             try:
