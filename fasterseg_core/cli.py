@@ -8,6 +8,7 @@ command          what it does
 ``evaluate``     score a checkpoint (a stage's, or any file, the authors' included) on a split
 ``latency``      time networks on backends, or build a latency lookup table
 ``data``         put CamVid under a folder (link a local copy or download), checksums verified
+``sweep``        the compute stages over seeds as submitit jobs (Slurm or local), with their dependencies
 ``tensorboard``  TensorBoard on a profile's output folder: the live curves of every stage and seed
 ===============  ===============================================================================
 
@@ -51,6 +52,7 @@ from .report import ReportError
 from .runs import TRAINING_STAGES, Run, RunLocked, get_stage, is_complete, stage_dir, stage_seeds, start_run
 from .stages import train_seed
 from .storage import save_json
+from .sweep import DEFAULT_STAGES, EXECUTORS, Resources, prepare_sweep, run_sweep
 
 # What a user can fix from the message alone: the message is the whole story (exit 2).
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DatasetError, FileNotFoundError, ValueError,
@@ -256,6 +258,38 @@ def cmd_tensorboard(args: argparse.Namespace) -> int:
     return board.main()
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Submit the sweep's jobs and wait for them; exit 1 naming each failed job and its log."""
+    cfg = load_config(args.profile, _overrides(args.overrides))
+    gpus = args.gpus_per_job if args.gpus_per_job is not None else (0 if cfg.device == "cpu" else 1)
+    resources = Resources(partition=args.partition, gpus_per_job=gpus, time_min=args.time_min,
+                          cpus_per_task=args.cpus_per_task,
+                          slurm_parameters=_slurm_parameters(args.slurm_parameters))  # fmt: skip
+    sweep = prepare_sweep(args.profile, _overrides(args.overrides), seeds=args.seeds, executor=args.executor,
+                          stages=args.stages, resources=resources, folder=args.folder,
+                          hardware_tag=args.hardware_tag, max_parallel=args.max_parallel)  # fmt: skip
+    if not sweep.jobs:
+        print(f"sweep: nothing to run, every run is complete for this config ({', '.join(sweep.complete)})")
+        return 0
+    result = run_sweep(sweep, poll_s=args.poll_seconds)
+    for job in result.failed:
+        print(f"error: job {job.job.name} (job id {job.handle.job_id if job.handle else '?'}) failed: {job.error}; "
+              f"log: {job.log}", file=sys.stderr)  # fmt: skip
+    return 1 if result.failed else 0
+
+
+def _slurm_parameters(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text else {}
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--slurm-parameters is not JSON ({e.msg} at column {e.colno}); "
+                         "e.g. '{\"account\": \"proj\"}'")  # fmt: skip
+    if not isinstance(value, dict):
+        raise UsageError(f"--slurm-parameters must be a JSON object of sbatch options, got {text!r}; "
+                         "e.g. '{\"account\": \"proj\"}'")  # fmt: skip
+    return value
+
+
 # ---- the parser ----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """``python -m fasterseg_core`` with its subcommands."""
@@ -323,6 +357,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
     p.add_argument("--port", type=int, default=6006)
     p.set_defaults(func=cmd_tensorboard)
+
+    p = sub.add_parser("sweep", parents=[cfg], help="the compute stages over seeds as submitit jobs (Slurm, local)")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds of the training stages (default: the profile's)")
+    p.add_argument("--executor", choices=EXECUTORS, required=True, help="slurm (sbatch) or local (this machine)")
+    p.add_argument("--stages", nargs="+", default=list(DEFAULT_STAGES), metavar="STAGE",
+                   help=f"stages to run (default: {' '.join(DEFAULT_STAGES)}); each waits for what it reads")
+    p.add_argument("--partition", default="", help="Slurm partition (required with --executor slurm)")
+    p.add_argument("--gpus-per-job", type=int, default=None,
+                   help="GPUs per job (default 1, 0 for a cpu profile); >1 trains under torchrun")
+    p.add_argument("--time-min", type=int, default=24 * 60, help="time limit per job in minutes (default 1440)")
+    p.add_argument("--cpus-per-task", type=int, default=0, help="CPU cores per job (default: the executor's)")
+    p.add_argument("--slurm-parameters", default="", help='more sbatch options as JSON, e.g. \'{"account": "proj"}\'')
+    p.add_argument("--folder", type=Path, default=None,
+                   help="logs, job files and sweep.json (default <output_root>/<profile>/sweep/)")
+    p.add_argument("--max-parallel", type=int, default=0, help="local: at most N jobs at once (default 0: no limit)")
+    p.add_argument("--poll-seconds", type=float, default=None, help="seconds between looks (1 local, 30 Slurm)")
+    p.set_defaults(func=cmd_sweep)
     return parser
 
 

@@ -186,6 +186,33 @@ def run_stages(cfg: RunConfig, parameters: dict[str, Any], force: bool = False, 
     return results
 
 
+def run_stage(cfg: RunConfig, parameters: dict[str, Any], stage: str, folder: Path | None = None) -> StageResult:
+    """Execute one stage notebook as :func:`run_stages` does, complete or not (the caller decides whether it
+    needs to run): the executed notebook goes to ``<output_root>/<profile>/notebooks/``, a failure is recorded
+    in the stage's manifest. What a cluster job of :mod:`fasterseg_core.sweep` runs.
+
+    Args:
+        cfg: the resolved config (for the output folder and the failure record).
+        parameters: papermill parameters, ``{"profile", "overrides", "hardware_tag"}``.
+        stage: a stage of :data:`~fasterseg_core.runs.STAGES`.
+        folder: where the ``<stage>.ipynb`` notebooks are (and the kernel's cwd); default ``notebooks/``.
+
+    Raises:
+        FileNotFoundError: no notebook for the stage in ``folder``.
+    """
+    folder = folder or notebooks_dir()
+    source = folder / f"{stage}.ipynb"
+    if not source.exists():
+        have = [p.stem for p in stage_notebooks(folder)]
+        raise FileNotFoundError(f"no notebook {source} for stage {stage}; stages: {have}")
+    out_dir = cfg.output_dir / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = _execute(source, out_dir / source.name, parameters, folder, stage)
+    if result.status == "failed":
+        mark_failed(cfg, stage, result.error)
+    return result
+
+
 def build_report(profile: str, overrides: dict[str, Any] | None = None, hardware_tag: str = "",
                  force: bool = False, pdf: bool = True, folder: Path | None = None) -> dict[str, Any]:  # fmt: skip
     """Run the pipeline for a profile, then render its report; the library form of ``make report``.

@@ -123,13 +123,22 @@ def architecture_source(cfg: RunConfig) -> str:
     return source
 
 
-def _reads(cfg: RunConfig, stage: Stage, upstream: str) -> bool:
-    """Whether ``stage`` reads ``upstream``'s outputs under this config (its identity then depends on it)."""
+def _reads(cfg: RunConfig, stage: Stage, upstream: str, once_complete: bool = False) -> bool:
+    """Whether ``stage`` reads ``upstream``'s outputs under this config (its identity then depends on it).
+    ``once_complete``: as it will once ``upstream`` has completed (``arch_source: auto`` then picks the search)."""
     if upstream == "01_search" and stage.section is not None:
+        if once_complete and cfg.model.arch_source == "auto":
+            return True
         return architecture_source(cfg) == "searched"
     if upstream == "02_teacher" and stage.name == "03_distill":
         return not cfg.distill.teacher_checkpoint
     return True
+
+
+def stage_reads(cfg: RunConfig, name: str, upstream: str, *, once_complete: bool = False) -> bool:
+    """Whether stage ``name`` reads the outputs of ``upstream`` (one of its ``Stage.upstream``) under this
+    config; ``once_complete``: as it will after ``upstream`` completes, for a scheduler that runs it first."""
+    return upstream in STAGES[name].upstream and _reads(cfg, STAGES[name], upstream, once_complete)
 
 
 def stage_seeds(cfg: RunConfig, name: str) -> tuple[int, ...]:
