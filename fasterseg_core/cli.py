@@ -4,7 +4,7 @@
 command          what it does
 ===============  ===============================================================================
 ``report``       every stage notebook in order (complete ones skipped), then report.html + .pdf
-``train``        one training stage outside the notebooks; the ``torchrun`` entry point
+``train``        the search or one training stage outside the notebooks; the ``torchrun`` entry point
 ``evaluate``     score a checkpoint (a stage's, or any file, the authors' included) on a split
 ``latency``      time networks on backends, or build a latency lookup table
 ``data``         put CamVid under a folder (link a local copy or download), checksums verified
@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from .checkpoints import load_checkpoint_model, load_stage_model
-from .config import ConfigError, load_config
+from .config import ConfigError, RunConfig, load_config
 from .data import build_dataset
 from .data.base import DatasetError
 from .data.camvid import SPLIT_SIZES
@@ -43,14 +43,14 @@ from .latency import BACKENDS, measure, stable_malloc_env
 from .latency.flops import count_complexity
 from .latency.lut import LatencyTable, build_lut, estimate_latency
 from .latency.suite import network_by_name, random_agreement
-from .machine import resolve_device, resolve_hardware_tag
+from .machine import resolve_device, resolve_hardware_tag, seed_everything
 from .metrics import format_scores
 from .models.published import published_architecture
 from .pipeline import build_report
 from .predictions import export_cityscapes_submission, save_colour_predictions
 from .report import ReportError
 from .runs import TRAINING_STAGES, Run, RunLocked, get_stage, is_complete, stage_dir, stage_seeds, start_run
-from .stages import train_seed
+from .stages import run_search, train_seed
 from .storage import save_json
 from .sweep import DEFAULT_STAGES, EXECUTORS, Resources, prepare_sweep, run_sweep
 
@@ -110,6 +110,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.profile, _overrides(args.overrides))
     stage = get_stage(args.stage)
+    if stage.name == "01_search":
+        return _train_search(cfg, args)
     seeds = stage_seeds(cfg, stage.name)
     unknown = sorted(set(args.seed or ()) - set(seeds))
     if unknown:
@@ -135,6 +137,36 @@ def cmd_train(args: argparse.Namespace) -> int:
             val = result.metrics["best"]["val"]
             print(f"{stage.name} seed {seed}: best epoch {result.metrics['best']['epoch']}, val mIoU "
                   f"{val['miou']:.4f} ({world} process{'es' if world > 1 else ''})")  # fmt: skip
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+def _train_search(cfg: RunConfig, args: argparse.Namespace) -> int:
+    """``01_search`` without its notebook (its figures are the notebook's): under ``torchrun`` every process
+    searches on its share of each batch and rank 0 writes; a complete search is skipped."""
+    if args.seed:
+        raise UsageError(f"--seed is for the training stages; the search's seed is search.seed ({cfg.search.seed})")
+    if is_complete(cfg, "01_search", any_hardware=True):
+        print("01_search: complete for this config, skipped")
+        return 0
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        run = start_run(cfg, "01_search", hardware_tag=args.hardware_tag, seed=cfg.search.seed)
+    else:  # other ranks write nothing; seeded as start_run seeds rank 0 (building the data may draw numbers)
+        seed_everything(cfg.search.seed)
+        run = Run(cfg, "01_search", stage_dir(cfg, "01_search"), resolve_device(cfg.device),
+                  resolve_hardware_tag(cfg, args.hardware_tag), {"seed": cfg.search.seed})  # fmt: skip
+    try:
+        result = run_search(cfg, run, progress=not args.no_progress and rank == 0)
+    except Exception as e:  # the manifest says why the run stopped; the message goes to main()
+        run.fail(f"{type(e).__name__}: {e}")
+        raise
+    if current_dist().main:
+        run.finish(result.metrics)
+        m = result.metrics["student"]
+        print(f"01_search: student {m['latency_ms']:.2f} ms on the table, branches {m['lasts']}, λ "
+              f"{result.metrics['lambda_final']:.3g} ({world} process{'es' if world > 1 else ''})")  # fmt: skip
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return 0
@@ -304,8 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notebooks", type=Path, default=None, help="folder of the stage notebooks (default notebooks/)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("train", parents=[cfg], help="one training stage (also under torchrun)")
-    p.add_argument("--stage", required=True, choices=[*TRAINING_STAGES, "teacher", "distill", "student"])
+    p = sub.add_parser("train", parents=[cfg], help="the search or one training stage (also under torchrun)")
+    p.add_argument("--stage", required=True, choices=["01_search", *TRAINING_STAGES, "teacher", "distill", "student"])
     p.add_argument("--seed", type=int, action="append", help="train this seed only (repeatable; default: all)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)

@@ -77,6 +77,48 @@ def broadcast_buffers(model: nn.Module, info: DistInfo) -> None:
             dist.broadcast(buf, 0)
 
 
+def broadcast_parameters(model: nn.Module, info: DistInfo) -> None:
+    """Give every rank rank 0's parameters and buffers (no-op in a group of one), as DDP does when it wraps."""
+    if info.world > 1:
+        with torch.no_grad():
+            for t in [*model.parameters(), *model.buffers()]:
+                dist.broadcast(t, 0)
+
+
+def average_gradients(params: Sequence[torch.Tensor], info: DistInfo, bucket_numel: int = 1 << 24) -> None:
+    """Replace each ``.grad`` by its mean over the ranks (what DDP's reducer computes; no-op in a group of one).
+
+    For loops DDP cannot wrap: the search backpropagates several passes into disjoint parameter subsets of
+    one module (``backward(inputs=...)``), which DDP's reducer does not follow. Parameters whose grad is
+    ``None`` are skipped, so every rank must leave the same ones ``None`` (the search's sampled paths agree
+    because every rank draws them from identically seeded generators). Grads are flattened into buckets of
+    ``bucket_numel`` elements per dtype, one ``all_reduce`` each, in parameter order on every rank.
+    """
+    if info.world <= 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for g in grads:
+        by_dtype.setdefault(g.dtype, []).append(g)
+    for group in by_dtype.values():
+        bucket: list[torch.Tensor] = []
+        size = 0
+        for g in [*group, None]:
+            if g is not None and (not bucket or size + g.numel() <= bucket_numel):
+                bucket.append(g)
+                size += g.numel()
+                continue
+            flat = torch.cat([b.reshape(-1) for b in bucket])
+            dist.all_reduce(flat)
+            flat /= info.world
+            offset = 0
+            for b in bucket:
+                b.copy_(flat[offset : offset + b.numel()].view_as(b))
+                offset += b.numel()
+            if g is not None:
+                bucket, size = [g], g.numel()
+
+
 def unwrap(net: nn.Module) -> nn.Module:
     """The module inside a ``DistributedDataParallel`` wrapper (or the module itself)."""
     return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net

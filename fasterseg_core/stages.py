@@ -25,7 +25,7 @@ from torch import nn
 from .checkpoints import load_checkpoint_model, load_stage_model
 from .config import RunConfig, resolve_path
 from .data import build_dataset
-from .distributed import init_distributed, local_device
+from .distributed import barrier, init_distributed, local_device
 from .engine import TrainResult, evaluate, fit, training_loss
 from .evidence import summarize
 from .latency.cache import search_latency_table
@@ -66,10 +66,22 @@ def run_search(cfg: RunConfig, run: Run, *, progress: bool = True) -> SearchResu
     """Stage ``01_search``: latency table, supernet pretraining and search, derived teacher and student.
 
     Resumes from the last completed epoch when the run folder holds checkpoints of the same identity.
-    ``metrics.json`` is written; ``run.finish`` is the notebook's.
+    ``metrics.json`` is written; ``run.finish`` is the notebook's. Under ``torchrun`` every rank searches
+    (:mod:`fasterseg_core.search.driver`) and rank 0 writes.
     """
     num_classes = build_dataset(cfg.data, "val", train=False).num_classes
-    lut = search_latency_table(cfg, run.device, run.hardware, num_classes, progress=progress)
+    info = init_distributed(run.device)
+    if info.world <= 1:
+        lut = search_latency_table(cfg, run.device, run.hardware, num_classes, progress=progress)
+        return search(cfg, run, lut, progress=progress)
+    # rank 0 times (or completes) this device's table into its cache while the others wait (a long build can
+    # outlast the process group's timeout: build it once beforehand, or name one in search.latency_table);
+    # then every rank loads the same saved table, so all steer by the same numbers
+    device = local_device(run.device, info)
+    if info.main:
+        search_latency_table(cfg, device, run.hardware, num_classes, progress=progress)
+    barrier(info)
+    lut = search_latency_table(cfg, device, run.hardware, num_classes, progress=False)
     return search(cfg, run, lut, progress=progress)
 
 

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
 from ..config import RunConfig
 from ..data import build_dataset
+from ..distributed import DistInfo
 
 
 def split_search_data(num_images: int, seed: int) -> tuple[list[int], list[int]]:
@@ -59,6 +60,36 @@ def epoch_loader(dataset: Dataset, indices: Sequence[int], batch_size: int, iter
     sampler = RandomSampler(subset, num_samples=iters * batch_size, generator=g)
     # The same generator seeds the workers, so their augmentation is reproducible too.
     return DataLoader(subset, batch_size, sampler=sampler, num_workers=workers, drop_last=True, generator=g)
+
+
+def check_batch_split(cfg: RunConfig, info: DistInfo) -> None:
+    """Raise unless both search batch sizes (global batches) split evenly over the ``info.world`` processes."""
+    sc = cfg.search
+    for name in ("pretrain_batch_size", "search_batch_size"):
+        batch = getattr(sc, name)
+        if batch % info.world:
+            raise ValueError(
+                f"search.{name} {batch} is the global batch and must be divisible by the {info.world} processes; "
+                f"change it (e.g. {info.world * max(1, batch // info.world)}) or --nproc-per-node"
+            )
+
+
+def rank_slice(batch: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """This rank's contiguous share of a global batch (N, ...) → (N / world, ...); the batch itself alone.
+
+    Every rank loads the whole global batch (the same loader, the same augmentation draws as one process)
+    and keeps its slice: search batches are small (2 in the paper), and this keeps the data, the global
+    RNG stream and therefore every rank's Gumbel/path draws identical to a single process's.
+    """
+    if info.world <= 1:
+        return batch
+    local = batch.shape[0] // info.world
+    return batch[info.rank * local : (info.rank + 1) * local]
+
+
+def rank_share(dataset: Dataset, info: DistInfo) -> Dataset:
+    """Every ``world``-th image from ``rank`` on (the evaluation's share; counts are summed over ranks)."""
+    return dataset if info.world <= 1 else Subset(dataset, list(range(info.rank, len(dataset), info.world)))
 
 
 def labels_at(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

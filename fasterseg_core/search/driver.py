@@ -21,6 +21,19 @@ path (``path="argmax"``). The objective, the four passes, the latency term and �
 iteration then costs a few training steps of a derived network instead of tens (``benchmarks/search.py``).
 Pretraining with uniform α then samples operators uniformly (single-path one-shot training).
 
+Several processes (``torchrun``, one per GPU; gloo on the CPU): every rank holds the whole supernet, loads
+the whole global batch and computes on its contiguous slice (:func:`.data.rank_slice`); the weight and the
+α/β/γ gradients are averaged over the ranks before each step (:func:`~fasterseg_core.distributed.average_gradients`:
+DDP's arithmetic without its wrapper, which cannot follow the steps' ``backward(inputs=...)`` into disjoint
+parameter sets). Every rank seeds the same generators, so all draw the same widths and paths. Batch norm and
+OHEM work per rank, as in the training stages without ``sync_bn``: each rank normalises with its slice's
+statistics and mines its own hard pixels (``min_kept`` for its share of the batch), so W ranks equal one
+process that runs each step on the W slices and averages their gradients, not one process on the whole
+batch. (Deviation, forced: torch has no CPU SyncBatchNorm, and ``convert_sync_batchnorm`` would replace the
+switchable ``USBatchNorm2d`` itself.) Rank 0's running statistics are broadcast before each evaluation,
+so every rank evaluates, checkpoints and derives rank 0's model; the evaluation images are shared out and
+the confusion counts summed, so all ranks derive the same networks and λ. Rank 0 alone writes.
+
 Determinism: every epoch's randomness (data order, augmentation, random/Gumbel widths) is drawn from
 generators seeded by (seed, phase, epoch) alone, and the checkpoint written after each epoch holds the
 weights, α/β/γ, optimiser and scheduler states, λ and the history. Resuming after an interruption
@@ -40,6 +53,15 @@ from torch.utils.data import DataLoader
 
 from ..checkpoints import resumable, save_checkpoint
 from ..config import RunConfig
+from ..distributed import (
+    DistInfo,
+    barrier,
+    broadcast_buffers,
+    broadcast_parameters,
+    init_distributed,
+    local_device,
+    mean_over_ranks,
+)
 from ..latency.lut import LatencyTable
 from ..losses import OhemCrossEntropy, ohem_min_kept
 from ..machine import seed_everything
@@ -51,10 +73,13 @@ from ..runs import Run, resume_key
 from ..scalars import SEARCH_LAYOUT, Scalars, search_tags, target_tags
 from .data import (
     SearchData,
+    check_batch_split,
     check_supernet_input,
     epoch_loader,
     epoch_seed,
     iterations_per_epoch,
+    rank_share,
+    rank_slice,
     search_data,
 )
 from .derivation import (
@@ -105,9 +130,9 @@ class SearchResult:
 class _Eta:
     """Prints how long a phase will take: after its first iteration, and after its first evaluation."""
 
-    def __init__(self, phase: str, iters_left: int, evals_left: int, bar: Any) -> None:
+    def __init__(self, phase: str, iters_left: int, evals_left: int, bar: Any, enabled: bool = True) -> None:
         self.phase, self.iters_left, self.evals_left, self.bar = phase, iters_left, evals_left, bar
-        self.announced_iter = self.announced_eval = False
+        self.announced_iter = self.announced_eval = not enabled  # tqdm.write prints even from a disabled bar
 
     def iteration(self, seconds: float) -> None:
         if not self.announced_iter and self.iters_left > 0:
@@ -164,8 +189,12 @@ def search(cfg: RunConfig, run: Run, lut: LatencyTable, *, progress: bool = True
     Returns:
         A :class:`SearchResult`; ``arch_teacher.json``, ``arch_student.json``, ``arch_params.json``,
         ``history.json``, ``arch_history.json`` and ``checkpoints/{pretrain,search}.pt`` are in ``run.dir``.
+        Under ``torchrun`` every rank returns the same result; rank 0 alone writes (module docstring).
     """
-    sc, device = cfg.search, run.device
+    sc = cfg.search
+    info = init_distributed(run.device)
+    device = local_device(run.device, info)
+    progress = progress and info.main
     if tuple(lut.input_hw) != tuple(sc.latency_input_hw):
         raise ValueError(
             f"the latency table is for {list(lut.input_hw)} but search.latency_input_hw is "
@@ -173,40 +202,48 @@ def search(cfg: RunConfig, run: Run, lut: LatencyTable, *, progress: bool = True
         )
     check_supernet_input(sc.pretrain_crop_hw, "search.pretrain_crop_hw")
     check_supernet_input(sc.search_crop_hw, "search.search_crop_hw")
+    check_batch_split(cfg, info)
     data = search_data(cfg)
     key = resume_key(cfg, "01_search")
     seed_everything(sc.seed)
     net = build_supernet(cfg.model, data.num_classes)
     init_weights_(net)
     net.to(device).train()
+    broadcast_parameters(net, info)  # already equal (same seed); DDP's guarantee, made explicit
     objective = _objective(cfg, net, lut, data.num_classes)
     ckpt_dir = run.dir / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if info.main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    barrier(info)  # rank 0 has opened the run (start_run may set old results aside) before anyone reads it
     ckpt = resumable(ckpt_dir / "search.pt", "search", key)
-    with Scalars(run.dir) as scalars:  # live curves, step = iterations of the stage (pretraining first)
+    with Scalars(run.dir) as scalars:  # live curves, step = iterations of the stage (pretraining first); rank 0
         scalars.layout(SEARCH_LAYOUT)
-        history = [] if ckpt is not None else _pretrain(net, data, cfg, device, ckpt_dir, key, progress,
+        history = [] if ckpt is not None else _pretrain(net, data, cfg, device, ckpt_dir, key, progress, info,
                                                         scalars)  # fmt: skip
-        state = _SearchState(cfg, net, data, history, ckpt)
-        derived, files = _search_epochs(cfg, run, net, data, lut, objective, state, key, progress, scalars)
+        state = _SearchState(cfg, net, data, history, ckpt, info.world)
+        derived, files = _search_epochs(cfg, run, net, data, lut, objective, state, key, progress, info, scalars)
     metrics = final_metrics(cfg, lut, derived, state.history, state.arch_history, window=objective.window,
                             published_ms=objective.published_ms, latency_scale=objective.scale, lam=state.lam,
                             per_iter=state.per_iter, arch_steps=state.iters * sc.search_epochs)  # fmt: skip
-    run.save_metrics(metrics)
+    if info.main:
+        run.save_metrics(metrics)
     return SearchResult(teacher=derived["teacher"].arch, student=derived["student"].arch, metrics=metrics,
                         history=state.history, arch_history=state.arch_history, target_fps=objective.window,
                         num_classes=data.num_classes, files=files)  # fmt: skip
 
 
 class _SearchState:
-    """The search phase's optimisers, λ and histories, restored from a checkpoint when resuming."""
+    """The search phase's optimisers, λ and histories, restored from a checkpoint when resuming.
+
+    ``world``: the processes sharing each batch; OHEM's ``min_kept`` is for one rank's slice of it.
+    """
 
     def __init__(self, cfg: RunConfig, net: Supernet, data: SearchData, history: list[dict[str, Any]],
-                 ckpt: dict[str, Any] | None) -> None:  # fmt: skip
+                 ckpt: dict[str, Any] | None, world: int = 1) -> None:  # fmt: skip
         sc = cfg.search
         self.iters = iterations_per_epoch(sc.iters_per_epoch, sc.min_iters_per_epoch, len(data.search),
                                           sc.search_batch_size)  # fmt: skip
-        self.criterion = OhemCrossEntropy(ohem_min_kept(sc.search_batch_size, sc.search_crop_hw, loss_stride=8),
+        self.criterion = OhemCrossEntropy(ohem_min_kept(sc.search_batch_size // world, sc.search_crop_hw, loss_stride=8),
                                           sc.ohem_thresh)  # fmt: skip
         self.w_opt = torch.optim.SGD(net.weight_parameters(), lr=sc.search_lr, momentum=sc.momentum,
                                      weight_decay=sc.weight_decay)  # fmt: skip
@@ -232,24 +269,26 @@ class _SearchState:
 
 
 def _search_epochs(cfg: RunConfig, run: Run, net: Supernet, data: SearchData, lut: LatencyTable,
-                   objective: _Objective, state: _SearchState, key: str, progress: bool, scalars: Scalars
-                   ) -> tuple[dict[str, Any], dict[str, Path]]:  # fmt: skip
-    """Phase 2: the search epochs from ``state.start`` on; returns the last derivation and its files."""
-    sc, device, iters = cfg.search, run.device, state.iters
+                   objective: _Objective, state: _SearchState, key: str, progress: bool, info: DistInfo,
+                   scalars: Scalars) -> tuple[dict[str, Any], dict[str, Path]]:  # fmt: skip
+    """Phase 2: the search epochs from ``state.start`` on; returns the last derivation and its files (rank 0's)."""
+    sc, device, iters = cfg.search, local_device(run.device, info), state.iters
     pretrain_steps = sc.pretrain_epochs * _pretrain_iters(cfg, data)  # the x-axis continues after pretraining
-    eval_loader = DataLoader(data.val, sc.search_batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+    eval_loader = DataLoader(rank_share(data.val, info), sc.search_batch_size, shuffle=False,
+                             num_workers=cfg.data.num_workers)  # fmt: skip
     bar = progress_bar(total=sc.search_epochs * iters, initial=state.start * iters, desc="search", disable=not progress)
-    eta = _Eta("search", (sc.search_epochs - state.start) * iters, sc.search_epochs - state.start, bar)
+    eta = _Eta("search", (sc.search_epochs - state.start) * iters, sc.search_epochs - state.start, bar, info.main)
     derived: dict[str, Any] = {}
     files: dict[str, Path] = {}
     for epoch in range(state.start, sc.search_epochs):
-        sums, train_s = _search_epoch(cfg, net, data, objective, state, epoch, device, bar, eta)
+        sums, train_s = _search_epoch(cfg, net, data, objective, state, epoch, device, bar, eta, info)
         state.per_iter = train_s / iters
         lr = state.sched.get_last_lr()[0]
         state.sched.step()
         # ---- end of epoch (§3.3, §3.5): evaluate both indices' heads, derive, time, adapt λ ----
         t1 = time.perf_counter()
-        miou = _evaluate_indices(net, eval_loader, device, train_path(sc.path_sampling))
+        broadcast_buffers(net, info)  # every rank evaluates rank 0's running statistics (the checkpointed model)
+        miou = _evaluate_indices(net, eval_loader, device, train_path(sc.path_sampling), info)
         derived = derive_networks(net, cfg, lut, data.num_classes, pair_miou(miou))
         cand_fps = [1000.0 / ms for ms in derived["student"].candidates_ms.values() if ms is not None]
         # Deviation: when neither candidate derives under the original's rules (the derived student then
@@ -263,13 +302,15 @@ def _search_epochs(cfg: RunConfig, run: Run, net: Supernet, data: SearchData, lu
         state.history.append(record)
         state.arch_history.append(arch_snapshot(net, epoch + 1))
         record["seconds_eval"] = round(time.perf_counter() - t1, 2)
-        files = save_artifacts(run, net, derived, pair_miou(miou), state.history, state.arch_history)
+        if info.main:
+            files = save_artifacts(run, net, derived, pair_miou(miou), state.history, state.arch_history)
         scalars.add(search_tags(record) | target_tags(objective.window)
                     | {f"entropy/{k}": v for k, v in arch_entropies(net).items()},
                     pretrain_steps + (epoch + 1) * iters)  # fmt: skip (before the checkpoint, as fit does)
-        state.save(run.dir / "checkpoints" / "search.pt", key, net, epoch + 1)
-        # the search checkpoint supersedes the pretraining one (a rerun never pretrains again): free 1-2 GB
-        (run.dir / "checkpoints" / "pretrain.pt").unlink(missing_ok=True)
+        if info.main:
+            state.save(run.dir / "checkpoints" / "search.pt", key, net, epoch + 1)
+            # the search checkpoint supersedes the pretraining one (a rerun never pretrains again): free 1-2 GB
+            (run.dir / "checkpoints" / "pretrain.pt").unlink(missing_ok=True)
         bar.set_postfix(epoch=epoch + 1, miou=f"{miou['student']['8s_32s']:.3f}",
                         fps=f"{record['student_fps']:.1f}", lam=f"{state.lam:.3g}")  # fmt: skip
         left = sc.search_epochs - epoch - 1
@@ -279,13 +320,16 @@ def _search_epochs(cfg: RunConfig, run: Run, net: Supernet, data: SearchData, lu
         last = state.history[-1]
         miou = {r: {h: last[f"miou_{r}_{h}"] for h in HEAD_NAMES} for r in ROLES}
         derived = derive_networks(net, cfg, lut, data.num_classes, pair_miou(miou))
-        files = save_artifacts(run, net, derived, pair_miou(miou), state.history, state.arch_history)
+        if info.main:
+            files = save_artifacts(run, net, derived, pair_miou(miou), state.history, state.arch_history)
     return derived, files
 
 
 def _search_epoch(cfg: RunConfig, net: Supernet, data: SearchData, objective: _Objective, state: _SearchState,
-                  epoch: int, device: torch.device, bar: Any, eta: _Eta) -> tuple[dict[str, float], float]:  # fmt: skip
-    """The iterations of one search epoch (architecture step, then weight step); (mean losses, seconds)."""
+                  epoch: int, device: torch.device, bar: Any, eta: _Eta, info: DistInfo
+                  ) -> tuple[dict[str, float], float]:  # fmt: skip
+    """The iterations of one search epoch (architecture step, then weight step); (mean losses over the
+    iterations and the ranks, seconds)."""
     sc, iters, path = cfg.search, state.iters, train_path(cfg.search.path_sampling)
     seed = epoch_seed(sc.seed, "search", epoch)
     seed_everything(seed)
@@ -296,27 +340,34 @@ def _search_epoch(cfg: RunConfig, net: Supernet, data: SearchData, objective: _O
     t0 = time.perf_counter()
     for (wx, wy), (ax, ay) in zip(*loaders):
         t_it = time.perf_counter()
-        a = arch_step(net, ax.to(device), ay.to(device), state.criterion, state.a_opts, objective.latency,
-                      state.lam, latency_scale=objective.scale, generator=gen, path=path)  # fmt: skip
-        w = weight_step(net, wx.to(device), wy.to(device), state.criterion, state.w_opt, SEARCH_PASSES,
-                        clip_norm=sc.grad_clip_norm, generator=gen, path=path)  # fmt: skip
+        ax, ay, wx, wy = (rank_slice(t, info).to(device) for t in (ax, ay, wx, wy))
+        a = arch_step(net, ax, ay, state.criterion, state.a_opts, objective.latency, state.lam,
+                      latency_scale=objective.scale, generator=gen, path=path, info=info)  # fmt: skip
+        w = weight_step(net, wx, wy, state.criterion, state.w_opt, SEARCH_PASSES, clip_norm=sc.grad_clip_norm,
+                        generator=gen, path=path, info=info)  # fmt: skip
         step = {"loss_arch": a.pop("loss"), "loss_weights": w} | {f"{k}_ms": v for k, v in a.items()}
         for k, v in step.items():
             sums[k] = sums.get(k, 0.0) + v / iters
         bar.update(1)
         bar.set_postfix(epoch=epoch + 1, loss=f"{w:.3g}", lat_ms=f"{a['latency']:.3g}", lam=f"{state.lam:.3g}")
         eta.iteration(time.perf_counter() - t_it)
+    if info.world > 1:  # the global batch's losses: this rank's slice's, averaged over the ranks
+        sums = dict(zip(sums, mean_over_ranks(list(sums.values()), info, device)))
     return sums, time.perf_counter() - t0
 
 
-def _evaluate_indices(net: Supernet, loader: DataLoader, device: torch.device, path: str
+def _evaluate_indices(net: Supernet, loader: DataLoader, device: torch.device, path: str, info: DistInfo
                       ) -> dict[str, dict[str, float]]:  # fmt: skip
-    """Val mIoU of the five heads of both indices (teacher at full width, student at argmax widths)."""
-    return {
-        role: {h: cm.compute()["miou"]
-               for h, cm in evaluate_heads(net, loader, k, EVAL_WIDTHS[k], device, eval_path(path)).items()}
-        for k, role in enumerate(ROLES)
-    }  # fmt: skip
+    """Val mIoU of the five heads of both indices (teacher at full width, student at argmax widths); under
+    ``torchrun`` each rank scores its share of the images and the counts are summed."""
+    out: dict[str, dict[str, float]] = {}
+    for k, role in enumerate(ROLES):
+        cms = evaluate_heads(net, loader, k, EVAL_WIDTHS[k], device, eval_path(path))
+        if info.world > 1:
+            for cm in cms.values():
+                cm.all_reduce()
+        out[role] = {h: cm.compute()["miou"] for h, cm in cms.items()}
+    return out
 
 
 def _pretrain_iters(cfg: RunConfig, data: SearchData) -> int:
@@ -327,8 +378,9 @@ def _pretrain_iters(cfg: RunConfig, data: SearchData) -> int:
 
 
 def _pretrain(net: Supernet, data: SearchData, cfg: RunConfig, device: torch.device, ckpt_dir: Path, key: str,
-              progress: bool, scalars: Scalars) -> list[dict[str, Any]]:  # fmt: skip
-    """§3.2 pretraining on the weight half: index 0, sandwich widths, SGD + clipping; resumable per epoch.
+              progress: bool, info: DistInfo, scalars: Scalars) -> list[dict[str, Any]]:  # fmt: skip
+    """§3.2 pretraining on the weight half: index 0, sandwich widths, SGD + clipping; resumable per epoch
+    (each rank on its slice of the global batch, gradients averaged; rank 0 checkpoints).
 
     Returns:
         The pretraining history (one record per epoch).
@@ -336,7 +388,7 @@ def _pretrain(net: Supernet, data: SearchData, cfg: RunConfig, device: torch.dev
     sc = cfg.search
     path = train_path(sc.path_sampling)
     iters = _pretrain_iters(cfg, data)
-    criterion = OhemCrossEntropy(ohem_min_kept(sc.pretrain_batch_size, sc.pretrain_crop_hw, loss_stride=8),
+    criterion = OhemCrossEntropy(ohem_min_kept(sc.pretrain_batch_size // info.world, sc.pretrain_crop_hw, loss_stride=8),
                                  sc.ohem_thresh)  # fmt: skip
     opt = torch.optim.SGD(net.weight_parameters(), lr=sc.pretrain_lr, momentum=sc.momentum,
                           weight_decay=sc.weight_decay)  # fmt: skip
@@ -350,7 +402,7 @@ def _pretrain(net: Supernet, data: SearchData, cfg: RunConfig, device: torch.dev
         sched.load_state_dict(ckpt["scheduler"])
         start, history = int(ckpt["epoch"]), list(ckpt["history"])
     bar = progress_bar(total=sc.pretrain_epochs * iters, initial=start * iters, desc="pretrain", disable=not progress)
-    eta = _Eta("pretrain", (sc.pretrain_epochs - start) * iters, 0, bar)
+    eta = _Eta("pretrain", (sc.pretrain_epochs - start) * iters, 0, bar, info.main)
     for epoch in range(start, sc.pretrain_epochs):
         seed = epoch_seed(sc.seed, "pretrain", epoch)
         seed_everything(seed)
@@ -360,17 +412,21 @@ def _pretrain(net: Supernet, data: SearchData, cfg: RunConfig, device: torch.dev
         total, t0 = 0.0, time.perf_counter()
         for x, y in loader:
             t_it = time.perf_counter()
-            loss = weight_step(net, x.to(device), y.to(device), criterion, opt, PRETRAIN_PASSES,
-                               clip_norm=sc.grad_clip_norm, generator=gen, path=path)  # fmt: skip
+            x, y = rank_slice(x, info).to(device), rank_slice(y, info).to(device)
+            loss = weight_step(net, x, y, criterion, opt, PRETRAIN_PASSES, clip_norm=sc.grad_clip_norm,
+                               generator=gen, path=path, info=info)  # fmt: skip
             total += loss
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.3g}")
             eta.iteration(time.perf_counter() - t_it)
+        if info.world > 1:  # the global batch's loss: the ranks' mean
+            total = mean_over_ranks([total], info, device)[0]
         history.append({"phase": "pretrain", "epoch": epoch + 1, "lr": sched.get_last_lr()[0],
                         "loss_weights": total / iters, "seconds_train": round(time.perf_counter() - t0, 2)})  # fmt: skip
         sched.step()
         scalars.add(search_tags(history[-1]), (epoch + 1) * iters)
-        save_checkpoint(ckpt_dir / "pretrain.pt", "search", key, epoch + 1, net.state_dict(),
-                        optimizer=opt.state_dict(), scheduler=sched.state_dict(), history=history)  # fmt: skip
+        if info.main:
+            save_checkpoint(ckpt_dir / "pretrain.pt", "search", key, epoch + 1, net.state_dict(),
+                            optimizer=opt.state_dict(), scheduler=sched.state_dict(), history=history)  # fmt: skip
     bar.close()
     return history

@@ -9,6 +9,11 @@ draws). A search iteration is (1) an architecture step on an arch-half batch: fo
 student Gumbel, student max, student min; OHEM summed over the five heads) plus λ·latency for the student,
 one Adam per index; (2) **all** gradients zeroed (the May-2021 fix), the same loss on a weight-half batch,
 gradient clipping, SGD.
+
+Under ``torchrun`` (``info`` of a group of several) each rank runs both steps on its slice of the global
+batch and the gradients are averaged over the ranks before the optimisers step: the architecture step's
+α/β/γ gradients (the data part; the latency term is the same on every rank), the weight step's before
+clipping, so every rank clips and steps identically.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from ..distributed import DistInfo, average_gradients
 from ..losses import OhemCrossEntropy, sum_over_heads
 from ..metrics import ConfusionMatrix
 from ..models.supernet import HEAD_NAMES, Supernet
@@ -74,10 +80,11 @@ def supernet_loss_backward(net: Supernet, images: torch.Tensor, labels: torch.Te
 def arch_step(net: Supernet, images: torch.Tensor, labels: torch.Tensor, criterion: OhemCrossEntropy,
               arch_optimizers: Sequence[torch.optim.Optimizer], latency: SupernetLatency | None, lam: float, *,
               latency_scale: float = 1.0, generator: torch.Generator | None = None,
-              path: str = "mix") -> dict[str, float]:  # fmt: skip
+              path: str = "mix", info: DistInfo | None = None) -> dict[str, float]:  # fmt: skip
     """One first-order architecture update (§3.4 step 1) on an arch-half batch.
 
     Loss = the four search passes + ``lam · latency_scale · latency`` (student only; λ_teacher = 0, §3.3).
+    ``info``: the process group; the passes' α/β/γ gradients are averaged over its ranks.
 
     Returns:
         ``{"loss": CE part, "latency": decoupled latency (ms), "lat_alpha"/"lat_beta"/"lat_gamma": terms}``.
@@ -87,6 +94,8 @@ def arch_step(net: Supernet, images: torch.Tensor, labels: torch.Tensor, criteri
     arch_params = net.arch_parameters()
     out = {"loss": supernet_loss_backward(net, images, labels, criterion, SEARCH_PASSES, inputs=arch_params,
                                           generator=generator, path=path)}  # fmt: skip
+    if info is not None:
+        average_gradients(arch_params, info)
     if latency is not None:
         lat, terms = latency(generator)
         if lam > 0:
@@ -99,8 +108,10 @@ def arch_step(net: Supernet, images: torch.Tensor, labels: torch.Tensor, criteri
 
 def weight_step(net: Supernet, images: torch.Tensor, labels: torch.Tensor, criterion: OhemCrossEntropy,
                 optimizer: torch.optim.Optimizer, passes: Iterable[tuple[int, str]], *, clip_norm: float,
-                generator: torch.Generator | None = None, path: str = "mix") -> float:  # fmt: skip
-    """One weight update (§3.4 step 2): zero **all** gradients, loss, backward, clip, SGD. Returns the loss.
+                generator: torch.Generator | None = None, path: str = "mix",
+                info: DistInfo | None = None) -> float:  # fmt: skip
+    """One weight update (§3.4 step 2): zero **all** gradients, loss, backward, clip, SGD. Returns the loss
+    (this rank's). ``info``: the process group; the gradients are averaged over its ranks before clipping.
 
     With ``path="sample"`` the operators no pass ran keep ``grad = None`` and SGD leaves them (and their
     momentum and weight decay) untouched this step, as in single-path supernet training.
@@ -111,6 +122,8 @@ def weight_step(net: Supernet, images: torch.Tensor, labels: torch.Tensor, crite
     weights = net.weight_parameters()
     loss = supernet_loss_backward(net, images, labels, criterion, passes, inputs=weights, generator=generator,
                                   path=path)  # fmt: skip
+    if info is not None:
+        average_gradients(weights, info)
     nn.utils.clip_grad_norm_(weights, clip_norm)  # "all model parameters": the arch grads are None here
     optimizer.step()
     return loss
