@@ -43,13 +43,14 @@ from .latency import BACKENDS, measure, stable_malloc_env
 from .latency.flops import count_complexity
 from .latency.lut import LatencyTable, build_lut, estimate_latency
 from .latency.suite import network_by_name, random_agreement
+from .lifecycle import Run, RunLocked, start_run
 from .machine import resolve_device, resolve_hardware_tag, seed_everything
 from .metrics import format_scores
 from .models.published import published_architecture
 from .pipeline import build_report
 from .predictions import export_cityscapes_submission, save_colour_predictions
 from .report import ReportError
-from .runs import TRAINING_STAGES, Run, RunLocked, get_stage, is_complete, stage_dir, stage_seeds, start_run
+from .runs import TRAINING_STAGES, get_stage, is_complete, stage_dir, stage_seeds
 from .stages import run_search, train_seed
 from .storage import save_json
 from .sweep import DEFAULT_STAGES, EXECUTORS, Resources, prepare_sweep, run_sweep

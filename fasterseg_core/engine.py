@@ -270,7 +270,7 @@ def fit(spec: TrainConfig, net: nn.Module, loss_fn: LossFn, train_set: Dataset, 
         out_dir: the run folder; checkpoints go to ``out_dir/checkpoints``.
         seed: the run's seed: each epoch's sample order and augmentation derive from it (§9.2: 12345).
         key: identifies what the checkpoint was trained from (the stage's resume key); a ``last.pt`` of
-            another key is an error (``runs.start_run`` sets such results aside before a stage starts).
+            another key is an error (``lifecycle.start_run`` sets such results aside before a stage starts).
         extra_state: stored in both checkpoints (e.g. the architecture).
         num_workers: data-loader processes.
         eval_max_images: evaluate only this many evenly spaced validation images (0 = all).
@@ -439,7 +439,7 @@ def _resume(path: Path, key: str, info: DistInfo, net: nn.Module, optimizer: tor
         return _State()
     ckpt = load_checkpoint(path, "train")  # on CPU: RNG states stay there; load_state_dict copies to the device
     if ckpt.get("key") != key:
-        # runs.start_run sets results of other settings aside before a stage starts; a foreign last.pt here
+        # lifecycle.start_run sets results of other settings aside before a stage starts; a foreign last.pt here
         # means files were copied in by hand, and training over it would overwrite them
         raise ValueError(
             f"{path} was trained from other settings (key {ckpt.get('key')!r}, this run {key!r}); move it away "

@@ -31,9 +31,10 @@ from typing import Any
 
 from . import progress
 from .config import RunConfig, load_config, project_root
+from .lifecycle import mark_failed
 from .machine import git_state, resolve_hardware_tag
 from .report import ReportError, find_chromium, install_hint, render_report
-from .runs import STAGES, is_complete, mark_failed
+from .runs import STAGES, is_complete
 from .storage import save_json
 
 

@@ -6,7 +6,7 @@ at the profile's output folder, where every stage (and every seed of a training 
 
 * **Where.** ``<run folder>/tensorboard/``: ``<stage>/seed-<s>/tensorboard/`` for a training stage,
   ``01_search/tensorboard/`` for the search. The folder belongs to the run that
-  :func:`~fasterseg_core.runs.start_run` opened, so results of other settings set aside to
+  :func:`~fasterseg_core.lifecycle.start_run` opened, so results of other settings set aside to
   ``previous/<key>/`` take their curves with them and bring them back.
 * **Steps.** The x-axis is the stage's iterations so far (a training iteration is one optimiser step; the
   search counts its pretraining iterations first, then its search iterations, each an architecture and a

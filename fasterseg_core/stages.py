@@ -1,6 +1,6 @@
 """One function per pipeline stage, called by the numbered notebooks (house style §3.2, §3.6).
 
-Each takes the resolved configuration and the open run of its stage (:func:`fasterseg_core.runs.start_run`),
+Each takes the resolved configuration and the open run of its stage (:func:`fasterseg_core.lifecycle.start_run`),
 reads upstream artefacts, writes its own into ``run.dir`` and returns a small result for the notebook's
 tables and figures. The stages themselves are listed once, in :data:`fasterseg_core.runs.STAGES`.
 
@@ -30,6 +30,7 @@ from .engine import TrainResult, evaluate, fit, training_loss
 from .evidence import summarize
 from .latency.cache import search_latency_table
 from .latency.suite import LatencyRecord, candidate_networks, load_records, measure_suite, real_images
+from .lifecycle import Run, start_run
 from .metrics import SCORE_KEYS, ConfusionMatrix
 from .models import (
     Architecture,
@@ -40,14 +41,12 @@ from .models import (
 )
 from .predictions import save_colour_predictions
 from .runs import (
-    Run,
     architecture_source,
     get_stage,
     is_complete,
     resume_key,
     stage_dir,
     stage_seeds,
-    start_run,
     teacher_seed,
     upstream_path,
 )

@@ -21,7 +21,7 @@ written here:
 Slurm holds the dependencies itself (``--dependency=afterok:<job ids>``). submitit's local executor has no
 dependencies, so the local sweep submits a job once every job it waits for has finished. Seeds of one stage
 run at once: each writes its own folder ``<stage>/seed-<s>/`` under its own lock
-(:func:`~fasterseg_core.runs.start_run`). Logs, submitit's job files and ``sweep.json`` (every job's id,
+(:func:`~fasterseg_core.lifecycle.start_run`). Logs, submitit's job files and ``sweep.json`` (every job's id,
 state, log files and error) go to ``--folder``, default ``<output_root>/<profile>/sweep/``.
 """
 

@@ -15,8 +15,8 @@ from fasterseg_core.data import build_dataset
 from fasterseg_core.data.sampling import epoch_indices, rank_batches
 from fasterseg_core.distributed import DistInfo
 from fasterseg_core.engine import TrainingDiverged, fit, training_loss
+from fasterseg_core.lifecycle import start_run
 from fasterseg_core.models import build_network, init_weights_, published_architecture
-from fasterseg_core.runs import start_run
 from fasterseg_core.stages import StageInputMissing, run_training
 from fasterseg_core.storage import load_torch
 

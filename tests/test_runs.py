@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from fasterseg_core import machine, runs, storage
+from fasterseg_core import lifecycle, machine, runs, storage
 from fasterseg_core.config import load_config
 
 
@@ -71,7 +71,7 @@ def test_torch_save_round_trip(tmp_path):
 
 def test_run_lifecycle_and_completeness(cfg):
     assert not runs.is_complete(cfg, "00_data")
-    run = runs.start_run(cfg, "00_data", seed=3)
+    run = lifecycle.start_run(cfg, "00_data", seed=3)
     assert run.dir == cfg.output_dir / "00_data"
     assert yaml.safe_load((run.dir / "config.yaml").read_text())["profile"] == "smoke"
     manifest = json.loads((run.dir / "manifest.json").read_text())
@@ -101,7 +101,7 @@ def test_run_lifecycle_and_completeness(cfg):
 
 
 def test_hardware_tag_override_is_recorded(cfg):
-    run = runs.start_run(cfg, "05_latency", hardware_tag="laptop-a")
+    run = lifecycle.start_run(cfg, "05_latency", hardware_tag="laptop-a")
     run.finish()
     assert run.hardware == "laptop-a"
     assert runs.is_complete(cfg, "05_latency", hardware="laptop-a")
@@ -111,7 +111,7 @@ def test_hardware_tag_override_is_recorded(cfg):
 def test_upstream_path_checks_the_upstream_run(cfg):
     with pytest.raises(FileNotFoundError, match="no complete run"):
         runs.upstream_path(cfg, "02_teacher", "checkpoints", "best.pt")
-    run = runs.start_run(cfg, "02_teacher", hardware_tag="gpu-box")
+    run = lifecycle.start_run(cfg, "02_teacher", hardware_tag="gpu-box")
     storage.save_torch({"w": torch.zeros(1)}, run.path("checkpoints", "best.pt"))
     with pytest.raises(FileNotFoundError, match="no complete run"):
         runs.upstream_path(cfg, "02_teacher", "checkpoints", "best.pt")  # still running

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fasterseg_core import runs
+from fasterseg_core import lifecycle, runs
 from fasterseg_core.cli import main as cli_main
 from fasterseg_core.config import ConfigError, load_config
 from fasterseg_core.data import build_dataset
@@ -35,7 +35,7 @@ def _cfg(tmp_path: Path, **over):
 
 def _finished(cfg, stage: str) -> dict[str, bytes]:
     """A complete run of ``stage`` with a checkpoint and metrics; returns its files' bytes."""
-    run = runs.start_run(cfg, stage)
+    run = lifecycle.start_run(cfg, stage)
     save_torch({"w": torch.arange(3.0)}, run.path("checkpoints", "last.pt"))
     run.finish({"miou": 0.5})
     return _snapshot(run.dir)
@@ -51,7 +51,7 @@ def _child(tmp_path: Path, body: str, seed: int | None = None) -> subprocess.Pop
     code = textwrap.dedent(f"""
         import os, signal, sys, time
         from fasterseg_core.config import load_config
-        from fasterseg_core.runs import start_run
+        from fasterseg_core.lifecycle import start_run
         cfg = load_config("smoke", {{"output_root": {str(tmp_path)!r}}})
         run = start_run(cfg, "04_student", seed={seed}, per_seed={seed is not None})
         print("ready", flush=True)
@@ -104,15 +104,15 @@ def test_cross_field_rules_and_yaml_files(tmp_path):
 def test_a_second_run_of_a_stage_fails_naming_the_first(tmp_path):
     proc = _child(tmp_path, "time.sleep(60)")
     try:
-        with pytest.raises(runs.RunLocked, match=rf"already running .* pid {proc.pid} .* started 20"):
-            runs.start_run(_cfg(tmp_path), "04_student")
+        with pytest.raises(lifecycle.RunLocked, match=rf"already running .* pid {proc.pid} .* started 20"):
+            lifecycle.start_run(_cfg(tmp_path), "04_student")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     # SIGTERM closed the run: recorded, and the lock is free again
     manifest = runs.load_manifest(_cfg(tmp_path), "04_student")
     assert manifest["status"] == "interrupted" and "SIGTERM" in manifest["error"]
-    run = runs.start_run(_cfg(tmp_path), "04_student")
+    run = lifecycle.start_run(_cfg(tmp_path), "04_student")
     assert run.manifest["previous_run"]["status"] == "interrupted"
     run.finish()
 
@@ -136,7 +136,7 @@ def test_a_killed_run_is_reported_by_the_next_one(tmp_path, capsys):
     proc.wait(timeout=30)
     cfg = _cfg(tmp_path)
     assert runs.load_manifest(cfg, "04_student")["status"] == "running"  # nothing could run at SIGKILL
-    run = runs.start_run(cfg, "04_student")
+    run = lifecycle.start_run(cfg, "04_student")
     assert "was interrupted" in capsys.readouterr().out
     assert run.manifest["previous_run"]["status"] == "interrupted"
     run.fail("ValueError: for the test")
@@ -148,7 +148,7 @@ def test_an_interrupted_write_leaves_no_temp_file_behind(tmp_path):
     _finished(cfg, "04_student")
     orphan = runs.stage_dir(cfg, "04_student") / "checkpoints" / ".last.pt.x1y2.tmp"
     orphan.write_bytes(b"half a checkpoint")
-    run = runs.start_run(cfg, "04_student")
+    run = lifecycle.start_run(cfg, "04_student")
     assert not orphan.exists() and run.manifest["previous_run"]["temp_files_removed"] == 1
     assert (run.dir / "checkpoints" / "last.pt").exists()
     run.finish()
@@ -192,13 +192,13 @@ def test_other_settings_are_set_aside_and_come_back(tmp_path, capsys):
     a = _cfg(tmp_path)
     a_files = _finished(a, "04_student")
     b = _cfg(tmp_path, **{"student.lr": 0.02})
-    run = runs.start_run(b, "04_student")
+    run = lifecycle.start_run(b, "04_student")
     aside = Path(run.manifest["previous_run"]["set_aside"])
     assert aside.parent.name == "previous" and "set aside" in capsys.readouterr().out
     assert _snapshot(aside)["checkpoints/last.pt"] == a_files["checkpoints/last.pt"]
     assert not (run.dir / "checkpoints" / "last.pt").exists()
     run.finish()
-    run = runs.start_run(a, "04_student")  # the first settings again: their results come back
+    run = lifecycle.start_run(a, "04_student")  # the first settings again: their results come back
     assert "brought back" in capsys.readouterr().out
     assert (run.dir / "checkpoints" / "last.pt").read_bytes() == a_files["checkpoints/last.pt"]
     assert (run.dir / "metrics.json").read_bytes() == a_files["metrics.json"]
@@ -234,11 +234,11 @@ def test_a_foreign_checkpoint_is_never_trained_over(tmp_path, one_thread):
 
 def test_states_are_recorded(tmp_path):
     cfg = _cfg(tmp_path)
-    run = runs.start_run(cfg, "00_data")
+    run = lifecycle.start_run(cfg, "00_data")
     assert runs.load_manifest(cfg, "00_data")["status"] == "running"
     run.interrupt("stopped by SIGINT")
     manifest = runs.load_manifest(cfg, "00_data")
     assert manifest["status"] == "interrupted" and manifest["error"] == "stopped by SIGINT"
     run.finish()  # closed already: a late finish changes nothing
     assert runs.load_manifest(cfg, "00_data")["status"] == "interrupted"
-    assert set(runs.STATUSES) == {"running", "complete", "failed", "interrupted"}
+    assert set(lifecycle.STATUSES) == {"running", "complete", "failed", "interrupted"}

@@ -13,11 +13,11 @@ import torch
 from fasterseg_core.config import load_config
 from fasterseg_core.latency.cache import load_lut
 from fasterseg_core.latency.lut import LatencyTable, lut_entries
+from fasterseg_core.lifecycle import start_run
 from fasterseg_core.losses import OhemCrossEntropy, ohem_min_kept, sum_over_heads
 from fasterseg_core.models.architecture import Architecture
 from fasterseg_core.models.network import build_network
 from fasterseg_core.models.supernet import Supernet
-from fasterseg_core.runs import start_run
 from fasterseg_core.search import driver as search_mod
 from fasterseg_core.search.data import check_supernet_input, iterations_per_epoch, split_search_data
 from fasterseg_core.search.derivation import derive_role

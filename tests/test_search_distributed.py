@@ -31,12 +31,12 @@ from torch.utils.data import DataLoader
 from fasterseg_core.config import RunConfig, load_config
 from fasterseg_core.distributed import DistInfo
 from fasterseg_core.latency.cache import load_lut
+from fasterseg_core.lifecycle import start_run
 from fasterseg_core.losses import OhemCrossEntropy, ohem_min_kept
 from fasterseg_core.machine import seed_everything
 from fasterseg_core.models.architecture import Architecture
 from fasterseg_core.models.network import init_weights_
 from fasterseg_core.models.supernet import Supernet, build_supernet
-from fasterseg_core.runs import start_run
 from fasterseg_core.search import driver
 from fasterseg_core.search.data import (
     check_batch_split,

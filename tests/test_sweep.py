@@ -15,8 +15,9 @@ import pytest
 
 from fasterseg_core.cli import main
 from fasterseg_core.config import load_config
+from fasterseg_core.lifecycle import start_run
 from fasterseg_core.pipeline import run_stages
-from fasterseg_core.runs import is_complete, load_manifest, stage_dir, start_run
+from fasterseg_core.runs import is_complete, load_manifest, stage_dir
 from fasterseg_core.sweep import (
     JobState,
     Resources,

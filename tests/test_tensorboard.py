@@ -24,8 +24,8 @@ from fasterseg_core.config import DistillConfig, load_config
 from fasterseg_core.data import build_dataset
 from fasterseg_core.distributed import DistInfo
 from fasterseg_core.engine import fit, training_loss
+from fasterseg_core.lifecycle import start_run
 from fasterseg_core.models import build_network, init_weights_, published_architecture
-from fasterseg_core.runs import start_run
 from fasterseg_core.scalars import FOLDER, Scalars, search_tags
 from fasterseg_core.stages import run_search, run_training
 from fasterseg_core.storage import load_torch

@@ -21,10 +21,10 @@ import torch
 
 from ..config import RunConfig
 from ..latency.lut import LatencyTable, estimate_latency
+from ..lifecycle import Run
 from ..models.architecture import Architecture
 from ..models.derive import DerivationError, choose_lasts, derive_architecture
 from ..models.supernet import HEAD_NAMES, Supernet
-from ..runs import Run
 from ..storage import save_json
 
 ROLES = ("teacher", "student")

@@ -63,13 +63,14 @@ from ..distributed import (
     mean_over_ranks,
 )
 from ..latency.lut import LatencyTable
+from ..lifecycle import Run
 from ..losses import OhemCrossEntropy, ohem_min_kept
 from ..machine import seed_everything
 from ..models.architecture import Architecture
 from ..models.network import init_weights_
 from ..models.supernet import HEAD_NAMES, Supernet, build_supernet
 from ..progress import bar as progress_bar
-from ..runs import Run, resume_key
+from ..runs import resume_key
 from ..scalars import SEARCH_LAYOUT, Scalars, search_tags, target_tags
 from .data import (
     SearchData,
