@@ -32,7 +32,7 @@ def _stage_notebook(path: Path, stage: str, body: str) -> Path:
         'profile = "smoke"\noverrides = {}\nhardware_tag = ""', metadata={"tags": ["parameters"]}
     )
     setup = (
-        "from fasterseg_core.config import load_config\nfrom fasterseg_core.runs import start_run\n"
+        "from fasterseg_core.config import load_config\nfrom fasterseg_core.lifecycle import start_run\n"
         f'cfg = load_config(profile, overrides)\nrun = start_run(cfg, "{stage}", hardware_tag=hardware_tag)'
     )
     nb.cells = [
