@@ -236,7 +236,8 @@ class ConfigForm:
             bad = any(section_of(k) == s for k in errors)
             self.tabs.set_title(i, f"{s} ⚠" if bad else s)
         self._show_general(general)
-        text = html.escape(json.dumps(overrides, indent=1)) if overrides else "{} (the profile as it is)"
+        lines = ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in overrides.items())  # one key a line
+        text = html.escape(f"{{\n{lines}\n}}") if overrides else "{} (the profile as it is)"
         self.overrides_view.value = (
             f"<b>overrides</b> (keys that differ from <code>params/{html.escape(self.profile.value)}.yaml</code>):"
             f"<pre style='margin: 2px 0; font-size: 11px'>{text}</pre>"

@@ -51,9 +51,9 @@ def clean_line(line: str) -> tuple[str, tuple[int, int, str, str] | None]:
     share a line; the bar is cut out and a line that is only markers logs as ``""``.
     """
     bars = PAPERMILL_BAR.findall(line)
-    text = PAPERMILL_BAR.sub("", line).strip()
+    text = PAPERMILL_BAR.sub("", line).rstrip()  # leading blanks kept: they align the columns of tables
     last = (int(bars[-1][0]), int(bars[-1][1]), bars[-1][2], bars[-1][3]) if bars else None
-    return ("" if HIDDEN.match(text) else text), last
+    return ("" if HIDDEN.match(text.strip()) else text), last
 
 
 class Launcher:

@@ -46,8 +46,8 @@ def control_panel(profile: str = "smoke", overrides: dict[str, Any] | None = Non
     stage = w.Dropdown(options=stages, description="stage")
     run_stage = w.Button(description="Run stage", icon="play", button_style="primary")
     run_all = w.Button(description="Run pipeline", icon="forward")
-    force = w.Checkbox(description="force (rerun complete stages)", indent=False)
-    pdf = w.Checkbox(description="PDF", value=True, indent=False)
+    force = w.Checkbox(description="force (rerun complete stages)", indent=False, layout=w.Layout(width="auto"))
+    pdf = w.Checkbox(description="PDF", value=True, indent=False, layout=w.Layout(width="auto"))
     stop = w.Button(description="Stop", icon="stop", button_style="danger")
     bar = w.IntProgress(value=0, min=0, max=1, description="progress")
     eta, status, log = w.HTML(), w.HTML("idle"), w.HTML()
@@ -92,7 +92,7 @@ def control_panel(profile: str = "smoke", overrides: dict[str, Any] | None = Non
     box = w.VBox(
         [
             form.widget,
-            w.HBox([stage, run_stage, w.HTML("&nbsp;"), run_all, force, pdf, stop]),
+            w.HBox([stage, run_stage, w.HTML("&nbsp;" * 4), run_all, force, pdf, w.HTML("&nbsp;" * 4), stop]),
             w.HBox([bar, eta]),
             status,
             log,
