@@ -137,6 +137,22 @@ def make_project(root: Path, name: str, profile_overrides: dict[str, Any] | None
     return project
 
 
+def copy_outputs(source: Path, dest: Path) -> None:
+    """The smoke pipeline's outputs for another project: hard links (the search checkpoint alone is ~2 GB;
+    the package replaces files atomically, so the originals stay as they are), but ``06_analysis/``, which
+    the notebook rewrites, copied."""
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:  # another file system
+            shutil.copy2(src, dst)
+
+    top_only = lambda folder, names: ["06_analysis"] if Path(folder) == source else []
+    shutil.copytree(source, dest, copy_function=link, ignore=top_only)
+    shutil.copytree(source / "06_analysis", dest / "06_analysis")
+
+
 @pytest.fixture
 def artifacts(request, tmp_path) -> Path:
     base = os.environ.get("FASTERSEG_TEST_ARTIFACTS")
@@ -286,10 +302,15 @@ def test_analysis_explorer_shows_another_image(lab, browser, artifacts, smoke_pi
     assert smoke_pipeline.returncode == 0, smoke_pipeline.stdout[-3000:] + smoke_pipeline.stderr[-3000:]
     same = {k: v for k, v in smoke_pipeline.overrides.items() if k != "output_root"}
     project = make_project(lab.root, "analysis", same)  # the pipeline's config: its stages are complete
-    shutil.copytree(smoke_pipeline.profile_dir, project / "outputs" / "smoke")
+    copy_outputs(smoke_pipeline.profile_dir, project / "outputs" / "smoke")
     nb = Notebook(browser, lab, "analysis/notebooks/06_analysis.ipynb", artifacts)
+    nb.shot("opened")
     nb.run_all(timeout_s=STAGE_S)
+    nb.shot("ran")  # the last cell (sanity checks) ran without an error
     page = nb.page
+    nb.shot("table-1", page.locator(".jp-OutputArea-output", has_text="Table 1. ").first)
+    status = (project / "outputs" / "smoke" / "06_analysis" / "tables" / "table_0.csv").read_text()
+    assert status.count(",complete,") == 6, status  # it read every stage of the pipeline as complete
     explorer = page.locator(".jp-OutputArea-output", has=page.locator(".widget-slider"))
     explorer.scroll_into_view_if_needed()
     image = explorer.locator("img").first
