@@ -125,7 +125,7 @@ class Field:
         types, variadic = _tuple_items(self.info.base)
         items = [s.strip() for s in value.split(",")] if value.strip() else []
         try:
-            parsed = tuple((types[0] if variadic else tp)(s) for s, tp in zip(items, types * len(items)))
+            parsed = tuple(tp(s) for s, tp in zip(items, types * len(items)))  # extra items: the length check
         except ValueError:
             kinds = {int: "integers", float: "numbers", str: "words"}[types[0]]
             raise ValueError(f"{self.key}: {value!r} is not a comma-separated list of {kinds}; "
