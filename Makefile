@@ -105,8 +105,9 @@ report: setup
 		$(if $(filter 1 yes true,$(FORCE)),--force)
 
 # The venv's own "python3" kernel: the same parameters cell and load_config call as under papermill.
+# Containers and CI machines run as root, which JupyterLab refuses without --allow-root.
 lab: setup
-	cd notebooks && ../$(VENV)/bin/jupyter lab --notebook-dir=. $(LAB_ARGS)
+	cd notebooks && ../$(VENV)/bin/jupyter lab --notebook-dir=. $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
 
 # Live curves: TensorBoard on the profile's output folder (as the config resolves it, OVERRIDES included),
 # where each run folder's tensorboard/ is one run; on this machine only (127.0.0.1).
