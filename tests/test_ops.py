@@ -167,3 +167,61 @@ def test_slimmable_ops_train_backward():
     y.sum().backward()
     assert op.conv1.weight.grad[:80, :24].abs().sum() > 0
     assert op.conv1.weight.grad[80:].abs().sum() == 0  # inactive channels get no gradient
+
+
+def _builtin_and_ours(x: torch.Tensor, size: tuple[int, int], grad: torch.Tensor):
+    a = x.detach().clone().requires_grad_(True)
+    b = x.detach().clone().requires_grad_(True)
+    ya = nn.functional.interpolate(a, size=size, mode="bilinear", align_corners=True)
+    yb = resize(b, size, "bilinear")
+    ya.backward(grad)
+    yb.backward(grad)
+    return ya, yb, a.grad, b.grad
+
+
+def test_bilinear_resize_backward_is_bit_identical_to_the_builtin():
+    # resize() runs PyTorch's channels-last kernels where they give the same bits (ops._bilinear_forward,
+    # ops._BilinearNHWCBackward); values and layout of output and gradient must equal F.interpolate's
+    # exactly, for NCHW, channels-last and non-contiguous incoming gradients, any batch, channel count,
+    # output size and thread count.
+    g = torch.Generator().manual_seed(0)
+    threads = torch.get_num_threads()
+    try:
+        for case in range(64):
+            torch.set_num_threads(1 + case % 3)
+            n, c = (1, 2, 3, 4)[case // 16], (1, 3, 16, 19, 33, 64, 96, 192)[case % 8]
+            hi, wi = (int(v) for v in torch.randint(1, 40, (2,), generator=g))
+            free = (int(torch.randint(1, 90, (1,), generator=g)), 7)
+            # out_h + out_w = 128 / 129 is where PyTorch switches between its NHWC and NCHW kernels
+            boundary = (64, 64 + case % 2)
+            ho, wo = [(max(1, hi // 2), max(1, wi // 2)), (2 * hi, 2 * wi), free, boundary][case % 4]
+            x = torch.randn(n, c, hi, wi, generator=g)
+            grad = torch.randn(n, c, ho, wo, generator=g) * 10.0 ** float(
+                torch.randint(-6, 4, (1,), generator=g)
+            )
+            layout = (case // 3) % 3
+            if layout == 1:
+                grad = grad.contiguous(memory_format=torch.channels_last)
+            elif layout == 2:  # e.g. the slice a concatenation's backward hands on
+                grad = torch.cat([grad, grad], dim=1)[:, c:]
+            ya, yb, ga, gb = _builtin_and_ours(x, (ho, wo), grad)
+            assert torch.equal(ya, yb) and ya.stride() == yb.stride(), case
+            assert torch.equal(ga, gb) and ga.stride() == gb.stride(), case
+            with torch.no_grad():  # the inference path (no autograd Function) gives the same bits too
+                yc = resize(x, (ho, wo), "bilinear")
+            assert torch.equal(ya, yc) and ya.stride() == yc.stride(), case
+        # degenerate shapes, where NCHW and NHWC strides coincide or differ only on size-1 dimensions
+        for (n, c, hi, wi), (ho, wo) in [
+            ((2, 1, 19, 35), (9, 17)),
+            ((2, 5, 1, 1), (3, 3)),
+            ((2, 5, 4, 4), (1, 1)),
+        ]:
+            x, grad = torch.randn(n, c, hi, wi, generator=g), torch.randn(n, c, ho, wo, generator=g)
+            ya, yb, ga, gb = _builtin_and_ours(x, (ho, wo), grad)
+            assert torch.equal(ya, yb) and ya.stride() == yb.stride(), (n, c, hi, wi)
+            assert torch.equal(ga, gb) and ga.stride() == gb.stride(), (n, c, hi, wi)
+    finally:
+        torch.set_num_threads(threads)
+    # without autograd no custom autograd Function is involved (inference, export, tracing)
+    with torch.no_grad():
+        assert resize(torch.randn(1, 2, 4, 4, requires_grad=True), (8, 8)).grad_fn is None

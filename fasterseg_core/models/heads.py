@@ -1,6 +1,6 @@
 """Segmentation heads and the feature-fusion module of FasterSeg.
 
-Spec: ``shared/spec/fasterseg.md`` §1.4-§1.5 and §5.3 (re-implements ``Head`` and
+Method: ``docs/method.md`` §1.4-§1.5 and §5.3 (written from the method, in place of ``Head`` and
 ``FeatureFusion`` of the authors' ``seg_oprs.py``). The decoder's 1×1 "arms" and 3×3 "refines" are
 plain :class:`~fasterseg_core.models.ops.ConvNorm` blocks wired by the network builder.
 """

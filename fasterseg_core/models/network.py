@@ -1,6 +1,6 @@
 """The fixed (derived) FasterSeg network built from an :class:`Architecture`.
 
-Spec: ``shared/spec/fasterseg.md`` §5 (re-implements ``Network_Multi_Path_Infer`` of the authors'
+Method: ``docs/method.md`` §5 (written from the method, in place of ``Network_Multi_Path_Infer`` of the authors'
 ``train/model_seg.py``) and §10 (the TensorRT-friendly deployment variant).
 
 Data flow, for the published two-branch networks (``lasts = [2, 1]``)::

@@ -1,6 +1,6 @@
 """Width-switchable ("slimmable") convolution and batch norm for the FasterSeg supernet.
 
-Spec: ``shared/spec/fasterseg.md`` §1.3 (re-implements the authors' ``USConv2d``/``USBatchNorm2d``,
+Method: ``docs/method.md`` §1.3 (written from the method, in place of the authors' ``USConv2d``/``USBatchNorm2d``,
 after the universally slimmable networks of Yu & Huang, 2019).
 
 A slimmable layer owns the weights of its widest version. Before a forward pass the supernet picks a
