@@ -326,6 +326,7 @@ def _slurm_parameters(text: str) -> dict[str, Any]:
 # ---- the parser ----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """``python -m fasterseg_core`` with its subcommands."""
+    # Over the ~80-line limit on purpose: a declarative table of every command and flag, read as --help reads.
     parser = argparse.ArgumentParser(prog="python -m fasterseg_core", description=__doc__.split("\n")[0])
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")

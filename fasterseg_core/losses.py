@@ -1,6 +1,6 @@
 """Segmentation and distillation losses of FasterSeg: OHEM cross-entropy and the KL distillation term.
 
-Method: ``docs/method.md`` §9.3 (re-implements the authors' ``ProbOhemCrossEntropy2d`` and the
+Method: ``docs/method.md`` §9.3 (written from the method, in place of the authors' ``ProbOhemCrossEntropy2d`` and the
 ``KLDivLoss`` of ``train/train.py``) and §3.2 (the search's loss, summed over all supernet heads).
 
 * :func:`ohem_cross_entropy` — online hard example mining: cross-entropy averaged over the pixels the

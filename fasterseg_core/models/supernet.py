@@ -1,6 +1,6 @@
 """The FasterSeg multi-resolution supernet: 16 layers of cells over strides 8/16/32.
 
-Method: ``docs/method.md`` §2 (re-implements the search space of the authors'
+Method: ``docs/method.md`` §2 (written from the method, in place of the search space of the authors'
 ``search/model_search.py``; paper §3.1-3.3, Fig. 2-3).
 
 Layer ``i`` holds one cell per available scale (stride 8 from layer 0, 16 from layer 1, 32 from layer 2).
@@ -32,6 +32,9 @@ GDAS, Dong & Yang, CVPR 2019): a forward pass then costs about what one derived 
 ~5-10x that, and α/β still get a gradient through the sample's straight-through factor. ``"argmax"`` runs
 the most likely operator and input (deterministic; evaluation of a sampled search).
 """
+
+# Length (~470 lines, over the house limit of ~450) on purpose: the supernet is one module of the method
+# (§2: stem, cell grid, mixing rule, heads); its forward and its parameter tables read best side by side.
 
 from __future__ import annotations
 
