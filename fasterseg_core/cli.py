@@ -20,12 +20,13 @@ problem and the fix and exits with status 2, without a traceback; ``--debug`` sh
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,16 +124,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if is_complete(cfg, stage.name, any_hardware=True, seed=seed):
             print(f"{stage.name} seed {seed}: complete for this config, skipped")
             continue
-        if rank == 0:
-            run = start_run(cfg, stage.name, hardware_tag=args.hardware_tag, seed=seed, per_seed=True)
-        else:  # other ranks write nothing; they need the folder, device and seed only
-            run = Run(cfg, stage.name, stage_dir(cfg, stage.name, seed), resolve_device(cfg.device),
-                      resolve_hardware_tag(cfg, args.hardware_tag), {"seed": seed})  # fmt: skip
-        try:
+        run = _rank_run(cfg, stage.name, args, seed, per_seed=True)
+        with _failure_recorded(run):
             result = train_seed(cfg, run, progress=not args.no_progress and rank == 0)
-        except Exception as e:  # the manifest says why the run stopped; the message goes to main()
-            run.fail(f"{type(e).__name__}: {e}")
-            raise
         if current_dist().main:
             run.finish(result.metrics)
             val = result.metrics["best"]["val"]
@@ -141,6 +135,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return 0
+
+
+def _rank_run(cfg: RunConfig, stage: str, args: argparse.Namespace, seed: int, *, per_seed: bool) -> Run:
+    """This process's run of ``stage``: rank 0 starts it (lock, manifest, every generator seeded); the other
+    ranks of a ``torchrun`` write nothing and need only its folder, device and seed, seeded as ``start_run``
+    seeds rank 0 (building the data may draw random numbers)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        return start_run(cfg, stage, hardware_tag=args.hardware_tag, seed=seed, per_seed=per_seed)
+    seed_everything(seed)
+    folder = stage_dir(cfg, stage, seed) if per_seed else stage_dir(cfg, stage)
+    return Run(cfg, stage, folder, resolve_device(cfg.device), resolve_hardware_tag(cfg, args.hardware_tag),
+               {"seed": seed})  # fmt: skip
+
+
+@contextlib.contextmanager
+def _failure_recorded(run: Run) -> Iterator[None]:
+    """The manifest says why the run stopped (``failed`` with the error); the error itself goes on to main()."""
+    try:
+        yield
+    except Exception as e:
+        run.fail(f"{type(e).__name__}: {e}")
+        raise
 
 
 def _train_search(cfg: RunConfig, args: argparse.Namespace) -> int:
@@ -152,17 +168,9 @@ def _train_search(cfg: RunConfig, args: argparse.Namespace) -> int:
         print("01_search: complete for this config, skipped")
         return 0
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    if rank == 0:
-        run = start_run(cfg, "01_search", hardware_tag=args.hardware_tag, seed=cfg.search.seed)
-    else:  # other ranks write nothing; seeded as start_run seeds rank 0 (building the data may draw numbers)
-        seed_everything(cfg.search.seed)
-        run = Run(cfg, "01_search", stage_dir(cfg, "01_search"), resolve_device(cfg.device),
-                  resolve_hardware_tag(cfg, args.hardware_tag), {"seed": cfg.search.seed})  # fmt: skip
-    try:
+    run = _rank_run(cfg, "01_search", args, cfg.search.seed, per_seed=False)
+    with _failure_recorded(run):
         result = run_search(cfg, run, progress=not args.no_progress and rank == 0)
-    except Exception as e:  # the manifest says why the run stopped; the message goes to main()
-        run.fail(f"{type(e).__name__}: {e}")
-        raise
     if current_dist().main:
         run.finish(result.metrics)
         m = result.metrics["student"]

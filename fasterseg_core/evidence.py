@@ -208,20 +208,15 @@ def _label(expect: str, above: bool, below: bool, equiv: bool, margin: float | N
            thing: str = "the interval", ref: str = "0") -> tuple[str, str]:
     """The rule table of the module docstring, as code: (label, why) from the three facts."""
     exact = thing != "the interval"  # a deterministic value: wording only, the rules are the same
-    if expect == "greater":
-        if above:
-            return "supported", f"{thing} lies above {ref}"
-        if below:
-            return "contradicted", f"{thing} lies below {ref}"
+    if expect in ("greater", "less"):  # "less" is "greater" mirrored
+        claimed, other = (above, below) if expect == "greater" else (below, above)
+        side = {True: "above", False: "below"}
+        if claimed or other:
+            label = "supported" if claimed else "contradicted"
+            return label, f"{thing} lies {side[above]} {ref}"
         if equiv:
-            return "on par", "equivalent within the margin, so the claimed gain is not supported"
-    elif expect == "less":
-        if below:
-            return "supported", f"{thing} lies below {ref}"
-        if above:
-            return "contradicted", f"{thing} lies above {ref}"
-        if equiv:
-            return "on par", "equivalent within the margin, so the claimed reduction is not supported"
+            change = "gain" if expect == "greater" else "reduction"
+            return "on par", f"equivalent within the margin, so the claimed {change} is not supported"
     else:
         if equiv:
             return "on par", "equivalent within the margin, so the claim of equivalence holds"

@@ -78,6 +78,15 @@ def _overrides(root: Path, lut_path: Path, **extra: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _phase(sc, world: int, n_images: int, batch: int, crop_hw, lr: float, weights):
+    """(iterations, OHEM criterion, SGD, its schedule) of one phase of the reference search, as the driver sets
+    them up: OHEM's minimum kept per rank, on the rank's share of the batch."""
+    iters = iterations_per_epoch(sc.iters_per_epoch, sc.min_iters_per_epoch, n_images, batch)
+    crit = OhemCrossEntropy(ohem_min_kept(batch // world, crop_hw, loss_stride=8), sc.ohem_thresh)
+    opt = torch.optim.SGD(weights, lr=lr, momentum=sc.momentum, weight_decay=sc.weight_decay)
+    return iters, crit, opt, torch.optim.lr_scheduler.ExponentialLR(opt, gamma=sc.lr_decay_per_epoch)
+
+
 def _on_each_rank(net: Supernet, gen: torch.Generator, params: list[torch.nn.Parameter], world: int,
                   loss_of: Callable[[int], float]) -> float:  # fmt: skip
     """Run ``loss_of(rank)`` (a backward into ``params``) as each of ``world`` ranks would: from the same
@@ -136,12 +145,8 @@ def _reference(cfg: RunConfig, world: int) -> dict[str, Any]:
 
     rows: list[dict[str, Any]] = []
     # ---- pretraining (§3.2) ----
-    iters = iterations_per_epoch(sc.iters_per_epoch, sc.min_iters_per_epoch, len(data.pretrain),
-                                 sc.pretrain_batch_size)  # fmt: skip
-    crit = OhemCrossEntropy(ohem_min_kept(sc.pretrain_batch_size // world, sc.pretrain_crop_hw, loss_stride=8),
-                            sc.ohem_thresh)  # fmt: skip
-    opt = torch.optim.SGD(weights, lr=sc.pretrain_lr, momentum=sc.momentum, weight_decay=sc.weight_decay)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=sc.lr_decay_per_epoch)
+    iters, crit, opt, sched = _phase(sc, world, len(data.pretrain), sc.pretrain_batch_size, sc.pretrain_crop_hw,
+                                     sc.pretrain_lr, weights)  # fmt: skip
     for epoch in range(sc.pretrain_epochs):
         seed = epoch_seed(sc.seed, "pretrain", epoch)
         seed_everything(seed)
@@ -155,12 +160,8 @@ def _reference(cfg: RunConfig, world: int) -> dict[str, Any]:
         rows.append({"phase": "pretrain", "epoch": epoch + 1, "loss_weights": total / iters})
         sched.step()
     # ---- search (§3.2-3.5) ----
-    iters = iterations_per_epoch(sc.iters_per_epoch, sc.min_iters_per_epoch, len(data.search),
-                                 sc.search_batch_size)  # fmt: skip
-    crit = OhemCrossEntropy(ohem_min_kept(sc.search_batch_size // world, sc.search_crop_hw, loss_stride=8),
-                            sc.ohem_thresh)  # fmt: skip
-    w_opt = torch.optim.SGD(weights, lr=sc.search_lr, momentum=sc.momentum, weight_decay=sc.weight_decay)
-    sched = torch.optim.lr_scheduler.ExponentialLR(w_opt, gamma=sc.lr_decay_per_epoch)
+    iters, crit, w_opt, sched = _phase(sc, world, len(data.search), sc.search_batch_size, sc.search_crop_hw,
+                                       sc.search_lr, weights)  # fmt: skip
     a_opts = [torch.optim.Adam(net.arch_parameters(k), lr=sc.arch_lr, betas=tuple(sc.arch_betas),
                                weight_decay=sc.arch_weight_decay) for k in range(len(ROLES))]  # fmt: skip
     lam = sc.latency_lambda_init

@@ -46,8 +46,15 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         if isinstance(v, dict):
             out |= _flat(v, f"{prefix}{k}.")
         else:
-            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else v
+            out[f"{prefix}{k}"] = v
     return out
+
+
+def config_departures(cfg: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """Every dotted config key where ``cfg`` differs from the dataclass defaults (the paper's settings):
+    key → (this run's value, the paper's); the profile's name aside."""
+    here, paper = _flat(to_dict(cfg)), _flat(to_dict(RunConfig()))
+    return {k: (v, paper.get(k)) for k, v in here.items() if v != paper.get(k) and k != "profile"}
 
 
 def reproducibility(art: Artifacts) -> list[Exhibit]:
@@ -104,9 +111,11 @@ def _machines(art: Artifacts) -> Exhibit:
 
 def _departures(art: Artifacts) -> Exhibit:
     """Table 4e: the resolved config where it differs from the dataclass defaults (the paper's settings)."""
-    here, paper = _flat(to_dict(art.cfg)), _flat(to_dict(RunConfig()))
-    diff = [{"key": k, "this run": v, "paper default": paper.get(k)} for k, v in here.items()
-            if v != paper.get(k) and k not in ("profile",)]  # fmt: skip
+    shown = {
+        k: [json.dumps(x) if isinstance(x, list) else x for x in vp]
+        for k, vp in config_departures(art.cfg).items()
+    }
+    diff = [{"key": k, "this run": v, "paper default": p} for k, (v, p) in shown.items()]
     cap = (
         f"The resolved config of this analysis (profile '{art.cfg.profile}') where it differs from the dataclass "
         f"defaults, which are the paper's settings; every stage saved its full resolved config as "

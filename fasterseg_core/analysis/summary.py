@@ -14,10 +14,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig, to_dict
+from ..config import RunConfig
 from ..storage import save_json, save_text
 from .artifacts import STAGES, TRAINED, Artifacts
 from .claims import Entry, scale_note
+from .provenance import config_departures
 from .published import Published
 from .speed import duration
 
@@ -28,20 +29,14 @@ _HEADLINE_KEYS = ("data.dataset", "data.base_scale", "model.arch_source", "seeds
                   "search.path_sampling", "latency.input_hw", "device")  # fmt: skip
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out |= _flat(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def deviations(cfg: RunConfig) -> list[dict[str, Any]]:
     """The headline settings where this run departs from the paper's (the dataclass defaults)."""
-    here, paper = _flat(to_dict(cfg)), _flat(to_dict(RunConfig()))
-    return [{"key": k, "this run": here[k], "paper": paper[k]} for k in _HEADLINE_KEYS if here[k] != paper[k]]
+    departures = config_departures(cfg)
+    return [
+        {"key": k, "this run": departures[k][0], "paper": departures[k][1]}
+        for k in _HEADLINE_KEYS
+        if k in departures
+    ]
 
 
 def methodology(art: Artifacts) -> dict[str, Any]:
