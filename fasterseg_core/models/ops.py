@@ -123,9 +123,9 @@ def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> to
     same bits (:func:`_bilinear_forward`, :class:`_BilinearNHWCBackward`).
     """
     if mode == "bilinear":
-        size = (int(size[0]), int(size[1]))
-        if not _cpu_fp32_eager(x):
+        if not _cpu_fp32_eager(x):  # traced/exported sizes stay symbolic: no int() here
             return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+        size = (int(size[0]), int(size[1]))  # plain ints for the kernel choice and the autograd.Function
         if x.requires_grad and torch.is_grad_enabled():
             return _BilinearNHWCBackward.apply(x, size)
         return _bilinear_forward(x, size)
