@@ -10,8 +10,8 @@ tensors and plain containers (loaded with ``weights_only=True``):
 ``model``          the network's (or supernet's) state dict
 training extras    ``optimizer``, ``scheduler``, ``rng`` (every generator), ``history``, ``best``,
                    ``seconds_total``; ``arch``, ``num_classes``, ``role``; ``metrics`` (val scores)
-search extras      ``weight_optimizer``, ``scheduler``, ``arch_optimizers``, ``lambda``,
-                   ``history``, ``arch_history``
+search extras      ``weight_optimizer`` (``None`` once the search has finished), ``scheduler``,
+                   ``arch_optimizers``, ``lambda``, ``history``, ``arch_history``
 =================  ===========================================================================
 
 Networks load from ours (:func:`load_stage_model`, :func:`load_checkpoint_model`) or from the authors'

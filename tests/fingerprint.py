@@ -88,24 +88,41 @@ def environment() -> dict[str, Any]:
             "machine": platform.machine()}  # fmt: skip
 
 
-def differences(expected: Any, actual: Any, where: str = "", rel: float = 0.0) -> list[str]:
-    """Where two fingerprints differ (exactly when ``rel`` is 0, else floats within ``rel``)."""
+def _number(value: Any) -> Any:
+    """A CSV cell that holds a float, as that float (CSV rows are read as strings)."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def differences(expected: Any, actual: Any, where: str = "", rel: float = 0.0,
+                loose: tuple[str, float] = ("", 0.0)) -> list[str]:  # fmt: skip
+    """Where two fingerprints differ: exactly when ``rel`` is 0, else floats (CSV cells too) within ``rel``
+    relative, and within ``loose[1]`` where the path contains one of the comma-separated words ``loose[0]``.
+    Everything else (keys, lengths, integers, strings, architectures) must be equal in every mode."""
     if isinstance(expected, dict) and isinstance(actual, dict):
         out = [f"{where}.{k}: missing" for k in expected if k not in actual]
         out += [f"{where}.{k}: unexpected" for k in actual if k not in expected]
         for k in expected.keys() & actual.keys():
-            out += differences(expected[k], actual[k], f"{where}.{k}", rel)
+            out += differences(expected[k], actual[k], f"{where}.{k}", rel, loose)
         return out
     if isinstance(expected, list) and isinstance(actual, list):
         if len(expected) != len(actual):
             return [f"{where}: {len(expected)} items expected, {len(actual)} found"]
-        return [d for i, (e, a) in enumerate(zip(expected, actual)) for d in differences(e, a, f"{where}[{i}]", rel)]
+        return [d for i, (e, a) in enumerate(zip(expected, actual))
+                for d in differences(e, a, f"{where}[{i}]", rel, loose)]  # fmt: skip
     both_nan = isinstance(expected, float) and isinstance(actual, float) and math.isnan(expected) and math.isnan(actual)
     if both_nan or expected == actual:
         return []
-    floats = isinstance(expected, float) and isinstance(actual, float)
-    if rel and floats and math.isclose(expected, actual, rel_tol=rel, abs_tol=rel):
-        return []
+    e, a = (_number(expected), _number(actual)) if rel else (expected, actual)
+    if rel and isinstance(e, float) and isinstance(a, float):
+        words = [w for w in loose[0].split(",") if w]
+        tol = loose[1] if any(w in where for w in words) else rel
+        if math.isclose(e, a, rel_tol=tol, abs_tol=1e-9):
+            return []
     return [f"{where}: expected {expected!r}, found {actual!r}"]
 
 

@@ -5,7 +5,8 @@ The fingerprint (``tests/data/smoke_fingerprint.json``) was recorded before the 
 that alters results on purpose regenerates it (``python tests/fingerprint.py … --write``, see
 ``tests/fingerprint.py``) and says so in its commit message. Bit-identity holds for the machine kind and
 torch build it was recorded with (CPU kernels differ between instruction sets); elsewhere the floats are
-compared to 1e-6 relative and the test says which comparison it made.
+compared to 1e-3 relative (the search's per-epoch latencies to 5 %), everything else exactly, and the test says
+which comparison it made.
 """
 
 from __future__ import annotations
@@ -27,8 +28,13 @@ def test_smoke_pipeline_reproduces_the_stored_fingerprint(smoke_pipeline):
     stored = json.loads(EXPECTED.read_text())
     here = environment()
     same_machine = all(here[k] == stored["environment"][k] for k in ("torch", "cpu", "threads", "machine"))
-    rel = 0.0 if same_machine else 1e-6
+    # Another CPU rounds differently (measured 2026-12-02, AMD EPYC against the Intel Xeon that stored it):
+    # metrics moved by at most 7e-5 relative, the derived architectures stayed the same, and one epoch's
+    # near-tie in the search's derivation picked a path 2.3 % slower on the table. So: floats to 1e-3, the
+    # search history's latency and FPS fields to 5 %, and keys, lengths, integers and architectures exactly;
+    # a change of behaviour (a loss, a schedule, a seed) moves the metrics far more than 1e-3.
+    rel, loose = (0.0, ("", 0.0)) if same_machine else (1e-3, ("latency,_fps", 0.05))
     found = fingerprint(smoke_pipeline.profile_dir)
-    diff = differences(stored["fingerprint"], found, rel=rel)
-    mode = "bit for bit" if same_machine else f"to {rel} relative ({here} vs {stored['environment']})"
+    diff = differences(stored["fingerprint"], found, rel=rel, loose=loose)
+    mode = "bit for bit" if same_machine else f"to {rel} relative, {loose} ({here} vs {stored['environment']})"
     assert not diff, f"{len(diff)} differences from the stored fingerprint, compared {mode}:\n" + "\n".join(diff[:30])

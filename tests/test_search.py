@@ -346,6 +346,7 @@ def test_resume_after_interruptions_equals_an_uninterrupted_run(tmp_path: Path, 
     monkeypatch.setattr(search_mod, "weight_step", real_step)
     ckpt = load_torch(tmp_path / "cut" / "smoke" / "01_search" / "checkpoints" / "search.pt")
     assert ckpt["epoch"] == 1  # the second interruption hit search epoch 2
+    assert ckpt["weight_optimizer"] is not None  # a search in progress keeps its momentum, to resume
     resumed = run_search(cfg, start_run(cfg, "01_search"), progress=False)
 
     a = load_torch(tmp_path / "ref" / "smoke" / "01_search" / "checkpoints" / "search.pt")
@@ -353,6 +354,7 @@ def test_resume_after_interruptions_equals_an_uninterrupted_run(tmp_path: Path, 
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), name
     assert a["lambda"] == b["lambda"]
+    assert a["weight_optimizer"] is None and b["weight_optimizer"] is None  # finished: no momentum on disk
     strip = ("seconds_train", "seconds_eval")
     assert [{k: v for k, v in h.items() if k not in strip} for h in reference.history] == [
         {k: v for k, v in h.items() if k not in strip} for h in resumed.history
