@@ -99,10 +99,10 @@ def _number(value: Any) -> Any:
 
 
 def differences(expected: Any, actual: Any, where: str = "", rel: float = 0.0,
-                loose: tuple[str, float] = ("", 0.0)) -> list[str]:  # fmt: skip
+                loose: dict[str, float] | None = None) -> list[str]:  # fmt: skip
     """Where two fingerprints differ: exactly when ``rel`` is 0, else floats (CSV cells too) within ``rel``
-    relative, and within ``loose[1]`` where the path contains one of the comma-separated words ``loose[0]``.
-    Everything else (keys, lengths, integers, strings, architectures) must be equal in every mode."""
+    relative, or within ``loose[word]`` where the path contains ``word``. Everything else (keys, lengths,
+    integers, strings, architectures) must be equal in every mode."""
     if isinstance(expected, dict) and isinstance(actual, dict):
         out = [f"{where}.{k}: missing" for k in expected if k not in actual]
         out += [f"{where}.{k}: unexpected" for k in actual if k not in expected]
@@ -119,8 +119,7 @@ def differences(expected: Any, actual: Any, where: str = "", rel: float = 0.0,
         return []
     e, a = (_number(expected), _number(actual)) if rel else (expected, actual)
     if rel and isinstance(e, float) and isinstance(a, float):
-        words = [w for w in loose[0].split(",") if w]
-        tol = loose[1] if any(w in where for w in words) else rel
+        tol = max([rel] + [t for word, t in (loose or {}).items() if word in where])
         if math.isclose(e, a, rel_tol=tol, abs_tol=1e-9):
             return []
     return [f"{where}: expected {expected!r}, found {actual!r}"]

@@ -203,7 +203,7 @@ class Notebook:
         def started() -> bool:
             return any(re.search(r"\[(\*|\d+)\]", t) for t in prompts.all_inner_texts())
 
-        for attempt in range(2):
+        for _ in range(2):
             self.page.locator(".lm-MenuBar-itemLabel", has_text=re.compile("^Run$")).click()
             self.page.locator(".lm-Menu-item", has_text=re.compile("^Run All Cells$")).click()
             until = time.monotonic() + 15.0

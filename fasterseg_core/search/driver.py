@@ -251,6 +251,7 @@ class _SearchState:
         self.sched = torch.optim.lr_scheduler.ExponentialLR(self.w_opt, gamma=sc.lr_decay_per_epoch)
         self.a_opts = [torch.optim.Adam(net.arch_parameters(k), lr=sc.arch_lr, betas=tuple(sc.arch_betas),
                                         weight_decay=sc.arch_weight_decay) for k in range(len(ROLES))]  # fmt: skip
+        self.epochs = sc.search_epochs
         self.lam, self.start, self.history = sc.latency_lambda_init, 0, history
         self.arch_history = [arch_snapshot(net, 0)]
         self.per_iter = 0.0
@@ -264,11 +265,11 @@ class _SearchState:
             self.lam, self.start = float(ckpt["lambda"]), int(ckpt["epoch"])
             self.history, self.arch_history = list(ckpt["history"]), list(ckpt["arch_history"])
 
-    def save(self, path: Path, key: str, net: Supernet, epoch: int, final: bool = False) -> None:
-        """``final``: the last epoch. A finished search has no weight step left, so its checkpoint drops the
+    def save(self, path: Path, key: str, net: Supernet, epoch: int) -> None:
+        """A finished search (``epoch`` = the last) has no weight step left, so its checkpoint drops the
         weights' SGD momentum, half its size (1 GB of the paper's 2 GB supernet checkpoint); the supernet's
         weights, α/β/γ and histories stay, for re-deriving and the report."""
-        momentum = None if final else self.w_opt.state_dict()
+        momentum = None if epoch == self.epochs else self.w_opt.state_dict()
         save_checkpoint(path, "search", key, epoch, net.state_dict(), weight_optimizer=momentum,
                         scheduler=self.sched.state_dict(), arch_optimizers=[o.state_dict() for o in self.a_opts],
                         **{"lambda": self.lam}, history=self.history, arch_history=self.arch_history)  # fmt: skip
@@ -314,7 +315,7 @@ def _search_epochs(cfg: RunConfig, run: Run, net: Supernet, data: SearchData, lu
                     | {f"entropy/{k}": v for k, v in arch_entropies(net).items()},
                     pretrain_steps + (epoch + 1) * iters)  # fmt: skip (before the checkpoint, as fit does)
         if info.main:
-            state.save(run.dir / "checkpoints" / "search.pt", key, net, epoch + 1, final=epoch + 1 == sc.search_epochs)
+            state.save(run.dir / "checkpoints" / "search.pt", key, net, epoch + 1)
             # the search checkpoint supersedes the pretraining one (a rerun never pretrains again): free 1-2 GB
             (run.dir / "checkpoints" / "pretrain.pt").unlink(missing_ok=True)
         bar.set_postfix(epoch=epoch + 1, miou=f"{miou['student']['8s_32s']:.3f}",
