@@ -181,12 +181,17 @@ class Notebook:
         self.errors: list[str] = []
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
         self.shots, self.n = shots, 0
-        self.page.goto(f"{lab.url}/lab/tree/{path}?token={lab.token}")
+        # A workspace of its own, reset: JupyterLab restores the tabs of the last page otherwise (the control
+        # notebook of the previous test), and Run ▸ Run All Cells ran that one in two CI runs.
+        workspace = re.sub(r"\W", "-", path)
+        self.page.goto(f"{lab.url}/lab/workspaces/{workspace}/tree/{path}?reset&token={lab.token}")
         # the kernel is up when the status bar says "Python 3 (ipykernel) | Idle"
         self.page.locator(".jp-StatusBar-TextItem", has_text=re.compile(r"\| Idle$")).wait_for(
             timeout=STARTUP_S * 1000
         )
         self.page.keyboard.press("Control+b")  # the file browser closed: the notebook uses the width
+        tabs = self.page.locator(".jp-NotebookPanel")
+        _until(lambda: tabs.count() == 1, f"{path} as the only open notebook")
 
     def shot(self, what: str, target: Any = None) -> Path:
         """A screenshot of the page (or of one element), numbered in the order taken."""
@@ -196,28 +201,49 @@ class Notebook:
         return path
 
     def run_all(self, timeout_s: float) -> None:
-        """Run ▸ Run All Cells, then wait until no cell is queued or running (``[*]``). A menu click that
-        JupyterLab drops (seen once in CI: no cell ran) is repeated once when no cell has started after 15 s."""
-        prompts = self.page.locator(".jp-CodeCell .jp-InputPrompt")
+        """Run ▸ Run All Cells, then wait until every code cell shows its execution count (``[n]``).
 
-        def started() -> bool:
-            return any(re.search(r"\[(\*|\d+)\]", t) for t in prompts.all_inner_texts())
+        Only this notebook's cells count (its panel is the one shown). A menu click that JupyterLab drops
+        (no cell starts within 15 s) is repeated once. A run that stops before the end (an error, a dead
+        kernel) fails with the cells' prompts, the kernel's status and any traceback or dialog on the page."""
+        prompts = self.page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt")
+
+        def states() -> list[str]:  # per code cell: "done", "running" ([*]) or "idle" ([ ])
+            texts = prompts.all_inner_texts()
+            return ["running" if "[*]" in t else "done" if re.search(r"\[\d+\]", t) else "idle" for t in texts]
 
         for _ in range(2):
             self.page.locator(".lm-MenuBar-itemLabel", has_text=re.compile("^Run$")).click()
             self.page.locator(".lm-Menu-item", has_text=re.compile("^Run All Cells$")).click()
             until = time.monotonic() + 15.0
-            while not started() and time.monotonic() < until:
+            while all(s == "idle" for s in states()) and time.monotonic() < until:
                 time.sleep(0.5)
-            if started():
+            if any(s != "idle" for s in states()):
                 break
-        deadline = time.monotonic() + timeout_s
-        while any("[*]" in t for t in prompts.all_inner_texts()):
-            assert time.monotonic() < deadline, "the notebook did not finish running"
+        deadline, quiet_since, seen, t0 = time.monotonic() + timeout_s, None, None, time.monotonic()
+        while True:
+            now = states()
+            if now != seen:  # the timeline, printed with the test's output when it fails
+                print(f"{time.monotonic() - t0:6.1f} s  " + "".join({"done": "#", "running": "*"}.get(s, ".") for s in now))
+                seen = now
+            if now and all(s == "done" for s in now):
+                break
+            # nothing running but cells left unrun: give the queue 10 s (between two cells) before calling it stopped
+            quiet_since = (quiet_since or time.monotonic()) if "running" not in now else None
+            stopped = quiet_since is not None and time.monotonic() - quiet_since > 10.0
+            if stopped or time.monotonic() > deadline:
+                break
             time.sleep(0.5)
         errors = self.page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
         tracebacks = [t for t in errors.all_inner_texts() if "Traceback" in t]
-        assert not tracebacks, tracebacks[0][-3000:] if tracebacks else ""
+        assert not tracebacks, tracebacks[0][-3000:]
+        now = states()
+        if not (now and all(s == "done" for s in now)):
+            self.shot("not-finished")
+            kernel = self.page.locator(".jp-StatusBar-TextItem", has_text="|").all_inner_texts()
+            dialogs = self.page.locator(".jp-Dialog").all_inner_texts()
+            raise AssertionError(f"the notebook did not run to its end: cells {now}, kernel {kernel}, "
+                                 f"dialogs {dialogs}")  # fmt: skip
 
 
 def _json(text: str) -> Any:

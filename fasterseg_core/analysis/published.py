@@ -10,7 +10,8 @@ are kept exactly as printed; the study's log values are fractions as logged.
 
 :func:`load_published` reads the file through :mod:`importlib.resources`, so it works from an installed
 package and never looks outside it. :meth:`Published.legacy_views` gives the same numbers in the shape the
-analysis modules read from ``../shared/reference`` today.
+analysis modules were first written against (the layout of the reference files in ``../shared/reference``,
+which the tests compare these numbers with).
 """
 
 from __future__ import annotations
