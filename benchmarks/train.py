@@ -17,6 +17,8 @@ CamVid from ``$FASTERSEG_DATA``, ``data/camvid`` or ``../shared/data``), in one 
   workers, each epoch's worker start-up included (the engine starts its workers every epoch);
 * **both together**: the same fit fed by that real loader (``data.num_workers`` workers sharing the cores
   with the training threads), and which of the two bounds the step (the slower one alone).
+* **with the cached loader**: the same again with ``data.cache_decoded`` (every pair decoded once before
+  the workers fork, so an item costs its augmentation only), and that loader alone.
 
 The loader must not be the bottleneck: ``loader / training`` > 1 for every stage. The loader was timed on
 its own here; during training its workers share the cores with the training threads. The variants are
@@ -168,6 +170,11 @@ def cpu_profile(profile: str, iters: int, rounds: int, loader_batches: int) -> d
     loader_set = build_dataset(cfg.data, "train", train=True, crop_hw=tuple(teacher_spec.crop_size_hw))
     # the real loader per crop size, for the step and the loader together (workers share the cores)
     real = {hw: build_dataset(cfg.data, "train", train=True, crop_hw=hw) for hw in crops}
+    # the same with data.cache_decoded on (decoded once, here, before the workers fork); off in the profile
+    # or not, both loaders are timed, so the table says what the cache buys on this machine
+    cached_data = replace(cfg.data, cache_decoded=True)
+    real_cached = {hw: build_dataset(cached_data, "train", train=True, crop_hw=hw) for hw in crops}
+    loader_cached_set = real_cached[tuple(teacher_spec.crop_size_hw)]
     num_classes = loader_set.num_classes
     models = {v: build_variant(v, num_classes) for v in VARIANTS}
     workers = cfg.data.num_workers
@@ -189,16 +196,21 @@ def cpu_profile(profile: str, iters: int, rounds: int, loader_batches: int) -> d
     for v, (net, teacher) in models.items():  # warm-up: allocator, kernels, first-touch of weights
         engine_seconds(specs[v], net, crops[tuple(specs[v].crop_size_hw)], device, 1, teacher)
     loader_seconds(loader_set, teacher_spec, 0, 1, epoch=0)
-    times: dict[str, list[float]] = {k: [] for k in (*VARIANTS, *(f"{v}+loader" for v in VARIANTS), "loader",
-                                                     "loader_0")}  # fmt: skip
+    keys = (*VARIANTS, *(f"{v}+loader" for v in VARIANTS), *(f"{v}+cached" for v in VARIANTS), "loader",
+            "loader_0", "loader_cached")  # fmt: skip
+    times: dict[str, list[float]] = {k: [] for k in keys}
     for r in range(rounds):
         for v, (net, teacher) in models.items():
             s = engine_seconds(specs[v], net, crops[tuple(specs[v].crop_size_hw)], device, iters, teacher)
             times[v].append(iters * specs[v].batch_size / s)
             s = engine_seconds(specs[v], net, real[tuple(specs[v].crop_size_hw)], device, iters, teacher, workers)
             times[f"{v}+loader"].append(iters * specs[v].batch_size / s)
-        for key, w in (("loader", workers), ("loader_0", 0)):
-            s = loader_seconds(loader_set, teacher_spec, w, loader_batches, epoch=r + 1)
+            hw = tuple(specs[v].crop_size_hw)
+            s = engine_seconds(specs[v], net, real_cached[hw], device, iters, teacher, workers)
+            times[f"{v}+cached"].append(iters * specs[v].batch_size / s)
+        for key, w, dataset in (("loader", workers, loader_set), ("loader_0", 0, loader_set),
+                                ("loader_cached", workers, loader_cached_set)):  # fmt: skip
+            s = loader_seconds(dataset, teacher_spec, w, loader_batches, epoch=r + 1)
             times[key].append(loader_batches * teacher_spec.batch_size / s)
         print(
             f"  round {r + 1}/{rounds}: "
@@ -209,9 +221,10 @@ def cpu_profile(profile: str, iters: int, rounds: int, loader_batches: int) -> d
     med = {k: statistics.median(v) for k, v in times.items()}
     print(
         f"\n| stage | training img/s (in-memory crops) | with the real loader | s/iteration | one epoch of the "
-        f"profile | loader ({workers} workers) / training | loader (0 workers) / training | bound |"
+        f"profile | loader ({workers} workers) / training | loader (0 workers) / training | bound | with the "
+        f"cached loader (data.cache_decoded) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     rows = []
     for v, spec in specs.items():
         s_it = spec.batch_size / med[v]
@@ -229,16 +242,19 @@ def cpu_profile(profile: str, iters: int, rounds: int, loader_batches: int) -> d
                 "bound": "loader" if med["loader"] < med[v] else "step",
                 "runs": times[v],
                 "runs_with_loader": times[f"{v}+loader"],
+                "images_per_s_with_cached_loader": med[f"{v}+cached"],
+                "runs_with_cached_loader": times[f"{v}+cached"],
             }
         )
         print(
             f"| {v} | {med[v]:.2f} | {med[f'{v}+loader']:.2f} | {s_it:.2f} s | "
             f"{s_it * spec.iters_per_epoch / 60:.1f} min | {med['loader'] / med[v]:.1f}× | "
-            f"{med['loader_0'] / med[v]:.1f}× | {rows[-1]['bound']} |"
+            f"{med['loader_0'] / med[v]:.1f}× | {rows[-1]['bound']} | {med[f'{v}+cached']:.2f} |"
         )
     print(
         f"\nloader: {med['loader']:.1f} img/s with {workers} workers, {med['loader_0']:.1f} img/s with 0 "
-        f"(batches of {teacher_spec.batch_size}, {loader_batches} per epoch, start-up included)"
+        f"(batches of {teacher_spec.batch_size}, {loader_batches} per epoch, start-up included); "
+        f"{med['loader_cached']:.1f} img/s with {workers} workers and data.cache_decoded"
     )
     slowest_margin = min(r["ratio_loader"] for r in rows)
     print(
@@ -257,6 +273,8 @@ def cpu_profile(profile: str, iters: int, rounds: int, loader_batches: int) -> d
             "batches": loader_batches,
             "runs": times["loader"],
             "runs_0_workers": times["loader_0"],
+            "images_per_s_cached": med["loader_cached"],
+            "runs_cached": times["loader_cached"],
         },
         "rows": rows,
     }

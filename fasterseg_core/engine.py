@@ -55,6 +55,7 @@ from .distributed import (
     wrap,
 )
 from .losses import DistillationLoss, SegmentationLoss, ohem_min_kept
+from .machine import resolve_amp
 from .metrics import SCORE_KEYS, ConfusionMatrix
 from .predictions import predict_logits
 from .progress import bar as progress_bar
@@ -117,8 +118,9 @@ def training_loss(spec: TrainConfig, teacher: nn.Module | None = None, device: t
         raise TypeError(f"a teacher needs the distill section's settings, got {type(spec).__name__}")
     frozen = freeze(teacher, torch.device(device), spec.channels_last)
     fast = spec.compile and spec.compile_teacher
+    dtype = AMP_DTYPES[resolve_amp(spec.amp, torch.device(device))]
     return DistillationLoss(seg, compiled(frozen) if fast else frozen, spec.kd_weight, spec.kd_temperature,
-                            spec.kd_reduction, AMP_DTYPES[spec.amp])  # fmt: skip
+                            spec.kd_reduction, dtype)  # fmt: skip
 
 
 # ---- one epoch -----------------------------------------------------------------------------------------
@@ -148,7 +150,7 @@ def train_one_epoch(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Op
     Raises:
         TrainingDiverged: the loss became NaN/inf (names the epoch, iteration and global step).
     """
-    amp_dtype = AMP_DTYPES[spec.amp]
+    amp_dtype = AMP_DTYPES[resolve_amp(spec.amp, device)]
     train_cm = ConfusionMatrix(num_classes)
     train_cm.mat = train_cm.mat.to(device)
     sums = {"loss": 0.0, "seg_loss": 0.0, "kd_loss": 0.0}

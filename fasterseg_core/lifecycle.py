@@ -41,7 +41,15 @@ from typing import Any
 import torch
 
 from .config import RunConfig, dump_config
-from .machine import git_state, now, package_versions, resolve_device, resolve_hardware_tag, seed_everything
+from .machine import (
+    git_state,
+    now,
+    package_versions,
+    resolve_amp,
+    resolve_device,
+    resolve_hardware_tag,
+    seed_everything,
+)
 from .runs import SEED_PREFIX, STAGES, get_stage, resume_key, stage_dir, stage_identity
 from .storage import load_json, remove_temp_files, save_json
 
@@ -290,6 +298,7 @@ def start_run(cfg: RunConfig, stage: str, hardware_tag: str = "", seed: int | No
             "identity": stage_identity(cfg, stage, seed=folder_seed),
             "resume_key": key, "hardware": resolve_hardware_tag(cfg, hardware_tag), "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+            "precision": _precision(cfg, stage, device),
             "seed": seed, "git": git_state(), "versions": package_versions(), "pid": os.getpid(),
             "started_at": now(), "finished_at": None, "previous_run": found or None,
         }  # fmt: skip
@@ -326,6 +335,12 @@ def mark_failed(cfg: RunConfig, stage: str, error: str) -> bool:
         return True
     finally:
         _unlock(fd)
+
+
+def _precision(cfg: RunConfig, stage: str, device: torch.device) -> str | None:
+    """The autocast a training stage runs with here (``"none"`` = fp32; ``amp: auto`` resolved), else None."""
+    section = get_stage(stage).section
+    return resolve_amp(getattr(cfg, section).amp, device) if section else None
 
 
 def _cpu_name() -> str:

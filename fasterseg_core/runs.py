@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, to_dict
-from .machine import resolve_hardware_tag
+from .machine import planned_device, resolve_amp, resolve_hardware_tag
 from .storage import load_json
 
 # ---------------------------------------------------------------------------------------------------
@@ -143,6 +143,11 @@ def teacher_seed(cfg: RunConfig, seed: int) -> int:
     return seed if cfg.teacher_per_seed else cfg.seeds[0]
 
 
+# Config keys that change how fast a stage runs, never what it computes: left out of every identity, so that
+# turning one on or off keeps a finished run and resumes an interrupted one.
+SPEED_ONLY: dict[str, tuple[str, ...]] = {"data": ("cache_decoded",)}
+
+
 def stage_identity(cfg: RunConfig, name: str, ignore: tuple[str, ...] = (), seed: int | None = None) -> str:
     """A short hash of what a stage computes from: its config sections, its seeds and its upstream identities.
 
@@ -156,9 +161,10 @@ def stage_identity(cfg: RunConfig, name: str, ignore: tuple[str, ...] = (), seed
     tree = to_dict(cfg)
     blob: dict[str, Any] = {"stage": name, "device": cfg.device}
     for section in stage.sections:
-        values = tree[section]
-        if section == stage.section:
-            values = {k: v for k, v in values.items() if k not in ignore}
+        left_out = SPEED_ONLY.get(section, ()) + (ignore if section == stage.section else ())
+        values = {k: v for k, v in tree[section].items() if k not in left_out}
+        if values.get("amp") == "auto":  # the precision it trains at on this machine (TrainConfig.amp)
+            values["amp"] = resolve_amp("auto", planned_device(cfg.device))
         blob[section] = values
     seeds = (seed,) if seed is not None else stage_seeds(cfg, name)
     if stage.seeded:

@@ -5,6 +5,7 @@ Tests on real data read ``../shared/data`` (or ``$FASTERSEG_SHARED/data``) and s
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -127,6 +128,43 @@ def test_camvid_training_crops_through_build_dataset(camvid_root):
     assert x.shape == (3, 160, 224) and y.shape == (160, 224) and y.dtype == torch.int64
     ev = build_dataset(cfg, "val", train=False)
     assert len(ev) == 101 and ev[0][0].shape == (3, 180, 240)
+
+
+def test_cached_camvid_items_equal_uncached_ones_bit_for_bit(camvid_root):
+    # data.cache_decoded is a speed option only: same items, same random draws, cached or not.
+    cfg = DataConfig(dataset="camvid", root=str(camvid_root), base_scale=0.5, max_train_images=3,
+                     max_eval_images=2)  # fmt: skip
+    cached_cfg = dataclasses.replace(cfg, cache_decoded=True)
+    for split, train in (("train", True), ("val", False)):
+        plain = build_dataset(cfg, split, train=train, crop_hw=(160, 224))
+        cached = build_dataset(cached_cfg, split, train=train, crop_hw=(160, 224))
+        assert plain._decoded is None and cached._decoded is not None and len(cached._decoded) == len(plain)
+        for draw in range(2):  # two epochs' draws of every item
+            for i in range(len(plain)):
+                torch.manual_seed(100 * draw + i)
+                x0, y0 = plain[i]
+                torch.manual_seed(100 * draw + i)
+                x1, y1 = cached[i]
+                assert torch.equal(x0, x1) and torch.equal(y0, y1), (split, draw, i)
+
+
+def test_the_cache_hands_out_copies(camvid_root):
+    ds = CamVid(camvid_root, "val", max_images=2)
+    ds.cache_decoded()
+    image, label = ds.load(0)
+    image[:] = 0
+    label[:] = 7
+    again, again_label = ds.load(0)
+    assert np.array_equal(again, ds.decode(0)[0]) and np.array_equal(again_label, ds.decode(0)[1])
+
+
+def test_a_cache_too_big_for_memory_fails_before_decoding(tmp_path, monkeypatch):
+    ds = CamVid(_fake_camvid(tmp_path), "train")
+    real = os.sysconf
+    monkeypatch.setattr(os, "sysconf", lambda name: 1 if name in ("SC_PAGE_SIZE", "SC_PHYS_PAGES") else real(name))
+    with pytest.raises(DatasetError, match=r"more than half .* set data.cache_decoded: false"):
+        ds.cache_decoded()
+    assert ds._decoded is None
 
 
 def test_cityscapes_label_ids_convert_to_stored_train_ids(cityscapes_root):

@@ -33,6 +33,29 @@ def test_resolve_device():
             machine.resolve_device("cuda")
 
 
+def test_amp_auto_is_bf16_only_where_the_device_computes_bf16(monkeypatch, cfg):
+    cpu = torch.device("cpu")
+    for fixed in ("none", "bf16", "fp16"):
+        assert machine.resolve_amp(fixed, cpu) == fixed
+    native = {"_is_avx512_bf16_supported": False, "_is_amx_tile_supported": False}
+    for name in tuple(native):
+        monkeypatch.setattr(torch.cpu, name, lambda name=name: native[name], raising=False)
+    assert machine.resolve_amp("auto", cpu) == "none" and not machine.native_bf16(torch.device("mps"))
+    auto = load_config("smoke", {"output_root": cfg.output_root, "student.amp": "auto"})
+    fp32 = load_config("smoke", {"output_root": cfg.output_root, "student.amp": "none"})
+    bf16 = load_config("smoke", {"output_root": cfg.output_root, "student.amp": "bf16"})
+    assert runs.stage_identity(auto, "04_student") == runs.stage_identity(fp32, "04_student")
+    native["_is_amx_tile_supported"] = True
+    assert machine.resolve_amp("auto", cpu) == "bf16"
+    assert runs.stage_identity(auto, "04_student") == runs.stage_identity(bf16, "04_student")
+    run = lifecycle.start_run(auto, "04_student")
+    assert run.manifest["precision"] == "bf16"
+    run.fail("test")
+    data = lifecycle.start_run(auto, "00_data")
+    assert data.manifest["precision"] is None
+    data.fail("test")
+
+
 def test_seed_everything_repeats_every_generator():
     def draw():
         return np.random.rand(), torch.rand(1).item(), __import__("random").random()

@@ -188,6 +188,19 @@ def test_changing_distill_or_latency_keeps_the_upstream_stages_complete(tmp_path
     assert runs.resume_key(more, "02_teacher") == runs.resume_key(cfg, "02_teacher")  # continues, not restarts
 
 
+def test_a_speed_only_setting_keeps_every_stage_complete(tmp_path):
+    # data.cache_decoded changes how fast items come, never which: no stage is redone for it.
+    cfg = _cfg(tmp_path, **{"model.arch_source": "published"})
+    stages = ("00_data", "02_teacher", "04_student")
+    for stage in stages:
+        _finished(cfg, stage)
+    cached = _cfg(tmp_path, **{"model.arch_source": "published", "data.cache_decoded": True})
+    assert all(runs.is_complete(cached, s) for s in stages)
+    assert all(runs.stage_identity(cached, s) == runs.stage_identity(cfg, s) for s in runs.STAGES)
+    other = _cfg(tmp_path, **{"model.arch_source": "published", "data.use_flip": False})
+    assert runs.stage_identity(other, "02_teacher") != runs.stage_identity(cfg, "02_teacher")
+
+
 def test_other_settings_are_set_aside_and_come_back(tmp_path, capsys):
     a = _cfg(tmp_path)
     a_files = _finished(a, "04_student")

@@ -82,7 +82,8 @@ def build_dataset(
 
     Returns:
         A dataset of (image float32 (3, H, W), label int64 (H, W)) items. The "train" split keeps the first
-        ``max_train_images`` files, other splits the first ``max_eval_images`` (0 = all).
+        ``max_train_images`` files, other splits the first ``max_eval_images`` (0 = all); with
+        ``data.cache_decoded`` every pair is decoded here, once (see ``SegmentationDataset.cache_decoded``).
     """
     scale = data_cfg.base_scale if base_scale is None else base_scale
     if train:
@@ -97,10 +98,14 @@ def build_dataset(
             raise DatasetError(f"synthetic data has splits {tuple(_SYNTHETIC_SEEDS)}, not {split!r}")
         n = data_cfg.synthetic_train_images if split == "train" else data_cfg.synthetic_eval_images
         n = min(n, limit) if limit > 0 else n
-        return SyntheticStreets(n, data_cfg.synthetic_hw, seed=_SYNTHETIC_SEEDS[split], transform=transform)
-    root = resolve_root(data_cfg)
-    if data_cfg.dataset == "camvid":
-        return CamVid(root, split, transform, max_images=limit)
-    if data_cfg.dataset == "cityscapes":
-        return Cityscapes(root, split, transform, max_images=limit)
-    raise DatasetError(f"unknown dataset {data_cfg.dataset!r}; choose camvid, cityscapes or synthetic")
+        dataset: SegmentationDataset = SyntheticStreets(n, data_cfg.synthetic_hw, seed=_SYNTHETIC_SEEDS[split],
+                                                        transform=transform)  # fmt: skip
+    elif data_cfg.dataset == "camvid":
+        dataset = CamVid(resolve_root(data_cfg), split, transform, max_images=limit)
+    elif data_cfg.dataset == "cityscapes":
+        dataset = Cityscapes(resolve_root(data_cfg), split, transform, max_images=limit)
+    else:
+        raise DatasetError(f"unknown dataset {data_cfg.dataset!r}; choose camvid, cityscapes or synthetic")
+    if data_cfg.cache_decoded:
+        dataset.cache_decoded(desc=f"decode {split}")
+    return dataset

@@ -8,6 +8,7 @@ the label, so the check costs far less than the PNG decode).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from torchvision import tv_tensors
 
 from fasterseg_core.data.labels import IGNORE_INDEX, ClassTable
 from fasterseg_core.data.transforms import build_eval_transform
+from fasterseg_core.progress import bar
 
 # transform(image (3, H, W) uint8 Image, label (H, W) uint8 Mask) -> (image float32, label Mask)
 Transform = Callable[[tv_tensors.Image, tv_tensors.Mask], tuple[torch.Tensor, torch.Tensor]]
@@ -108,16 +110,52 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.num_classes = table.num_classes
         self.ignore_index = IGNORE_INDEX
         self.palette = table.palette
+        self._decoded: list[tuple[np.ndarray, np.ndarray]] | None = None
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def cache_decoded(self, desc: str = "decode") -> None:
+        """Decode every pair now and keep it in memory: later :meth:`load` calls return copies of it.
+
+        The PNG decode is most of an item's cost (5.5 of 6.5 ms for a CamVid pair here), paid again in every
+        epoch; on 2 cores the loader's workers take it from the training threads. Decoded in this process,
+        before any loader forks its workers, so the workers share the arrays (copy-on-write) instead of
+        each holding a cache of its own. Items are the same bit for bit, cached or not: the transforms only
+        ever see copies, and draw the same random numbers.
+
+        Raises:
+            DatasetError: when the decoded split would take more than half of this machine's memory
+                (estimated from the first pair), before anything is decoded.
+        """
+        if self._decoded is not None or len(self) == 0:
+            return
+        image, label = self.decode(0)
+        need = (image.nbytes + label.nbytes) * len(self)
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if need > memory / 2:
+            raise DatasetError(
+                f"data.cache_decoded: {len(self)} decoded pairs take ~{need / 2**30:.1f} GiB, more than half of "
+                f"this machine's {memory / 2**30:.1f} GiB; set data.cache_decoded: false for this dataset"
+            )
+        pairs = [(image, label)]
+        pairs += [self.decode(i) for i in bar(range(1, len(self)), desc=desc, leave=False, mininterval=2.0)]
+        self._decoded = pairs
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The untransformed pair: image (H, W, 3) uint8 RGB and label (H, W) uint8 train ids (255 ignore);
+        copies of the cached pair after :meth:`cache_decoded`."""
+        if self._decoded is not None:
+            image, label = self._decoded[index]
+            return image.copy(), label.copy()
+        return self.decode(index)
 
     def label_lut(self, label_path: Path) -> tuple[np.ndarray, int, str]:
         """(256,) uint8 id → train-id table for this label file, the number of valid ids, and their name."""
         raise NotImplementedError
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The untransformed pair: image (H, W, 3) uint8 RGB and label (H, W) uint8 train ids (255 ignore)."""
+    def decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The pair read from its files: image (H, W, 3) uint8 RGB, label (H, W) uint8 train ids (255 ignore)."""
         image_path, label_path = self.files[index]
         image = read_image(image_path)
         raw = read_label(label_path)

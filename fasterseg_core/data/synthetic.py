@@ -278,7 +278,7 @@ class SyntheticStreets(SegmentationDataset):
     def __len__(self) -> int:
         return self.num_images
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= index < self.num_images:
             raise IndexError(f"scene {index} out of range for {self.num_images} scenes")
         return render_street_scene(np.random.default_rng([self.seed, index]), *self.hw)
