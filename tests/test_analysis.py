@@ -29,6 +29,7 @@ def _manifest(cfg, stage: str, status: str = "complete", key: str | None = None,
         "device_name": "x86_64", "seed": seed, "git": {"sha": "0123456789abcdef", "dirty": False},
         "versions": {"python": "3.11.7", "torch": "2.14.1"}, "started_at": "2026-01-01T00:00:00+00:00",
         "finished_at": "2026-01-01T00:01:00+00:00", "seconds": 60.0,
+        "precision": "none" if stage in ("02_teacher", "03_distill", "04_student") else None,
     }  # fmt: skip
 
 
@@ -242,6 +243,7 @@ def test_reproducibility_summary_is_built_from_the_artifacts(full, pub, tmp_path
     assert {d["key"] for d in summary["deviations"]} >= {"data.dataset", "seeds"}
     assert any("inconclusive" in x for x in summary["difficult"])
     html = analysis.summary_html(summary)
+    assert "Training precision: 02_teacher fp32, 03_distill fp32, 04_student fp32." in html
     for section in ("Scope of reproducibility", "Methodology", "Results", "What was easy", "What was difficult",
                     "Deviations from the paper"):  # fmt: skip
         assert f"<h3>{section}</h3>" in html

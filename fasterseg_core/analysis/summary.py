@@ -53,6 +53,8 @@ def methodology(art: Artifacts) -> dict[str, Any]:
         "seeds": list(art.cfg.seeds), "teacher_per_seed": art.cfg.teacher_per_seed,
         "networks": sorted({m["arch_source"] for m in trained.values() if m}),
         "stages": stages, "pipeline_seconds": pipeline_s or None,
+        # the autocast each training stage ran with (amp: auto resolves per machine; "none" = fp32)
+        "precision": {s: m["precision"] for s, m in manifests.items() if m.get("precision")},
     }  # fmt: skip
 
 
@@ -108,6 +110,8 @@ def summary_html(summary: dict[str, Any]) -> str:
     stages = ", ".join(f"{s} {v['status']}" + (f" ({duration(v['seconds'])})" if v["seconds"] else "")
                        for s, v in m["stages"].items())  # fmt: skip
     total = f" {duration(m['pipeline_seconds'])} of stages in all." if m["pipeline_seconds"] else ""
+    precision = ", ".join(f"{s} {'fp32' if p == 'none' else p}" for s, p in m.get("precision", {}).items())
+    total += f" Training precision: {precision}." if precision else ""
     rows = "".join(f"<tr><td>{esc(r['claim'])}</td><td>{esc(r['tested'])}</td><td>{esc(_short(r['published']))}</td>"
                    f"<td>{esc(_ours(r['ours']))}</td>"
                    f"<td class='verdict verdict-{esc(r['verdict'].replace(' ', '-'))}'>{esc(r['verdict'])}</td></tr>"
