@@ -79,9 +79,9 @@ def resolve_device(name: str) -> torch.device:
     Args:
         name: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
     """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    device = planned_device(name)
+    if name == "auto":  # "auto" only names a device that is there
+        return device
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(
             f"device {name!r} requested but CUDA is not available on this machine; "
