@@ -28,8 +28,8 @@ from train import VARIANTS, _camvid_config, build_variant, draw_crops
 
 from fasterseg_core.data import build_dataset
 from fasterseg_core.engine import fit, training_loss
-from fasterseg_core.latency.measure import environment_record, stable_malloc_env
-from fasterseg_core.machine import resolve_device
+from fasterseg_core.latency.measure import environment_record
+from fasterseg_core.machine import resolve_device, stable_malloc_env
 
 
 def run(spec, net_state, teacher, crops, device, epochs: int, iters: int) -> tuple[list[float], float, float]:

@@ -24,10 +24,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fasterseg_core.latency import measure, prepare, stable_malloc_env
+from fasterseg_core.latency import measure, prepare
 from fasterseg_core.latency.agreement import agreement
 from fasterseg_core.latency.flops import count_complexity
 from fasterseg_core.latency.peers import PEERS, build_peer
+from fasterseg_core.machine import stable_malloc_env
 from fasterseg_core.models.published import build_published
 
 FP32 = ("eager", "channels_last", "compile", "ort")

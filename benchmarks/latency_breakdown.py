@@ -24,8 +24,9 @@ from collections import defaultdict
 import torch
 from latency import peak_gflops  # benchmarks/latency.py: run as a script, its folder is on sys.path
 
-from fasterseg_core.latency import prepare, stable_malloc_env
+from fasterseg_core.latency import prepare
 from fasterseg_core.latency.flops import count_complexity
+from fasterseg_core.machine import stable_malloc_env
 from fasterseg_core.models.published import build_published
 
 

@@ -28,10 +28,11 @@ import torch
 from fasterseg_core.checkpoints import load_stage_model
 from fasterseg_core.config import load_config
 from fasterseg_core.data import build_dataset
-from fasterseg_core.latency import prepare, stable_malloc_env
+from fasterseg_core.latency import prepare
 from fasterseg_core.latency.agreement import agreement
 from fasterseg_core.latency.measure import environment_record, time_prepared
 from fasterseg_core.latency.suite import real_images
+from fasterseg_core.machine import stable_malloc_env
 
 FP32 = ("eager", "channels_last", "compile", "ort")
 LOW = ("bf16", "ort_int8")

@@ -23,7 +23,7 @@ CamVid from ``$FASTERSEG_DATA``, ``data/camvid`` or ``../shared/data``), in one 
 The loader must not be the bottleneck: ``loader / training`` > 1 for every stage. The loader was timed on
 its own here; during training its workers share the cores with the training threads. The variants are
 timed alternately, round after round, so load from other processes hits all of them alike; medians over
-rounds are reported. glibc's allocator is pinned first (:func:`~fasterseg_core.latency.stable_malloc_env`).
+rounds are reported. glibc's allocator is pinned first (:func:`~fasterseg_core.machine.stable_malloc_env`).
 
 ``--gpu-recipe`` (what ``benchmarks/gpu_train.sh`` runs on a lent GPU): the paper's recipe (§9.1–§9.3,
 batch 12, 512×1024 crops, 19 classes) for the three stages in fp32 and bf16 autocast, through the same
@@ -56,8 +56,8 @@ from fasterseg_core.data import build_dataset
 from fasterseg_core.data.sampling import epoch_loader
 from fasterseg_core.distributed import DistInfo
 from fasterseg_core.engine import fit, training_loss
-from fasterseg_core.latency.measure import environment_record, stable_malloc_env
-from fasterseg_core.machine import resolve_device
+from fasterseg_core.latency.measure import environment_record
+from fasterseg_core.machine import resolve_device, stable_malloc_env
 from fasterseg_core.models import build_network, init_weights_, published_architecture
 
 REPO = Path(__file__).resolve().parents[1]

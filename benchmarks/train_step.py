@@ -6,7 +6,7 @@
     python benchmarks/train_step.py --baseline DIR   # also time DIR/fasterseg_core's networks (before/after)
 
 Harness (everything in one process, CPU, fp32, eager, ``torch.set_num_threads(--threads)``, glibc's
-allocator pinned first by :func:`~fasterseg_core.latency.stable_malloc_env`):
+allocator pinned first by :func:`~fasterseg_core.machine.stable_malloc_env`):
 
 * networks: the published §6 ``student`` and ``teacher`` built as the training engine builds them
   (:func:`~fasterseg_core.models.build_network` of the published architecture, aux heads on, §7.3
@@ -55,7 +55,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import fasterseg_core.models as fasterseg_models
-from fasterseg_core.latency.measure import environment_record, stable_malloc_env
+from fasterseg_core.latency.measure import environment_record
+from fasterseg_core.machine import stable_malloc_env
 
 NUM_CLASSES = 19
 PUBLISHED = {"student": 0.80, "teacher": 1.99}  # ours at the earlier commit, × ResNet-18

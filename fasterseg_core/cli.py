@@ -40,12 +40,12 @@ from .data.camvid import SPLIT_SIZES
 from .data.fetch import FetchError, fetch_camvid
 from .distributed import current_dist
 from .engine import TrainingDiverged, evaluate
-from .latency import BACKENDS, measure, stable_malloc_env
+from .latency import BACKENDS, measure
 from .latency.flops import count_complexity
 from .latency.lut import LatencyTable, build_lut, estimate_latency
 from .latency.suite import network_by_name, random_agreement
 from .lifecycle import Run, RunLocked, start_run
-from .machine import resolve_device, resolve_hardware_tag, seed_everything
+from .machine import resolve_device, resolve_hardware_tag, seed_everything, stable_malloc_env
 from .metrics import format_scores
 from .models.published import published_architecture
 from .pipeline import build_report
@@ -61,6 +61,9 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DatasetError, FileN
                                                 TypeError, PermissionError, ReportError, FetchError, RunLocked)  # fmt: skip
 # A run that started and stopped for a stated reason (exit 1, no traceback).
 RUN_FAILURES: tuple[type[BaseException], ...] = (TrainingDiverged,)
+# The commands that train or time networks run under glibc's pinned allocator settings (faster training
+# steps, stable latencies; machine.STABLE_MALLOC); called from Python (tests) nothing re-executes.
+PINNED_ALLOCATOR_COMMANDS = ("train", "evaluate", "latency", "sweep")
 
 
 class UsageError(ValueError):
@@ -236,8 +239,6 @@ def _evaluation_outputs(args: argparse.Namespace, cfg: Any, net: Any, info: dict
 
 def cmd_latency(args: argparse.Namespace) -> int:
     """Time networks on backends (§10 protocol), or build a latency lookup table."""
-    if args.reexec:  # a real command line: re-run once under the stable allocator settings
-        stable_malloc_env()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -383,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agreement", type=int, default=0, metavar="N",
                    help="also report argmax agreement of each backend with fp32 eager on N random inputs")
     p.add_argument("--json", type=Path, help="write results here")
-    p.set_defaults(func=cmd_latency, reexec=True)
+    p.set_defaults(func=cmd_latency)
 
     p = sub.add_parser("data", help="put CamVid under a folder (make data)")
     p.add_argument("dataset", choices=["camvid"], help="only CamVid can be fetched (Cityscapes needs registration)")
@@ -422,8 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; user errors print ``error: …`` and return 2 (``--debug``: the traceback)."""
     args = build_parser().parse_args(argv)
-    if argv is not None and args.command == "latency":
-        args.reexec = False  # called from Python (tests): never re-execute the interpreter
+    if argv is None and args.command in PINNED_ALLOCATOR_COMMANDS:
+        stable_malloc_env()  # a real command line: re-run once under the pinned allocator (machine.py)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

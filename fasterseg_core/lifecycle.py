@@ -49,6 +49,7 @@ from .machine import (
     resolve_device,
     resolve_hardware_tag,
     seed_everything,
+    stable_malloc_set,
 )
 from .runs import SEED_PREFIX, STAGES, get_stage, resume_key, stage_dir, stage_identity
 from .storage import load_json, remove_temp_files, save_json
@@ -299,6 +300,8 @@ def start_run(cfg: RunConfig, stage: str, hardware_tag: str = "", seed: int | No
             "resume_key": key, "hardware": resolve_hardware_tag(cfg, hardware_tag), "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
             "precision": _precision(cfg, stage, device),
+            # glibc's allocator settings of this process (machine.STABLE_MALLOC): they change its speed only
+            "allocator": "pinned" if stable_malloc_set() else "glibc default",
             "seed": seed, "git": git_state(), "versions": package_versions(), "pid": os.getpid(),
             "started_at": now(), "finished_at": None, "previous_run": found or None,
         }  # fmt: skip

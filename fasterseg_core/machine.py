@@ -8,6 +8,7 @@ import os
 import platform
 import random
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,39 @@ def package_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return versions
+
+
+# glibc's allocator, pinned: by default it hands every large freed block (a feature map, a gradient) back to
+# the kernel and page-faults it in again on the next iteration or forward pass. These keep the heap instead:
+# CPU latencies swung by up to 5x without them, and the camvid-cpu training steps take 0.91x (teacher),
+# 0.89x (distillation) and 0.98x (student) the time with them (benchmarks/allocator.py, AVX2 AMD EPYC).
+# glibc reads them once, at start-up: they must be in a process's environment before it starts (the
+# Makefile's `lab` target repeats them for JupyterLab's kernels). The price: freed memory stays with the
+# process until it ends (each stage runs in a kernel of its own, so that is one stage's peak).
+STABLE_MALLOC = {
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": "100000000000",
+    "MALLOC_TOP_PAD_": "1000000000",
+}
+
+
+def stable_malloc_set() -> bool:
+    """Whether this process started with the pinned allocator settings (:data:`STABLE_MALLOC`)."""
+    return all(os.environ.get(k) == v for k, v in STABLE_MALLOC.items())
+
+
+def stable_malloc_env() -> None:
+    """Re-execute the current Python program with the pinned allocator settings, once.
+
+    Call it first thing in a command-line entry point (a benchmark's ``main``, the training and latency
+    commands); it returns at once when the settings are already there. Never call it from a library function
+    or a test: it replaces the running interpreter.
+    """
+    if stable_malloc_set():
+        return
+    env = {**os.environ, **STABLE_MALLOC}
+    # sys.orig_argv keeps "-m package" and interpreter flags, so modules and scripts re-run identically.
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
 def now() -> str:

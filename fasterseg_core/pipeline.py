@@ -32,7 +32,7 @@ from typing import Any
 from . import progress
 from .config import RunConfig, load_config, project_root
 from .lifecycle import mark_failed
-from .machine import git_state, resolve_hardware_tag
+from .machine import STABLE_MALLOC, git_state, resolve_hardware_tag
 from .report import ReportError, find_chromium, install_hint, render_report
 from .runs import STAGES, is_complete
 from .storage import save_json
@@ -64,7 +64,8 @@ def stage_notebooks(folder: Path | None = None) -> list[Path]:
 @contextlib.contextmanager
 def _kernel_env(**values: str) -> Iterator[None]:
     """Kernels inherit the driver's environment: name the project folder for them (so notebooks run from
-    another folder still find the profiles and outputs) and the file their progress bars report to."""
+    another folder still find the profiles and outputs), the file their progress bars report to, and glibc's
+    pinned allocator settings (read at a kernel's start-up; :data:`~fasterseg_core.machine.STABLE_MALLOC`)."""
     old = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:
@@ -133,7 +134,8 @@ def _execute(source: Path, executed: Path, parameters: dict[str, Any], folder: P
         os.replace(executed, executed.parent / "previous" / executed.name)
     try:
         watch = executed.parent / f".progress-{stage}.json"
-        with _kernel_env(FASTERSEG_ROOT=str(project_root()), **{progress.ENV: str(watch)}), _Watch(watch, label):
+        env = {"FASTERSEG_ROOT": str(project_root()), progress.ENV: str(watch), **STABLE_MALLOC}
+        with _kernel_env(**env), _Watch(watch, label):
             papermill.execute_notebook(str(source), str(executed), parameters=parameters, kernel_name="python3",
                                        cwd=str(folder), progress_bar=False)  # fmt: skip
         result = StageResult(stage, "ok", notebook=str(executed))

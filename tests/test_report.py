@@ -117,6 +117,7 @@ def test_failed_stage_stops_the_pipeline_and_complete_stages_are_skipped(tmp_pat
     assert record["stages"][1]["error"] == "ZeroDivisionError: division by zero"
     manifest = json.loads((tmp_path / "out" / "smoke" / "01_search" / "manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest["error"] == "ZeroDivisionError: division by zero"
+    assert manifest["allocator"] == "pinned"  # the kernel started with the driver's MALLOC_* settings
     saved = json.loads((tmp_path / "out" / "smoke" / "pipeline.json").read_text())
     assert saved["stages"] == record["stages"] and saved["report"]["html"]
     html = (tmp_path / "out" / "smoke" / "report" / "report.html").read_text()

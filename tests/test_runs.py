@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
 
-from fasterseg_core import lifecycle, machine, runs, storage
+from fasterseg_core import cli, lifecycle, machine, runs, storage
 from fasterseg_core.config import load_config
 
 
@@ -54,6 +58,20 @@ def test_amp_auto_is_bf16_only_where_the_device_computes_bf16(monkeypatch, cfg):
     data = lifecycle.start_run(auto, "00_data")
     assert data.manifest["precision"] is None
     data.fail("test")
+
+
+def test_pinned_allocator_reaches_commands_kernels_and_jupyterlab():
+    # glibc reads MALLOC_* at start-up only: a process without them re-executes itself once with them
+    env = {k: v for k, v in os.environ.items() if k not in machine.STABLE_MALLOC}
+    code = "from fasterseg_core import machine; machine.stable_malloc_env(); print(machine.stable_malloc_set())"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "True"
+    # the commands that train or time networks do that; the report's stage kernels get them from the
+    # driver (tests/test_report.py reads a stage's manifest); `make lab` sets the same for its kernels
+    assert {"train", "evaluate", "latency", "sweep"} <= set(cli.PINNED_ALLOCATOR_COMMANDS)
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    line = re.search(r"^STABLE_MALLOC_ENV := (.*)$", makefile, re.MULTILINE).group(1)
+    assert dict(kv.split("=", 1) for kv in line.split()) == machine.STABLE_MALLOC
 
 
 def test_seed_everything_repeats_every_generator():

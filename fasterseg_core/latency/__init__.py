@@ -8,7 +8,7 @@
 """
 
 from .backends import BACKENDS, BackendFailed, BackendUnavailable, export_onnx, prepare
-from .measure import LatencyResult, environment_record, measure, stable_malloc_env
+from .measure import LatencyResult, environment_record, measure
 
 __all__ = [
     "BACKENDS",
@@ -19,5 +19,4 @@ __all__ = [
     "export_onnx",
     "measure",
     "prepare",
-    "stable_malloc_env",
 ]

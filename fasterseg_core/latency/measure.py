@@ -12,7 +12,8 @@ unchanged.
 On Linux/glibc the default allocator returns large blocks to the OS after every forward pass and
 page-faults them back in on the next, which on these VMs makes CPU timings swing by up to 5×. The
 benchmark entry points set ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000
-MALLOC_TOP_PAD_=1000000000`` (see :func:`stable_malloc_env`), and the record says whether they were set.
+MALLOC_TOP_PAD_=1000000000`` (:data:`fasterseg_core.machine.STABLE_MALLOC`), and the record says whether
+they were set.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -28,26 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..machine import stable_malloc_set
 from .backends import BackendFailed, BackendUnavailable, prepare
-
-STABLE_MALLOC = {
-    "MALLOC_MMAP_MAX_": "0",
-    "MALLOC_TRIM_THRESHOLD_": "100000000000",
-    "MALLOC_TOP_PAD_": "1000000000",
-}
-
-
-def stable_malloc_env() -> None:
-    """Re-execute the current Python program with the stable-allocator variables set, once.
-
-    glibc reads them at start-up, so they cannot be set from inside a running process. Call this first
-    thing in a benchmark's ``main``; it returns immediately when they are already set.
-    """
-    if all(os.environ.get(k) == v for k, v in STABLE_MALLOC.items()):
-        return
-    env = {**os.environ, **STABLE_MALLOC}
-    # sys.orig_argv keeps "-m package" and interpreter flags, so modules and scripts re-run identically.
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
 def cpu_model() -> str:
@@ -72,7 +54,7 @@ def environment_record(device: torch.device | str) -> dict[str, Any]:
         "torch_version": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "stable_malloc_env": all(os.environ.get(k) == v for k, v in STABLE_MALLOC.items()),
+        "stable_malloc_env": stable_malloc_set(),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
