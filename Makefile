@@ -30,7 +30,7 @@ JS_PACKAGES := @jupyter-widgets/html-manager@1.0.15 requirejs@2.3.8 mathjax@2.7.
 
 # glibc's allocator pinned for JupyterLab's kernels, as the pipeline pins it for its stage kernels and the
 # training commands for themselves (fasterseg_core/machine.py STABLE_MALLOC, which tests/test_runs.py
-# holds this line to): the teacher's and the distillation's training steps run ~10 % faster.
+# holds this line to): steadier timings, and training steps up to ~10 % faster (benchmarks/allocator.py).
 STABLE_MALLOC_ENV := MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 MALLOC_TOP_PAD_=1000000000
 
 SETUP_STAMP := $(VENV)/.fasterseg-setup
