@@ -89,18 +89,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     for r in range(args.rounds):
         for v in args.variants:
             for s in SETTINGS if r % 2 == 0 else SETTINGS[::-1]:
-                cmd = [
-                    sys.executable,
-                    __file__,
-                    "--child",
-                    v,
-                    "--profile",
-                    args.profile,
-                    "--iters",
-                    str(args.iters),
-                ]
-                out = subprocess.run(cmd + ["--loader"] * args.loader, env=environment(s), check=True,
-                                     capture_output=True, text=True).stdout  # fmt: skip
+                cmd = [sys.executable, __file__, "--child", v, "--profile", args.profile, "--iters", str(args.iters),
+                       *["--loader"] * args.loader]  # fmt: skip
+                out = subprocess.run(cmd, env=environment(s), check=True, capture_output=True, text=True).stdout
                 times[v, s].append(json.loads(out.strip().splitlines()[-1])["s_per_iter"])
             print(f"  round {r + 1}: {v} default {times[v, 'default'][-1]:.3f} s, pinned "
                   f"{times[v, 'pinned'][-1]:.3f} s per iteration", flush=True)  # fmt: skip
