@@ -35,6 +35,10 @@ CANDIDATES: dict[str, dict[str, object]] = {
     "poly-02": {"lr_schedule": "poly", "warmup_iters": 50, "lr": 0.02},
     "poly-04": {"lr_schedule": "poly", "warmup_iters": 50, "lr": 0.04},
     "cosine-02": {"lr_schedule": "cosine", "warmup_iters": 50, "lr": 0.02},
+    "medfreq": {"class_weighting": "median_frequency"},
+    "enet": {"class_weighting": "enet"},
+    "cosine-02-medfreq": {"lr_schedule": "cosine", "warmup_iters": 50, "lr": 0.02, "class_weighting": "median_frequency"},
+    "cosine-02-enet": {"lr_schedule": "cosine", "warmup_iters": 50, "lr": 0.02, "class_weighting": "enet"},
 }
 
 

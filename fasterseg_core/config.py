@@ -163,6 +163,11 @@ class TrainConfig:
     poly_power: Rate = 0.9
     ohem_thresh: Fraction = 0.7  # §9.3
     aux_weight: Annotated[float, AtLeast(0.0)] = 0.2  # §9.3
+    # Per-class weights of the segmentation loss, from the training split's pixel frequencies p_c
+    # (losses.class_weights). "none" is §9.3 (every class weighs 1, as the paper trained Cityscapes; its CamVid
+    # settings are undetermined, §13). Deviation, opt-in: "median_frequency" (median(p) / p_c, Eigen & Fergus
+    # 2015, SegNet's CamVid recipe) or "enet" (1 / ln(1.02 + p_c), Paszke et al. 2016) lift rare classes.
+    class_weighting: Literal["none", "median_frequency", "enet"] = "none"
     eval_every_epochs: Count = 10  # §9.2 (and after epoch 1)
     eval_flip: bool = False  # §9.4 paper-time setting uncertain; off as in the final code
     # Deviation: optional; the paper trained fp32. "auto" = bf16 where the device computes bf16 natively (CUDA

@@ -102,16 +102,22 @@ def freeze(module: nn.Module, device: torch.device, channels_last: bool = False)
 
 
 def training_loss(spec: TrainConfig, teacher: nn.Module | None = None, device: torch.device | str = "cpu",
-                  world: int = 1) -> LossFn:  # fmt: skip
+                  world: int = 1, class_weight: torch.Tensor | None = None) -> LossFn:  # fmt: skip
     """The stage's objective (§9.3): the segmentation loss, plus the KL term when a teacher is given.
 
     Args:
         spec: the stage's section; a :class:`~fasterseg_core.config.DistillConfig` when ``teacher`` is given.
         teacher: the distillation teacher (frozen here on ``device``, in the training layout), or None.
         world: processes in the group (OHEM's ``min_kept`` is per process batch).
+        class_weight: (C,) per-class weights of the segmentation loss (``spec.class_weighting``, computed by
+            :func:`~fasterseg_core.losses.class_weights` from the training split), or None.
     """
+    if class_weight is None and spec.class_weighting != "none":
+        raise ValueError(f"class_weighting: {spec.class_weighting} needs the training split's class weights; "
+                         "pass class_weight=losses.class_weights(pixel_counts, spec.class_weighting)")  # fmt: skip
+    weight = None if class_weight is None else class_weight.to(device)
     seg = SegmentationLoss(ohem_min_kept(spec.batch_size // world, spec.crop_size_hw), spec.ohem_thresh,
-                           spec.aux_weight)  # fmt: skip
+                           spec.aux_weight, weight)  # fmt: skip
     if teacher is None:
         return seg
     if not isinstance(spec, DistillConfig):

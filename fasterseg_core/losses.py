@@ -53,6 +53,7 @@ def ohem_cross_entropy(
     min_kept: int,
     thresh: float = 0.7,
     ignore_index: int = IGNORE_INDEX,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy over the hard pixels (§9.3, the authors' ``ProbOhemCrossEntropy2d``).
 
@@ -69,6 +70,8 @@ def ohem_cross_entropy(
         min_kept: the minimum number of pixels kept (e.g. ``batch·H·W // 16`` in training, §9.3).
         thresh: probability threshold (0.7 in the paper).
         ignore_index: label excluded from the loss.
+        weight: (C,) float per-class weights (:func:`class_weights`), or None (§9.3: all 1). Mining is
+            unchanged; the kept pixels' cross-entropy is then averaged with weights (``Σ w_y·ℓ / Σ w_y``).
 
     Returns:
         A scalar tensor. Deviation: when every pixel is ignored it is ``0`` (connected to the graph)
@@ -94,7 +97,35 @@ def ohem_cross_entropy(
                 kth = torch.kthvalue(flat, k).values  # = sorted ascending [k − 1]
                 threshold = max(thresh, float(kth))
             target = torch.where(true_prob > threshold, torch.full_like(target, ignore_index), target)
-    return F.cross_entropy(logits, target, ignore_index=ignore_index)
+    return F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index)
+
+
+def class_weights(pixel_counts: Sequence[int], method: str) -> torch.Tensor | None:
+    """Per-class loss weights from a training split's pixel count per class (``TrainConfig.class_weighting``).
+
+    Args:
+        pixel_counts: (C,) labelled pixels per class (``data.stats.split_summary(...)["pixel_counts"]``).
+        method: ``"none"`` (returns None: §9.3), ``"median_frequency"`` (median(p) / p_c over the classes
+            present) or ``"enet"`` (1 / ln(1.02 + p_c)), with p_c = the class's share of labelled pixels.
+
+    Returns:
+        (C,) float32, or None. A class absent from the split weighs 1: it has no pixel to weigh, and a finite
+        value keeps the loss defined should it appear.
+    """
+    if method == "none":
+        return None
+    counts = torch.as_tensor(list(pixel_counts), dtype=torch.float64)
+    if counts.dim() != 1 or counts.numel() == 0 or bool((counts < 0).any()) or float(counts.sum()) <= 0:
+        raise ValueError(f"pixel_counts must be non-negative per-class counts with some pixels, got {pixel_counts!r}")
+    share = counts / counts.sum()
+    present = share > 0
+    if method == "median_frequency":
+        weights = share[present].median() / share.clamp_min(1e-12)
+    elif method == "enet":
+        weights = 1.0 / torch.log(1.02 + share)
+    else:
+        raise ValueError(f"unknown class weighting {method!r}; use 'none', 'median_frequency' or 'enet'")
+    return torch.where(present, weights, torch.ones_like(weights)).float()
 
 
 class OhemCrossEntropy:
@@ -104,14 +135,19 @@ class OhemCrossEntropy:
         min_kept: minimum number of pixels kept per call.
         thresh: probability threshold (0.7).
         ignore_index: label excluded from the loss (255).
+        weight: (C,) per-class weights, or None (all 1).
     """
 
-    def __init__(self, min_kept: int, thresh: float = 0.7, ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(self, min_kept: int, thresh: float = 0.7, ignore_index: int = IGNORE_INDEX,
+                 weight: torch.Tensor | None = None) -> None:  # fmt: skip
         self.min_kept, self.thresh, self.ignore_index = int(min_kept), float(thresh), int(ignore_index)
+        self.weight = weight
 
     def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.to(logits.device)
         return ohem_cross_entropy(
-            logits, target, min_kept=self.min_kept, thresh=self.thresh, ignore_index=self.ignore_index
+            logits, target, min_kept=self.min_kept, thresh=self.thresh, ignore_index=self.ignore_index,
+            weight=weight,
         )
 
     def __repr__(self) -> str:
@@ -209,12 +245,14 @@ class SegmentationLoss:
         min_kept: OHEM's minimum of kept pixels per (per-process) batch (:func:`ohem_min_kept`).
         thresh: OHEM's probability threshold.
         aux_weight: weight of each auxiliary head (0.2).
+        class_weight: (C,) per-class weights of the cross-entropy (:func:`class_weights`), or None.
     """
 
     parts = ("seg_loss",)  # what __call__ reports beside the total (history.csv columns)
 
-    def __init__(self, min_kept: int, thresh: float, aux_weight: float) -> None:
-        self.criterion = OhemCrossEntropy(min_kept, thresh)
+    def __init__(self, min_kept: int, thresh: float, aux_weight: float,
+                 class_weight: torch.Tensor | None = None) -> None:  # fmt: skip
+        self.criterion = OhemCrossEntropy(min_kept, thresh, weight=class_weight)
         self.aux_weight = aux_weight
 
     def __call__(self, outputs: Mapping[str, Any], target: torch.Tensor, images: torch.Tensor

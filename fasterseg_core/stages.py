@@ -25,12 +25,14 @@ from torch import nn
 from .checkpoints import load_checkpoint_model, load_stage_model
 from .config import RunConfig, resolve_path
 from .data import build_dataset
+from .data.stats import split_summary
 from .distributed import barrier, init_distributed, local_device
 from .engine import TrainResult, evaluate, fit, training_loss
 from .evidence import summarize
 from .latency.cache import search_latency_table
 from .latency.suite import LatencyRecord, candidate_networks, load_records, measure_suite, real_images
 from .lifecycle import Run, start_run
+from .losses import class_weights
 from .metrics import SCORE_KEYS, ConfusionMatrix
 from .models import (
     Architecture,
@@ -238,7 +240,10 @@ def train_seed(cfg: RunConfig, run: Run, *, progress: bool = True) -> SeedResult
     teacher, teacher_source = None, ""
     if stage.section == "distill":  # loaded before the student is seeded: building it draws random numbers
         teacher, teacher_source = load_teacher(cfg, num_classes, seed)
-    loss_fn = training_loss(spec, teacher, device, info.world)
+    weight = None  # class_weighting counts the training split's pixels: one pass over its labels
+    if spec.class_weighting != "none":
+        weight = class_weights(split_summary(train_set)["pixel_counts"], spec.class_weighting)
+    loss_fn = training_loss(spec, teacher, device, info.world, weight)
     torch.manual_seed(seed)  # §9.2 seed: the same initial weights on every rank and every rerun
     net = build_network(arch, num_classes)
     init_weights_(net)  # §7.3
@@ -276,6 +281,7 @@ def train_seed(cfg: RunConfig, run: Run, *, progress: bool = True) -> SeedResult
         "val": scores["val"],
         **({"test": scores["test"]} if "test" in scores else {}),
         **({"teacher_source": teacher_source} if teacher_source else {}),
+        **({"class_weights": weight.tolist()} if weight is not None else {}),
     }  # fmt: skip
     save_json(metrics, run.path("metrics.json"))
     return SeedResult(seed, metrics, history, per_class, files)

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fasterseg_core.losses import OhemCrossEntropy, distillation_kl, ohem_cross_entropy, sum_over_heads
+from fasterseg_core.cli import main as cli_main
+from fasterseg_core.config import load_config
+from fasterseg_core.data import build_dataset
+from fasterseg_core.data.stats import split_summary
+from fasterseg_core.engine import training_loss
+from fasterseg_core.losses import (
+    IGNORE_INDEX,
+    OhemCrossEntropy,
+    class_weights,
+    distillation_kl,
+    ohem_cross_entropy,
+    sum_over_heads,
+)
+from fasterseg_core.runs import stage_dir
 
 
 def _logits_with_true_probs(target: torch.Tensor, p_true: torch.Tensor, num_classes: int = 4) -> torch.Tensor:
@@ -116,3 +132,54 @@ def test_distillation_kl_matches_the_original_mean_reduction() -> None:
     assert hot == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="differ"):
         distillation_kl(s, t[:, :5])
+
+
+# ---- per-class weights (TrainConfig.class_weighting) ------------------------------------------------------
+def test_class_weights_from_pixel_counts() -> None:
+    counts = [600, 300, 100, 0]  # shares 0.6, 0.3, 0.1; the last class is absent
+    assert class_weights(counts, "none") is None
+    # median of the present shares is 0.3; an absent class weighs 1
+    torch.testing.assert_close(class_weights(counts, "median_frequency"), torch.tensor([0.5, 1.0, 3.0, 1.0]))
+    expected = [1 / math.log(1.02 + p) for p in (0.6, 0.3, 0.1)] + [1.0]
+    torch.testing.assert_close(class_weights(counts, "enet"), torch.tensor(expected))
+    with pytest.raises(ValueError, match="pixel_counts"):
+        class_weights([0, 0], "enet")
+    with pytest.raises(ValueError, match="unknown class weighting 'balanced'"):
+        class_weights(counts, "balanced")
+
+
+def test_weighted_ohem_mines_the_same_pixels_and_averages_them_with_weights() -> None:
+    torch.manual_seed(0)
+    target = torch.randint(0, 3, (2, 6, 7))
+    target[0, 0, :3] = IGNORE_INDEX
+    weight = torch.tensor([0.5, 2.0, 4.0])
+    valid = target != IGNORE_INDEX
+    # no mining (min_kept above the valid pixels): the weighted mean of the per-pixel cross-entropy
+    logits = torch.randn(2, 3, 6, 7)
+    per_pixel = F.cross_entropy(logits, target, reduction="none", ignore_index=IGNORE_INDEX)
+    w = weight[target.clamp(max=2)]
+    expected = (per_pixel * w)[valid].sum() / w[valid].sum()
+    torch.testing.assert_close(ohem_cross_entropy(logits, target, min_kept=10**6, weight=weight), expected)
+    # with mining: the weights change the average, never which pixels are kept
+    kept = []
+    for wt in (None, weight):
+        x = logits.clone().requires_grad_(True)
+        ohem_cross_entropy(x, target, min_kept=20, thresh=0.7, weight=wt).backward()
+        kept.append(x.grad.abs().sum(1) > 0)
+    assert torch.equal(kept[0], kept[1]) and 20 <= int(kept[0].sum()) < int(valid.sum())
+    ones = ohem_cross_entropy(logits, target, min_kept=20, weight=torch.ones(3))
+    torch.testing.assert_close(ones, ohem_cross_entropy(logits, target, min_kept=20))
+
+
+def test_a_weighted_stage_needs_its_weights_and_records_them(tmp_path) -> None:
+    cfg = load_config("smoke", {"student.class_weighting": "median_frequency", "output_root": str(tmp_path)})
+    with pytest.raises(ValueError, match="class_weighting: median_frequency needs the training split"):
+        training_loss(cfg.student)
+    args = ["train", "--profile", "smoke", "--stage", "04_student", "--seed", "12345", "--overrides",
+            json.dumps({"student.class_weighting": "median_frequency", "output_root": str(tmp_path)})]  # fmt: skip
+    assert cli_main(args) == 0
+    metrics = json.loads((stage_dir(cfg, "04_student", 12345) / "metrics.json").read_text())
+    train_set = build_dataset(cfg.data, "train", train=True, crop_hw=tuple(cfg.student.crop_size_hw))
+    expected = class_weights(split_summary(train_set)["pixel_counts"], "median_frequency")
+    assert metrics["class_weights"] == pytest.approx(expected.tolist())
+    assert len(set(metrics["class_weights"])) > 1  # the synthetic scenes' classes are not equally frequent
