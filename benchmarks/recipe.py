@@ -28,7 +28,8 @@ from fasterseg_core.config import load_config
 from fasterseg_core.evidence import summarize
 from fasterseg_core.runs import get_stage, stage_dir
 
-# name → overrides of the stage's section (the key's section is filled in: "lr" → "student.lr").
+# name → overrides: of the stage's section (its name is filled in: "lr" → "student.lr"), or of another
+# section when the key names it ("data.color_jitter").
 CANDIDATES: dict[str, dict[str, object]] = {
     "paper": {},  # the profile as it is: the paper's lr 0.01 × 0.992 per epoch
     "poly-01": {"lr_schedule": "poly", "warmup_iters": 50},
@@ -39,6 +40,9 @@ CANDIDATES: dict[str, dict[str, object]] = {
     "enet": {"class_weighting": "enet"},
     "cosine-02-medfreq": {"lr_schedule": "cosine", "warmup_iters": 50, "lr": 0.02, "class_weighting": "median_frequency"},
     "cosine-02-enet": {"lr_schedule": "cosine", "warmup_iters": 50, "lr": 0.02, "class_weighting": "enet"},
+    "jitter": {"data.color_jitter": 0.4},
+    "jitter-medfreq": {"data.color_jitter": 0.4, "class_weighting": "median_frequency"},
+    "jitter-enet": {"data.color_jitter": 0.4, "class_weighting": "enet"},
 }
 
 
@@ -62,7 +66,8 @@ def main() -> None:
     section = get_stage(args.stage).section
     rows = []
     for name in args.candidates:
-        overrides = {f"{section}.{k}": v for k, v in CANDIDATES[name].items()} | _parse_set(args.set)
+        overrides = {k if "." in k else f"{section}.{k}": v for k, v in CANDIDATES[name].items()}
+        overrides |= _parse_set(args.set)
         overrides |= {"output_root": str((args.root / name).resolve()), "seeds": args.seeds}
         cfg = load_config(args.profile, overrides)  # a bad candidate fails here, before anything runs
         cmd = [sys.executable, "-m", "fasterseg_core", "train", "--profile", args.profile, "--stage", args.stage,

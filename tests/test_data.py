@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from fasterseg_core.cli import main as cli_main
 from fasterseg_core.config import DataConfig
@@ -276,6 +277,21 @@ def test_flip_keeps_alignment_exactly_and_happens_half_the_time():
         assert _exactly_aligned(x, y)
         flipped += not torch.equal(y, lbl)
     assert 30 < flipped < 70
+
+
+def test_color_jitter_changes_pixels_never_labels_and_is_off_by_default():
+    img, lbl = _encoded_pair(24, 40, seed=5)
+    plain = build_train_transform((24, 40), scales=(1.0,), use_flip=False)
+    jitter = build_train_transform((24, 40), scales=(1.0,), use_flip=False, color_jitter=0.4)
+    assert not any(isinstance(step, v2.ColorJitter) for step in plain.transforms)
+    torch.manual_seed(0)
+    x0, y0 = plain(img, lbl)
+    changed = 0
+    for _ in range(20):
+        x, y = jitter(img, lbl)
+        assert torch.equal(y, y0)  # labels untouched, no geometric change
+        changed += not torch.allclose(x, x0)
+    assert changed >= 18  # factors drawn in [0.6, 1.4]: the image changes nearly every time
 
 
 @pytest.mark.parametrize("scale", [0.75, 1.0, 1.25, 0.5])

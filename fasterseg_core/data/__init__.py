@@ -89,7 +89,8 @@ def build_dataset(
     if train:
         if crop_hw is None:
             raise ValueError("build_dataset(train=True) needs crop_hw=(height, width)")
-        transform = build_train_transform(crop_hw, data_cfg.scales, data_cfg.use_flip, scale)
+        transform = build_train_transform(crop_hw, data_cfg.scales, data_cfg.use_flip, scale,
+                                          color_jitter=data_cfg.color_jitter)
     else:
         transform = build_eval_transform(scale)
     limit = data_cfg.max_train_images if split == "train" else data_cfg.max_eval_images

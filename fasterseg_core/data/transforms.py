@@ -8,6 +8,8 @@ Training, in this order:
 3. random scale drawn from a discrete set ({0.75, 1, 1.25}): image bilinear (cv2 INTER_LINEAR
    semantics: half-pixel centres, no antialias), label nearest (cv2 INTER_NEAREST: ``floor``), size
    ``int(dim · scale)``;
+3b. deviation, opt-in (``color_jitter`` > 0; not in §9.1): random brightness, contrast and saturation
+   factors in [1 − s, 1 + s] on the uint8 image (torchvision's ``ColorJitter``), the label untouched;
 4. ImageNet normalisation (``/255``, mean, std);
 5. random crop: start drawn uniformly in ``[0, dim − crop + 1]`` (inclusive, see :class:`RandomCropPad`)
    when the side is longer than the crop, else 0; any shortfall is padded with 0 (image, after
@@ -125,6 +127,7 @@ def build_train_transform(
     use_flip: bool = True,
     base_scale: float = 1.0,
     allow_overhang: bool = True,
+    color_jitter: float = 0.0,
 ) -> v2.Compose:
     """The training pipeline of §9.1 for an (Image uint8 (3, H, W), Mask uint8 (H, W)) pair.
 
@@ -134,6 +137,7 @@ def build_train_transform(
         use_flip: random horizontal flip with p = 0.5.
         base_scale: fixed pre-resize factor applied first (1.0 = none).
         allow_overhang: see :class:`RandomCropPad`.
+        color_jitter: strength s of the photometric jitter (step 3b); 0 = none, as §9.1.
 
     Returns:
         A transform returning (Image float32 (3, *crop_hw) normalised, Mask uint8 (*crop_hw), 255 = pad/ignore).
@@ -145,6 +149,8 @@ def build_train_transform(
         steps.append(v2.RandomHorizontalFlip(p=0.5))
     if tuple(scales) != (1.0,):
         steps.append(RandomScale(scales))
+    if color_jitter > 0:
+        steps.append(v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
     steps += _normalise()
     steps.append(RandomCropPad(crop_hw, allow_overhang=allow_overhang))
     return v2.Compose(steps)
