@@ -132,8 +132,8 @@ def package_versions() -> dict[str, str | None]:
 # glibc's allocator, pinned: by default it hands every large freed block (a feature map, a gradient) back to
 # the kernel and page-faults it in again on the next iteration or forward pass. These keep the heap instead:
 # CPU latencies swung by up to 5x without them; camvid-cpu training steps take 0.91x (teacher), 0.89x
-# (distillation) and 0.98x (student) the time with them on in-memory crops, but 1.00x / 0.97x (distillation /
-# student) with the real loader's workers beside them (benchmarks/allocator.py [--loader], AVX2 AMD EPYC).
+# (distillation) and 0.98x (student) the time with them on in-memory crops, and 0.90x / 1.00x / 0.97x with
+# the real loader's workers beside them (benchmarks/allocator.py [--loader], AVX2 AMD EPYC).
 # glibc reads them once, at start-up: they must be in a process's environment before it starts (the
 # Makefile's `lab` target repeats them for JupyterLab's kernels). The price: freed memory stays with the
 # process until it ends (each stage runs in a kernel of its own, so that is one stage's peak).
