@@ -38,11 +38,8 @@ CANDIDATES: dict[str, dict[str, object]] = {
     "cosine-02": {"lr_schedule": "cosine", "warmup_iters": 50, "lr": 0.02},
     "medfreq": {"class_weighting": "median_frequency"},
     "enet": {"class_weighting": "enet"},
-    "cosine-02-medfreq": {"lr_schedule": "cosine", "warmup_iters": 50, "lr": 0.02, "class_weighting": "median_frequency"},
     "cosine-02-enet": {"lr_schedule": "cosine", "warmup_iters": 50, "lr": 0.02, "class_weighting": "enet"},
     "jitter": {"data.color_jitter": 0.4},
-    "jitter-medfreq": {"data.color_jitter": 0.4, "class_weighting": "median_frequency"},
-    "jitter-enet": {"data.color_jitter": 0.4, "class_weighting": "enet"},
 }
 
 

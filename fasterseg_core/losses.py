@@ -135,7 +135,7 @@ class OhemCrossEntropy:
         min_kept: minimum number of pixels kept per call.
         thresh: probability threshold (0.7).
         ignore_index: label excluded from the loss (255).
-        weight: (C,) per-class weights, or None (all 1).
+        weight: (C,) per-class weights on the logits' device, or None (all 1).
     """
 
     def __init__(self, min_kept: int, thresh: float = 0.7, ignore_index: int = IGNORE_INDEX,
@@ -144,10 +144,9 @@ class OhemCrossEntropy:
         self.weight = weight
 
     def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        weight = None if self.weight is None else self.weight.to(logits.device)
         return ohem_cross_entropy(
             logits, target, min_kept=self.min_kept, thresh=self.thresh, ignore_index=self.ignore_index,
-            weight=weight,
+            weight=self.weight,
         )
 
     def __repr__(self) -> str:
