@@ -4,7 +4,8 @@
                                 [--candidates paper poly-02 cosine-02] [--root outputs/recipe]
                                 [--set student.epochs=30 ...]
 
-Each candidate is a set of overrides of the profile's training section (the ``CANDIDATES`` table below).
+Each candidate is a set of overrides of the paper's recipe (``PAPER``) in the profile's training section (the
+``CANDIDATES`` table below); everything else is the profile's.
 Every (candidate, seed) is one real run of the stage through ``python -m fasterseg_core train`` into its own
 output root (``<root>/<candidate>/``), so an interrupted comparison resumes: a finished seed is reused, a
 half-trained one resumes from its last checkpoint. The table reports per candidate the test mIoU (best
@@ -28,10 +29,14 @@ from fasterseg_core.config import load_config
 from fasterseg_core.evidence import summarize
 from fasterseg_core.runs import get_stage, stage_dir
 
-# name → overrides: of the stage's section (its name is filled in: "lr" → "student.lr"), or of another
-# section when the key names it ("data.color_jitter").
+# The paper's recipe (§9.2, §9.3). Every candidate starts from it, whatever the profile sets, so that a name
+# means the same run in every profile (camvid-cpu's students train with "cosine-02-enet").
+PAPER: dict[str, object] = {"lr": 0.01, "lr_schedule": "exponential", "warmup_iters": 0, "class_weighting": "none"}
+
+# name → overrides on top of PAPER: of the stage's section (its name is filled in: "lr" → "student.lr"), or of
+# another section when the key names it ("data.color_jitter").
 CANDIDATES: dict[str, dict[str, object]] = {
-    "paper": {},  # the profile as it is: the paper's lr 0.01 × 0.992 per epoch
+    "paper": {},  # lr 0.01 × 0.992 per epoch, unweighted OHEM
     "poly-01": {"lr_schedule": "poly", "warmup_iters": 50},
     "poly-02": {"lr_schedule": "poly", "warmup_iters": 50, "lr": 0.02},
     "poly-04": {"lr_schedule": "poly", "warmup_iters": 50, "lr": 0.04},
@@ -63,7 +68,7 @@ def main() -> None:
     section = get_stage(args.stage).section
     rows = []
     for name in args.candidates:
-        overrides = {k if "." in k else f"{section}.{k}": v for k, v in CANDIDATES[name].items()}
+        overrides = {k if "." in k else f"{section}.{k}": v for k, v in (PAPER | CANDIDATES[name]).items()}
         overrides |= _parse_set(args.set)
         overrides |= {"output_root": str((args.root / name).resolve()), "seeds": args.seeds}
         cfg = load_config(args.profile, overrides)  # a bad candidate fails here, before anything runs
