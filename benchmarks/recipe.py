@@ -4,8 +4,8 @@
                                 [--candidates paper poly-02 cosine-02] [--root outputs/recipe]
                                 [--set student.epochs=30 ...]
 
-Each candidate is a set of overrides of the paper's recipe (``PAPER``) in the profile's training section (the
-``CANDIDATES`` table below); everything else is the profile's.
+Each candidate is a set of overrides of the paper's recipe in the profile's training section (the ``CANDIDATES``
+table below): every key a candidate sets starts at the paper's value; everything else is the profile's.
 Every (candidate, seed) is one real run of the stage through ``python -m fasterseg_core train`` into its own
 output root (``<root>/<candidate>/``), so an interrupted comparison resumes: a finished seed is reused, a
 half-trained one resumes from its last checkpoint. The table reports per candidate the test mIoU (best
@@ -25,16 +25,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from fasterseg_core.config import load_config
+from fasterseg_core.config import RunConfig, load_config
 from fasterseg_core.evidence import summarize
 from fasterseg_core.runs import get_stage, stage_dir
 
-# The paper's recipe (§9.2, §9.3). Every candidate starts from it, whatever the profile sets, so that a name
-# means the same run in every profile (camvid-cpu's students train with "cosine-02-enet").
-PAPER: dict[str, object] = {"lr": 0.01, "lr_schedule": "exponential", "warmup_iters": 0, "class_weighting": "none"}
-
-# name → overrides on top of PAPER: of the stage's section (its name is filled in: "lr" → "student.lr"), or of
-# another section when the key names it ("data.color_jitter").
+# name → overrides of the paper's recipe (see _paper_values): of the stage's section (its name is filled in:
+# "lr" → "student.lr"), or of another section when the key names it ("data.color_jitter").
 CANDIDATES: dict[str, dict[str, object]] = {
     "paper": {},  # lr 0.01 × 0.992 per epoch, unweighted OHEM
     "poly-01": {"lr_schedule": "poly", "warmup_iters": 50},
@@ -46,6 +42,19 @@ CANDIDATES: dict[str, dict[str, object]] = {
     "cosine-02-enet": {"lr_schedule": "cosine", "warmup_iters": 50, "lr": 0.02, "class_weighting": "enet"},
     "jitter": {"data.color_jitter": 0.4},
 }
+
+
+def _paper_values(section: str) -> dict[str, object]:
+    """The paper's value (the config dataclasses' default) of every key some candidate sets. Every candidate
+    starts from these, whatever the profile sets, so that a name means the same run in every profile
+    (camvid-cpu's students train with "cosine-02-enet")."""
+    paper = RunConfig()
+    keys = {k for overrides in CANDIDATES.values() for k in overrides}
+    values = {}
+    for key in keys:
+        sec, _, name = key.rpartition(".")
+        values[key] = getattr(getattr(paper, sec or section), name)
+    return values
 
 
 def _parse_set(items: list[str]) -> dict[str, object]:
@@ -66,9 +75,10 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], help="extra overrides for every candidate, key=value")
     args = p.parse_args()
     section = get_stage(args.stage).section
+    paper = _paper_values(section)
     rows = []
     for name in args.candidates:
-        overrides = {k if "." in k else f"{section}.{k}": v for k, v in (PAPER | CANDIDATES[name]).items()}
+        overrides = {k if "." in k else f"{section}.{k}": v for k, v in (paper | CANDIDATES[name]).items()}
         overrides |= _parse_set(args.set)
         overrides |= {"output_root": str((args.root / name).resolve()), "seeds": args.seeds}
         cfg = load_config(args.profile, overrides)  # a bad candidate fails here, before anything runs

@@ -23,13 +23,14 @@ from .published import Published
 from .speed import duration
 
 # The deviations a reader should see first (every departure from the paper's settings is in Table 4e).
+# Each training stage's recipe (lr, schedule, class weights) is listed per stage: profiles may change it for some.
 _HEADLINE_KEYS = ("data.dataset", "data.base_scale", "data.color_jitter", "model.arch_source", "seeds",
                   "teacher.epochs", "teacher.iters_per_epoch", "teacher.batch_size", "teacher.crop_size_hw",
-                  "teacher.amp", "teacher.channels_last", "teacher.class_weighting", "distill.lr",
-                  "distill.lr_schedule", "distill.class_weighting", "student.lr", "student.lr_schedule",
-                  "student.class_weighting", "search.search_epochs",
-                  "search.iters_per_epoch", "search.arch_lr", "search.path_sampling", "latency.input_hw",
-                  "device")  # fmt: skip
+                  "teacher.amp", "teacher.channels_last",
+                  *(f"{stage}.{key}" for stage in ("teacher", "distill", "student")
+                    for key in ("lr", "lr_schedule", "class_weighting")),
+                  "search.search_epochs", "search.iters_per_epoch", "search.arch_lr", "search.path_sampling",
+                  "latency.input_hw", "device")  # fmt: skip
 
 
 def deviations(cfg: RunConfig) -> list[dict[str, Any]]:
