@@ -101,7 +101,8 @@ def _load_file(path: Path, mmap: bool = False) -> Any:
         first = str(e).splitlines()[0] if str(e) else ""
         raise ValueError(
             f"cannot read checkpoint {path} ({type(e).__name__}: {first}); expected a torch.save file of "
-            "tensors and plain containers (ours or the authors' state dict)"
+            "tensors and plain containers (ours or the authors' state dict). A stage's own checkpoint: rerun the "
+            "stage (make report), which finds it changed and sets it aside, or with --force (FORCE=1) to retrain"
         ) from e
 
 

@@ -48,19 +48,19 @@ from .lifecycle import Run, RunLocked, start_run
 from .machine import resolve_device, resolve_hardware_tag, seed_everything, stable_malloc_env
 from .metrics import format_scores
 from .models.published import published_architecture
-from .pipeline import build_report
+from .pipeline import PipelineInterrupted, build_report, pipeline_lock
 from .predictions import export_cityscapes_submission, save_colour_predictions
 from .report import ReportError
 from .runs import TRAINING_STAGES, get_stage, is_complete, stage_dir, stage_seeds
 from .stages import run_search, train_seed
-from .storage import save_json
+from .storage import ArtifactWriteError, save_json
 from .sweep import DEFAULT_STAGES, EXECUTORS, Resources, prepare_sweep, run_sweep
 
 # What a user can fix from the message alone: the message is the whole story (exit 2).
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DatasetError, FileNotFoundError, ValueError,
                                                 TypeError, PermissionError, ReportError, FetchError, RunLocked)  # fmt: skip
 # A run that started and stopped for a stated reason (exit 1, no traceback).
-RUN_FAILURES: tuple[type[BaseException], ...] = (TrainingDiverged,)
+RUN_FAILURES: tuple[type[BaseException], ...] = (TrainingDiverged, ArtifactWriteError)
 # The commands that train or time networks run under glibc's pinned allocator settings (faster training
 # steps, stable latencies; machine.STABLE_MALLOC); called from Python (tests) nothing re-executes.
 PINNED_ALLOCATOR_COMMANDS = ("train", "evaluate", "latency", "sweep")
@@ -99,9 +99,13 @@ def _config_args(default_profile: str | None = "camvid-cpu") -> argparse.Argumen
 
 # ---- commands ------------------------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
-    """Every stage in order, then the report; exit 1 when a stage failed."""
-    record = build_report(args.profile, _overrides(args.overrides), args.hardware_tag, args.force,
-                          not args.no_pdf, args.notebooks)  # fmt: skip
+    """Every stage in order, then the report; exit 1 when a stage failed, 128 + the signal when stopped."""
+    try:
+        record = build_report(args.profile, _overrides(args.overrides), args.hardware_tag, args.force,
+                              not args.no_pdf, args.notebooks)  # fmt: skip
+    except PipelineInterrupted as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 128 + e.signum
     failed = [s["stage"] for s in record["stages"] if s["status"] == "failed"]
     if failed:
         print(f"error: stage {failed[0]} failed; see the report and pipeline.json", file=sys.stderr)
@@ -111,7 +115,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """One training stage, seed by seed (``--seed`` picks some); under ``torchrun`` every process runs this
-    and rank 0 writes. Each seed trains into ``<stage>/seed-<s>/``; a seed already complete is skipped."""
+    and rank 0 writes. Each seed trains into ``<stage>/seed-<s>/``; a seed already complete is skipped, unless
+    ``--force``: its results are set aside (``previous/``) and it trains from scratch."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.profile, _overrides(args.overrides))
     stage = get_stage(args.stage)
@@ -124,8 +129,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                          f"to the profile's seeds (--overrides '{{\"seeds\": [...]}}')")  # fmt: skip
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     for seed in args.seed or seeds:
-        if is_complete(cfg, stage.name, any_hardware=True, seed=seed):
-            print(f"{stage.name} seed {seed}: complete for this config, skipped")
+        if not args.force and is_complete(cfg, stage.name, any_hardware=True, seed=seed):
+            print(f"{stage.name} seed {seed}: complete for this config, skipped (--force retrains it)")
             continue
         run = _rank_run(cfg, stage.name, args, seed, per_seed=True)
         with _failure_recorded(run):
@@ -145,7 +150,7 @@ def _rank_run(cfg: RunConfig, stage: str, args: argparse.Namespace, seed: int, *
     ranks of a ``torchrun`` write nothing and need only its folder, device and seed, seeded as ``start_run``
     seeds rank 0 (building the data may draw random numbers)."""
     if int(os.environ.get("RANK", "0")) == 0:
-        return start_run(cfg, stage, hardware_tag=args.hardware_tag, seed=seed, per_seed=per_seed)
+        return start_run(cfg, stage, hardware_tag=args.hardware_tag, seed=seed, per_seed=per_seed, fresh=args.force)
     seed_everything(seed)
     folder = stage_dir(cfg, stage, seed) if per_seed else stage_dir(cfg, stage)
     return Run(cfg, stage, folder, resolve_device(cfg.device), resolve_hardware_tag(cfg, args.hardware_tag),
@@ -167,8 +172,8 @@ def _train_search(cfg: RunConfig, args: argparse.Namespace) -> int:
     searches on its share of each batch and rank 0 writes; a complete search is skipped."""
     if args.seed:
         raise UsageError(f"--seed is for the training stages; the search's seed is search.seed ({cfg.search.seed})")
-    if is_complete(cfg, "01_search", any_hardware=True):
-        print("01_search: complete for this config, skipped")
+    if not args.force and is_complete(cfg, "01_search", any_hardware=True):
+        print("01_search: complete for this config, skipped (--force reruns it)")
         return 0
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     run = _rank_run(cfg, "01_search", args, cfg.search.seed, per_seed=False)
@@ -307,13 +312,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     resources = Resources(partition=args.partition, gpus_per_job=gpus, time_min=args.time_min,
                           cpus_per_task=args.cpus_per_task,
                           slurm_parameters=_slurm_parameters(args.slurm_parameters))  # fmt: skip
-    sweep = prepare_sweep(args.profile, _overrides(args.overrides), seeds=args.seeds, executor=args.executor,
-                          stages=args.stages, resources=resources, folder=args.folder,
-                          hardware_tag=args.hardware_tag, max_parallel=args.max_parallel)  # fmt: skip
-    if not sweep.jobs:
-        print(f"sweep: nothing to run, every run is complete for this config ({', '.join(sweep.complete)})")
-        return 0
-    result = run_sweep(sweep, poll_s=args.poll_seconds)
+
+    def plan() -> Any:
+        return prepare_sweep(args.profile, _overrides(args.overrides), seeds=args.seeds, executor=args.executor,
+                             stages=args.stages, resources=resources, folder=args.folder,
+                             hardware_tag=args.hardware_tag, max_parallel=args.max_parallel)  # fmt: skip
+
+    plan()  # bad settings fail here, before the lock (or anything else) is written
+    with pipeline_lock(cfg, "sweep"):  # a report on the same outputs meanwhile would overwrite what jobs write
+        sweep = plan()  # what is complete now that no report can change it
+        if not sweep.jobs:
+            print(f"sweep: nothing to run, every run is complete for this config ({', '.join(sweep.complete)})")
+            return 0
+        result = run_sweep(sweep, poll_s=args.poll_seconds)
     for job in result.failed:
         print(f"error: job {job.job.name} (job id {job.handle.job_id if job.handle else '?'}) failed: {job.error}; "
               f"log: {job.log}", file=sys.stderr)  # fmt: skip
@@ -342,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = _config_args()
 
     p = sub.add_parser("report", parents=[cfg], help="every stage, then report.html and report.pdf")
-    p.add_argument("--force", action="store_true", help="rerun stages that are already complete")
+    p.add_argument("--force", action="store_true",
+                   help="rerun every stage from scratch (old results, seeds included, are set aside to previous/)")
     p.add_argument("--no-pdf", action="store_true", help="render report.html only")
     p.add_argument("--notebooks", type=Path, default=None, help="folder of the stage notebooks (default notebooks/)")
     p.set_defaults(func=cmd_report)
@@ -350,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", parents=[cfg], help="the search or one training stage (also under torchrun)")
     p.add_argument("--stage", required=True, choices=["01_search", *TRAINING_STAGES, "teacher", "distill", "student"])
     p.add_argument("--seed", type=int, action="append", help="train this seed only (repeatable; default: all)")
+    p.add_argument("--force", action="store_true",
+                   help="retrain complete seeds (their results are set aside to previous/, not deleted)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
 

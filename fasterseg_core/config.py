@@ -425,9 +425,8 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def dump_config(cfg: RunConfig, path: str | os.PathLike) -> Path:
-    """Write the resolved configuration as YAML (the provenance record saved with every run)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    return path
+    """Write the resolved configuration as YAML (the provenance record saved with every run), atomically."""
+    from .storage import save_text  # storage imports torch; config stays light for the tools that only read
+
+    return save_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), path)
 

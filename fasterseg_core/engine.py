@@ -6,7 +6,9 @@ The recipe is the paper's (§9.1–§9.3): iteration-based epochs, SGD (lr 0.01,
 the KL term against a frozen teacher (:class:`~fasterseg_core.losses.DistillationLoss`). What ``fit`` adds:
 
 * **Resumable runs.** After every epoch ``checkpoints/last.pt`` (:mod:`fasterseg_core.checkpoints`) is
-  written atomically; calling :func:`fit` again continues after the last completed epoch. Each epoch's
+  written atomically; calling :func:`fit` again continues after the last completed epoch. ``last.pt`` is the
+  commit point: a new best is written to ``best.next.pt`` first and published as ``best.pt`` only after the
+  ``last.pt`` that records it, so no fault leaves a ``best.pt`` from an epoch ``last.pt`` does not know. Each epoch's
   samples come from :mod:`fasterseg_core.data.sampling`, seeded by (seed, epoch, rank), so a resumed run
   reproduces an uninterrupted one exactly (CPU, same threads).
 * **Divergence guard.** A NaN/inf loss, or an epoch whose mean loss exceeds ``divergence_factor`` (10) ×
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -296,9 +299,11 @@ def fit(spec: TrainConfig, net: nn.Module, loss_fn: LossFn, train_set: Dataset, 
     """
     info = current_dist()
     ckpt_dir = Path(out_dir) / "checkpoints"
-    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    last_path, best_path, best_next = ckpt_dir / "last.pt", ckpt_dir / "best.pt", ckpt_dir / "best.next.pt"
     net, optimizer, scheduler = _optimised(spec, net, device, info)
-    state = _resume(last_path, key, info, net, optimizer, scheduler)
+    state = _resume(last_path, key, info, net, optimizer, scheduler, spec.epochs)
+    if info.main:
+        _reconcile_best(best_path, best_next, state)
     extra = extra_state or {}
     model = wrap(net, device, info)
     forward = compiled(model) if spec.compile else model  # checkpoints keep saving net's own state dict
@@ -334,12 +339,13 @@ def fit(spec: TrainConfig, net: nn.Module, loss_fn: LossFn, train_set: Dataset, 
             train_cm.all_reduce()
             row = _epoch_row(epoch, spec.iters_per_epoch, sums, getattr(loss_fn, "parts", ()), lr,
                              time.perf_counter() - t0, train_cm)  # fmt: skip
+            new_best = False
             if val_set is not None and _evaluation_due(epoch, spec):
                 val = _validate(model, val_set, device, spec, eval_max_images, info, row)
                 if state.best["epoch"] == 0 or val["miou"] > state.best["val"].get("miou", -1.0):
-                    state.best = {"epoch": epoch, "val": val}
-                    if info.main:
-                        save_checkpoint(best_path, "train", key, epoch, unwrap(model).state_dict(), metrics=val,
+                    state.best, new_best = {"epoch": epoch, "val": val}, True
+                    if info.main:  # published as best.pt once last.pt (the commit point) records it
+                        save_checkpoint(best_next, "train", key, epoch, unwrap(model).state_dict(), metrics=val,
                                         **extra)  # fmt: skip
             state.history.append(row)
             state.seconds_total += time.perf_counter() - t0
@@ -350,6 +356,8 @@ def fit(spec: TrainConfig, net: nn.Module, loss_fn: LossFn, train_set: Dataset, 
                                 optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=rng_state(),
                                 history=state.history, best=state.best, seconds_total=state.seconds_total,
                                 **extra)  # fmt: skip
+                if new_best:
+                    os.replace(best_next, best_path)
                 _report_epoch(row, bar, on_epoch)
             barrier(info)
     finally:
@@ -443,9 +451,38 @@ def _bar(spec: TrainConfig, start_epoch: int, name: str) -> Any:
     return progress_bar(total=total, desc=f"train {name}", unit="it", dynamic_ncols=True)
 
 
+def _reconcile_best(best_path: Path, best_next: Path, state: _State) -> None:
+    """Make ``best.pt`` the best epoch ``last.pt`` records: publish a ``best.next.pt`` whose ``last.pt`` was
+    written before the run stopped, drop one whose epoch never committed (and a ``best.pt`` with no ``last.pt``).
+
+    Raises:
+        ValueError: ``best.pt`` holds another epoch than ``last.pt`` records (written by hand or by another
+            version); the message names both and the fix.
+    """
+    committed = state.start_epoch - 1
+    if best_next.exists():
+        pending = load_checkpoint(best_next, "train", mmap=True)["epoch"]
+        if committed and pending == state.best["epoch"]:
+            os.replace(best_next, best_path)
+        else:
+            best_next.unlink()
+            _log.info("dropped %s: its epoch %d never committed to last.pt", best_next, pending)
+    if not committed:
+        best_path.unlink(missing_ok=True)
+    elif best_path.exists() and state.best["epoch"]:
+        held = load_checkpoint(best_path, "train", mmap=True)["epoch"]
+        if held != state.best["epoch"]:
+            raise ValueError(
+                f"{best_path} holds epoch {held} but {best_path.with_name('last.pt')} records epoch "
+                f"{state.best['epoch']} as the best; rerun the stage with --force (make report FORCE=1), which sets "
+                "the folder aside and retrains"
+            )
+
+
 def _resume(path: Path, key: str, info: DistInfo, net: nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: Any) -> _State:  # fmt: skip
-    """Continue from ``last.pt`` when it exists (it must have been trained from ``key``)."""
+            scheduler: Any, epochs: int) -> _State:  # fmt: skip
+    """Continue from ``last.pt`` when it exists (it must have been trained from ``key``, for at most ``epochs``:
+    a shorter run never reports a longer one's weights)."""
     if not path.exists():
         return _State()
     ckpt = load_checkpoint(path, "train")  # on CPU: RNG states stay there; load_state_dict copies to the device
@@ -455,6 +492,12 @@ def _resume(path: Path, key: str, info: DistInfo, net: nn.Module, optimizer: tor
         raise ValueError(
             f"{path} was trained from other settings (key {ckpt.get('key')!r}, this run {key!r}); move it away "
             "or start the stage through its notebook / `python -m fasterseg_core train`, which sets it aside"
+        )
+    if ckpt["epoch"] > epochs:
+        raise ValueError(
+            f"{path} holds {ckpt['epoch']} epochs, past this run's end ({epochs}); start the stage through its "
+            "notebook / `python -m fasterseg_core train`, which sets the longer run aside (and brings it back when "
+            "its epochs are asked for again)"
         )
     net.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])

@@ -7,12 +7,19 @@ changes before it has taken the folder's lock:
   it when that process dies), so a second process on the same stage and seed stops with
   :class:`RunLocked`, which names the holder (pid, host, start time); a same-process rerun (a notebook cell
   run again) takes its own open run over.
-* **What the previous run left.** A run that died while ``running`` is marked ``interrupted``; results of
-  other settings (another resume key) are set aside to ``previous/<resume key>/`` and brought back when those
-  settings return; leftover temporary files of interrupted writes are removed.
-* **The end.** :meth:`Run.finish` writes ``metrics.json`` and marks the manifest ``complete``; an exception,
-  SIGTERM or SIGINT mark it ``failed`` or ``interrupted`` (:func:`mark_failed` for a notebook that failed in
-  a child process). Checkpoints written on the way stay, so the next run resumes.
+* **What the previous run left.** A run that died while ``running`` is marked ``interrupted`` (or ``failed``
+  with the cause its process left in the lock file when it could not write its manifest, e.g. on a full
+  disk); results of other settings (another resume key) are set aside to ``previous/<resume key>/`` and
+  brought back when those settings return; so is a training run longer than the configured ``epochs``
+  (``previous/<key>-epoch<N>/``: a shorter run never reports a longer one's weights); a manifest that does not
+  parse, or artifacts that no longer match the SHA-256 the manifest recorded, are set aside
+  (``previous/<key>-unverified-<time>/``) and recomputed; ``fresh=True`` (``--force``) sets everything aside;
+  leftover temporary files of interrupted writes are removed. Every such step is one line on the terminal.
+* **The end.** :meth:`Run.finish` writes ``metrics.json``, records every artifact's SHA-256 and marks the
+  manifest ``complete``; an exception, SIGTERM or SIGINT mark it ``failed`` or ``interrupted``
+  (:func:`mark_failed` for a notebook that failed in a child process). Checkpoints written on the way stay, so
+  the next run resumes. A run that stops before it changed any artifact of a complete run it replaced puts that
+  run's manifest and ``config.yaml`` back: the folder is exactly as it was.
 
     run = start_run(cfg, "02_teacher")                            # the stage (all its seeds)
     seed_run = start_run(cfg, "02_teacher", seed=12345, per_seed=True)  # one seed: 02_teacher/seed-12345/
@@ -28,9 +35,11 @@ import fcntl
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -51,16 +60,30 @@ from .machine import (
     seed_everything,
     stable_malloc_set,
 )
-from .runs import SEED_PREFIX, STAGES, get_stage, resume_key, stage_dir, stage_identity
-from .storage import load_json, remove_temp_files, save_json
+from .progress import say
+from .runs import (
+    LOCK_FILE,
+    MANIFEST,
+    PREVIOUS,
+    STAGES,
+    UNREADABLE,
+    check_artifacts,
+    get_stage,
+    read_manifest,
+    record_artifacts,
+    resume_key,
+    run_files,
+    stage_dir,
+    stage_identity,
+)
+from .storage import remove_temp_files, save_json, save_text
 
-LOCK_FILE = ".lock"  # held (flock) by the process running the stage; freed when that process dies
-PREVIOUS = "previous"  # results of other settings, set aside: previous/<resume key>/
 STATUSES = ("running", "complete", "failed", "interrupted")
+_LOCK_BYTES = 1024  # the lock file's fixed size: a note rewritten in place needs no new disk block (full disk)
 
 
 class RunLocked(RuntimeError):
-    """Another process is running the same stage into the same folder (the message names it)."""
+    """Another process is running the same stage (or pipeline) into the same folder (the message names it)."""
 
 
 # The runs this process has open, by folder: a notebook cell that raised leaves its run open in the kernel,
@@ -69,31 +92,54 @@ _OPEN_RUNS: dict[Path, Run] = {}
 
 
 # ---- the lock ----------------------------------------------------------------------------------------
-def _lock(folder: Path, stage: str) -> int:
-    """Hold ``folder/.lock`` exclusively (``flock``; the kernel frees it when this process dies) and write
-    who holds it there. Returns the open descriptor.
+def lock_folder(folder: Path, what: str, name: str = LOCK_FILE) -> int:
+    """Hold ``folder/<name>`` exclusively (``flock``; the kernel frees it when this process dies) and write
+    who holds it there. Returns the open descriptor (:func:`unlock_folder` releases it).
+
+    Args:
+        what: what holds it, for the refusal: ``"stage 02_teacher"``, ``"the pipeline of profile smoke"``.
 
     Raises:
         RunLocked: another process holds it (the message names its PID, start time and host).
     """
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(folder / name, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        try:
-            holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
-        except (OSError, ValueError):
-            holder = {}
+        holder = _read_lock(fd)
         os.close(fd)
         raise RunLocked(
-            f"stage {stage} is already running in {folder}: pid {holder.get('pid', '?')} on "
+            f"{what} is already running in {folder}: pid {holder.get('pid', '?')} on "
             f"{holder.get('host', '?')}, started {holder.get('started_at', '?')}; wait for it to finish or stop "
             f"it (kill {holder.get('pid', '<pid>')}), then run this again"
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started_at": now()}).encode(), 0)
+    # the cause a dead holder could not write into its manifest (a full disk) stays for _settle_previous
+    left = {"left_by_previous": _read_lock(fd).get("ended")} if _read_lock(fd).get("ended") else {}
+    try:
+        _write_lock(fd, {"pid": os.getpid(), "host": socket.gethostname(), "started_at": now(), **left})
+    except OSError:
+        pass  # a full disk: the lock itself holds; only the holder's name is missing from the file
     return fd
+
+
+def _read_lock(fd: int) -> dict[str, Any]:
+    try:
+        holder = json.loads(os.pread(fd, _LOCK_BYTES, 0).decode().strip() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _write_lock(fd: int, holder: dict[str, Any]) -> None:
+    """The holder's record, padded to a fixed size so that rewriting it in place needs no new disk block."""
+    data = json.dumps(holder).encode()[: _LOCK_BYTES - 1]
+    os.pwrite(fd, data + b" " * (_LOCK_BYTES - len(data)), 0)
+
+
+def unlock_folder(fd: int | None) -> None:
+    """Release what :func:`lock_folder` took."""
+    _unlock(fd)
 
 
 def _unlock(fd: int | None) -> None:
@@ -104,50 +150,157 @@ def _unlock(fd: int | None) -> None:
 
 
 # ---- what the previous run left -------------------------------------------------------------------------
-def _results(folder: Path) -> list[Path]:
-    """What a run left in its folder: everything but the lock, set-aside results and the seed runs (each
-    seed's folder is a run of its own, settled when that seed starts)."""
-    if not folder.is_dir():
-        return []
-    return [p for p in folder.iterdir()
-            if p.name not in (LOCK_FILE, PREVIOUS) and not (p.is_dir() and p.name.startswith(SEED_PREFIX))]  # fmt: skip
+_CHECKPOINTS = ("last.pt", "search.pt", "pretrain.pt")  # the resumable state of a training run / the search
 
 
-def _settle_previous(folder: Path, key: str) -> dict[str, Any]:
-    """Before a run starts (lock held): close a dead run's manifest, set aside results of other settings to
-    ``previous/<their resume key>/``, bring back results of these settings from ``previous/<key>/``.
+def _checkpoint_state(folder: Path) -> tuple[str | None, int]:
+    """(resume key, epochs completed) of the run in ``folder``, read from its resumable checkpoint (memory-mapped:
+    a 1 GB search checkpoint is not loaded); ``(None, 0)`` when it has none that reads."""
+    for name in _CHECKPOINTS:
+        path = folder / "checkpoints" / name
+        if path.is_file():
+            try:
+                ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                return ckpt.get("key"), int(ckpt.get("epoch", 0))
+            except Exception:  # noqa: BLE001 - any unreadable file: no state to resume from
+                return None, 0
+    return None, 0
+
+
+def _set_aside(folder: Path, name: str, files: list[Path] | None = None) -> Path:
+    """Move the run's files (or only ``files``) to ``previous/<name>/`` (a new name if taken), keeping paths."""
+    dest = folder / PREVIOUS / name
+    if dest.exists():  # an older set-aside of the same name: keep both
+        dest = dest.with_name(f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    dest.mkdir(parents=True)
+    tops = {folder / p.relative_to(folder).parts[0] for p in (files if files is not None else run_files(folder))}
+    if files is None and (folder / MANIFEST).exists():
+        tops.add(folder / MANIFEST)  # the set-aside run keeps its provenance
+    for p in sorted(tops if files is None else files):
+        target = dest / p.relative_to(folder)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(p), target)
+    return dest
+
+
+def _restorable(folder: Path, key: str, epochs: int | None) -> tuple[Path, int] | None:
+    """The set-aside run of ``key`` to bring back: ``previous/<key>/``, or for a training run (``epochs`` given)
+    the longest ``previous/<key>[-epoch<N>]/`` not past ``epochs``."""
+    best: tuple[Path, int] | None = None
+    pattern = re.compile(rf"{re.escape(key)}(-epoch\d+)?")
+    for d in sorted((folder / PREVIOUS).glob(f"{key}*")):
+        if not d.is_dir() or not pattern.fullmatch(d.name):
+            continue
+        trained = _checkpoint_state(d)[1]
+        if epochs is not None and trained > epochs:
+            continue
+        if best is None or trained > best[1]:
+            best = (d, trained)
+    return best
+
+
+def _settle_previous(folder: Path, key: str, *, epochs: int | None = None, fresh: bool = False) -> dict[str, Any]:
+    """Before a run starts (lock held): close a dead run's manifest, set aside what the new run must not build
+    on, bring back what it can.
+
+    Set aside: results of other settings (``previous/<their resume key>/``); a training run past ``epochs``
+    (``previous/<key>-epoch<N>/``); a run whose manifest does not parse or whose recorded artifacts changed
+    (``previous/<key>-unverified-<time>/``: only the changed files while the checkpoints are intact, since the
+    rerun recomputes the rest from them); everything when ``fresh``. Brought back: the longest set-aside run of
+    these settings that fits (:func:`_restorable`).
 
     Returns:
         What was found, for the new manifest and the user: ``{"status", "identity", "started_at",
-        "finished_at", "set_aside", "restored", "temp_files_removed"}`` (only what applies).
+        "finished_at", "error", "unverified", "set_aside", "restored", "kept", "temp_files_removed"}`` (what
+        applies).
     """
     found: dict[str, Any] = {}
     removed = remove_temp_files(folder)  # an interrupted atomic write's leftovers (we hold the lock)
     if removed:
         found["temp_files_removed"] = len(removed)
-    path = folder / "manifest.json"
-    old = load_json(path) if path.exists() else None
-    if old is not None:
-        if old.get("status") == "running":  # its lock was free: the process that wrote it is gone
-            old.update(status="interrupted", note="the process ended before the run finished (killed or crashed)")
+    path = folder / MANIFEST
+    old = read_manifest(path)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if old is not None and old.get("status") == "running":  # its lock was free: the process that wrote it is gone
+        if _unchanged(folder, old):
+            _put_back(folder, old)  # it stopped before it changed anything: the complete run stands as it was
+            old = read_manifest(path)
+            found["kept"] = "the previous run stopped before it changed anything"
+        else:
+            left = _read_lock_file(folder).get("left_by_previous")  # a cause it could not write (a full disk)
+            if left:
+                old.update(status=left.get("status", "failed"), error=left.get("error", ""))
+            else:
+                old.update(status="interrupted", note="the process ended before the run finished (killed or crashed)")
             save_json(old, path)
-        found.update({k: old.get(k) for k in ("status", "identity", "started_at", "finished_at", "error")})
-    old_key = (old or {}).get("resume_key") or ("unknown" if _results(folder) else None)
-    if old_key is not None and old_key != key and _results(folder):
-        dest = folder / PREVIOUS / old_key
-        if dest.exists():  # an older set-aside of the same settings: keep both
-            dest = dest.with_name(f"{old_key}-{int(time.time())}")
-        dest.mkdir(parents=True)
-        for p in _results(folder):
-            shutil.move(str(p), dest / p.name)
-        found["set_aside"] = str(dest)
-    back = folder / PREVIOUS / key
-    if back.is_dir() and not _results(folder):
-        for p in back.iterdir():
-            shutil.move(str(p), folder / p.name)
-        back.rmdir()
-        found["restored"] = str(back)
+    if old is not None:
+        found.update({k: old.get(k) for k in ("status", "identity", "started_at", "finished_at", "error")
+                      if old.get(k) is not None})  # fmt: skip
+    ckpt_key, trained = _checkpoint_state(folder)
+    old_key = (old or {}).get("resume_key") or ckpt_key or ("unknown" if run_files(folder) else None)
+    if old_key is not None and run_files(folder):
+        if fresh:
+            found["set_aside"] = str(_set_aside(folder, f"{old_key}-forced-{stamp}"))
+        elif old_key != key:
+            found["set_aside"] = str(_set_aside(folder, old_key))
+        elif old is not None and old.get("status") == UNREADABLE:
+            found["unverified"] = [old["error"]]
+            found["set_aside"] = str(_set_aside(folder, f"{old_key}-unverified-{stamp}"))
+        elif old is not None and old.get("status") == "complete" and (problems := check_artifacts(folder, old)):
+            found["unverified"] = problems
+            changed = [folder / rel for rel in old["artifacts"] if (folder / rel).is_file()
+                       and any(p.startswith(f"{folder / rel} ") for p in problems)]  # fmt: skip
+            if any(p.startswith(f"{folder / 'checkpoints'}/") for p in problems):
+                changed = None  # the state to resume from is gone: everything is recomputed
+            found["set_aside"] = str(_set_aside(folder, f"{old_key}-unverified-{stamp}", changed))
+        elif epochs is not None and trained > epochs:
+            found["set_aside"] = str(_set_aside(folder, f"{key}-epoch{trained}"))
+            found["longer"] = trained
+    if not fresh and (back := _restorable(folder, key, epochs)) is not None:
+        here = _checkpoint_state(folder)[1] if run_files(folder) else -1
+        if back[1] > here:
+            if run_files(folder):
+                _set_aside(folder, f"{key}-epoch{here}")
+            for p in back[0].iterdir():
+                shutil.move(str(p), folder / p.name)
+            back[0].rmdir()
+            found["restored"] = str(back[0])
     return found
+
+
+def _read_lock_file(folder: Path) -> dict[str, Any]:
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return {}
+    try:
+        return _read_lock(fd)
+    finally:
+        os.close(fd)
+
+
+def _unchanged(folder: Path, manifest: dict[str, Any]) -> bool:
+    """Whether every artifact of the complete run ``manifest`` replaced is still as that run left it
+    (``config.yaml`` aside: the new run rewrote it, and :func:`_put_back` restores it)."""
+    replaced = manifest.get("replaces")
+    if not replaced:
+        return False
+    kept = {k: v for k, v in (replaced.get("artifacts") or {}).items() if k != "config.yaml"}
+    return not check_artifacts(folder, {"artifacts": kept})
+
+
+def _put_back(folder: Path, manifest: dict[str, Any]) -> None:
+    """Restore the complete run a stopped run replaced: its manifest and ``config.yaml`` as they were, and
+    without the files the stopped run added (a pending ``best.next.pt``, its TensorBoard events)."""
+    replaced = manifest["replaces"]
+    since = manifest.get("started_unix", float("inf")) - 2.0  # file times run up to a clock tick behind
+    for p in run_files(folder):
+        rel = p.relative_to(folder).as_posix()
+        if rel != "config.yaml" and rel not in (replaced.get("artifacts") or {}) and p.stat().st_mtime >= since:
+            p.unlink()
+    if manifest.get("replaces_config") is not None:
+        save_text(manifest["replaces_config"], folder / "config.yaml")
+    save_json(replaced, folder / MANIFEST)
 
 
 def _describe(stage: str, found: dict[str, Any]) -> str:
@@ -155,10 +308,19 @@ def _describe(stage: str, found: dict[str, Any]) -> str:
     parts = []
     status = found.get("status")
     said = {"interrupted": "was interrupted", "failed": "failed", "running": "did not finish"}
-    if status in said:
+    if found.get("kept"):
+        parts.append(f"{found['kept']}; its complete predecessor is kept as it was")
+    elif status in said:
         parts.append(f"the previous run (started {found.get('started_at')}) {said[status]}"
                      + (f": {found['error']}" if found.get("error") else "") + "; it resumes from its checkpoints")  # fmt: skip
-    if "set_aside" in found:
+    if found.get("unverified"):
+        parts.append(f"{'; '.join(found['unverified'])}: set aside to {found['set_aside']} and recomputed")
+    elif "longer" in found:
+        parts.append(f"a run of {found['longer']} epochs, past this run's end, set aside to {found['set_aside']} "
+                     "(asking for its epochs again brings it back)")  # fmt: skip
+    elif "forced-" in found.get("set_aside", ""):
+        parts.append(f"--force: its results set aside to {found['set_aside']}, recomputed from scratch")
+    elif "set_aside" in found:
         parts.append(f"results of other settings set aside to {found['set_aside']} (rerunning those settings "
                      "brings them back)")  # fmt: skip
     if "restored" in found:
@@ -174,7 +336,7 @@ class Run:
     """An open run of one stage; create with :func:`start_run`, close with :meth:`finish` (or :meth:`fail`).
 
     While open it holds the stage folder's lock; SIGTERM/SIGINT or the process ending first leave the
-    manifest ``interrupted``.
+    manifest ``interrupted``. ``fresh``: started with ``--force`` (its seed runs start afresh too).
     """
 
     cfg: RunConfig
@@ -183,6 +345,7 @@ class Run:
     device: torch.device
     hardware: str
     manifest: dict[str, Any] = field(default_factory=dict)
+    fresh: bool = False
     _started: float = field(default_factory=time.monotonic, repr=False)
     _lock_fd: int | None = field(default=None, repr=False)
     _restore_signals: Callable[[], None] | None = field(default=None, repr=False)
@@ -202,9 +365,13 @@ class Run:
         return self.manifest.get("status") == "running"
 
     def finish(self, metrics: dict[str, Any] | None = None) -> None:
-        """Save ``metrics`` (if given) and mark the run complete with its end time."""
+        """Save ``metrics`` (if given), record every artifact's SHA-256 and mark the run complete."""
         if metrics is not None:
             self.save_metrics(metrics)
+        if self.open and self.manifest.get("pid") == os.getpid():
+            self.manifest.pop("replaces", None)
+            self.manifest.pop("replaces_config", None)
+            self.manifest["artifacts"] = record_artifacts(self.dir)
         self._close("complete")
 
     def fail(self, error: str) -> None:
@@ -220,13 +387,28 @@ class Run:
             return  # closed already, or a forked worker that inherited the object
         self.manifest.update(status=status, finished_at=now(), seconds=round(time.monotonic() - self._started, 1),
                              **extra)  # fmt: skip
-        save_json(self.manifest, self.dir / "manifest.json")
-        if self._restore_signals is not None:
-            self._restore_signals()
-        _unlock(self._lock_fd)
-        self._lock_fd = None
-        if _OPEN_RUNS.get(self.dir.resolve()) is self:
-            del _OPEN_RUNS[self.dir.resolve()]
+        try:
+            if status != "complete" and _unchanged(self.dir, self.manifest):
+                _put_back(self.dir, self.manifest)  # stopped before it changed anything: the folder as it was
+                say(f"{self.stage}: stopped ({extra.get('error', status)}) before it changed anything; the "
+                    f"complete run in {self.dir} is kept as it was")  # fmt: skip
+            else:
+                save_json(self.manifest, self.dir / MANIFEST)
+        except OSError as e:  # e.g. a full disk: say it here, and leave the cause where the next run looks
+            ended = {"status": status, "error": extra.get("error", "")}
+            with contextlib.suppress(OSError):
+                if self._lock_fd is not None:
+                    _write_lock(self._lock_fd, _read_lock(self._lock_fd) | {"ended": ended})
+            print(f"error: could not record the run's end in {self.dir / MANIFEST} ({e}); it was {status}"
+                  + (f": {ended['error']}" if ended["error"] else "") + ". The next run reports this and resumes "
+                  "from the last checkpoint", file=sys.stderr, flush=True)  # fmt: skip
+        finally:
+            if self._restore_signals is not None:
+                self._restore_signals()
+            _unlock(self._lock_fd)
+            self._lock_fd = None
+            if _OPEN_RUNS.get(self.dir.resolve()) is self:
+                del _OPEN_RUNS[self.dir.resolve()]
 
 
 def _on_signals(run: Run) -> Callable[[], None] | None:
@@ -259,7 +441,7 @@ def _on_signals(run: Run) -> Callable[[], None] | None:
 
 
 def start_run(cfg: RunConfig, stage: str, hardware_tag: str = "", seed: int | None = None, *,
-              per_seed: bool = False) -> Run:  # fmt: skip
+              per_seed: bool = False, fresh: bool = False) -> Run:  # fmt: skip
     """Open the stage's run folder: lock it, settle what the previous run left, write ``config.yaml`` and a
     ``running`` manifest, seed if asked.
 
@@ -275,6 +457,7 @@ def start_run(cfg: RunConfig, stage: str, hardware_tag: str = "", seed: int | No
         seed: seeds every generator (:func:`~fasterseg_core.machine.seed_everything`) and is recorded;
             ``None`` seeds nothing.
         per_seed: the run of one seed of a seeded stage, into ``<stage>/seed-<seed>/``.
+        fresh: set every result in the folder aside and start from scratch (``--force``, ``FORCE=1``).
 
     Raises:
         RunLocked: another process is running this stage into the same folder.
@@ -287,12 +470,19 @@ def start_run(cfg: RunConfig, stage: str, hardware_tag: str = "", seed: int | No
     folder = stage_dir(cfg, stage, folder_seed)
     if (earlier := _OPEN_RUNS.pop(folder.resolve(), None)) is not None:
         earlier.fail("stopped: a new run of the stage started in the same process (the earlier one raised)")
-    fd = _lock(folder, stage)
+    fd = lock_folder(folder, f"stage {stage}")
     try:
         key = resume_key(cfg, stage, folder_seed)
-        found = _settle_previous(folder, key)
+        section = STAGES[stage].section
+        epochs = getattr(cfg, section).epochs if per_seed and section else None
+        found = _settle_previous(folder, key, epochs=epochs, fresh=fresh)
         if message := _describe(stage if folder_seed is None else f"{stage} seed {seed}", found):
-            print(message, flush=True)
+            say(message)
+        # a complete run this one replaces (more epochs, another hardware tag, --force set it aside already):
+        # kept in the manifest, so a run that stops before changing any artifact puts it back as it was
+        before = read_manifest(folder / MANIFEST)
+        replaces = before if before is not None and before.get("status") == "complete" else None
+        config_before = (folder / "config.yaml").read_text() if replaces and (folder / "config.yaml").exists() else None
         dump_config(cfg, folder / "config.yaml")
         manifest = {
             "stage": stage, "profile": cfg.profile, "status": "running",
@@ -303,7 +493,8 @@ def start_run(cfg: RunConfig, stage: str, hardware_tag: str = "", seed: int | No
             # glibc's allocator settings of this process (machine.STABLE_MALLOC): they change its speed only
             "allocator": "pinned" if stable_malloc_set() else "glibc default",
             "seed": seed, "git": git_state(), "versions": package_versions(), "pid": os.getpid(),
-            "started_at": now(), "finished_at": None, "previous_run": found or None,
+            "started_at": now(), "started_unix": time.time(), "finished_at": None, "previous_run": found or None,
+            **({"replaces": replaces, "replaces_config": config_before} if replaces else {}),
         }  # fmt: skip
         save_json(manifest, folder / "manifest.json")
     except BaseException:
@@ -312,7 +503,7 @@ def start_run(cfg: RunConfig, stage: str, hardware_tag: str = "", seed: int | No
     if seed is not None:
         seed_everything(seed)
     run = Run(cfg=cfg, stage=stage, dir=folder, device=device, hardware=manifest["hardware"], manifest=manifest,
-              _lock_fd=fd)  # fmt: skip
+              fresh=fresh, _lock_fd=fd)  # fmt: skip
     run._restore_signals = _on_signals(run)
     atexit.register(run.interrupt, "the process ended before the run finished")
     _OPEN_RUNS[folder.resolve()] = run
@@ -321,20 +512,28 @@ def start_run(cfg: RunConfig, stage: str, hardware_tag: str = "", seed: int | No
 
 def mark_failed(cfg: RunConfig, stage: str, error: str) -> bool:
     """Record a stage's failure (e.g. a notebook cell raised) in its manifest, unless another process holds
-    the stage now or its last run completed. Returns whether the manifest was changed."""
+    the stage now, its last run completed or was interrupted (a signal says so itself), or the manifest does
+    not parse (the next run sets it aside). Returns whether the manifest was changed.
+
+    ``interrupted`` becomes ``failed`` too: a kernel that ends after a failed cell closes its open runs as
+    interrupted (``atexit``) before the driver, which knows the error, gets here."""
     folder = stage_dir(cfg, stage)
-    if not (folder / "manifest.json").exists():
+    if not (folder / MANIFEST).exists():
         return False
     try:
-        fd = _lock(folder, stage)
+        fd = lock_folder(folder, f"stage {stage}")
     except RunLocked:
         return False  # the folder belongs to a live run (perhaps the very one that made this one fail)
     try:
-        manifest = load_json(folder / "manifest.json")
-        if manifest.get("status") not in ("running", "interrupted"):
+        manifest = read_manifest(folder / MANIFEST)
+        if manifest is None or manifest.get("status") not in ("running", "interrupted"):
             return False
         manifest.update(status="failed", error=error, finished_at=manifest.get("finished_at") or now())
-        save_json(manifest, folder / "manifest.json")
+        try:
+            save_json(manifest, folder / MANIFEST)
+        except OSError as e:
+            say(f"error: could not record the failure of {stage} in {folder / MANIFEST} ({e})")
+            return False
         return True
     finally:
         _unlock(fd)

@@ -4,7 +4,9 @@ A stage's work (training epochs, the search, latency timing) draws its bars with
 (notebook-aware) that, when ``$FASTERSEG_PROGRESS`` names a file, also writes its position there (at most
 once a second, atomically). The pipeline driver (``make report``) sets that variable for each notebook's
 kernel and draws one terminal bar from the file with the stage count, so the person who typed ``make
-report`` sees the running stage's progress and ETA instead of one line per stage.
+report`` sees the running stage's progress and ETA instead of one line per stage. :func:`say` does the same
+for the lines a person must see (a run resumed, results set aside): printed, and appended to
+``$FASTERSEG_PROGRESS.log`` for the driver to print on its terminal.
 """
 
 from __future__ import annotations
@@ -59,6 +61,30 @@ def bar(iterable: Iterable | None = None, *, total: float | None = None, desc: s
     """A tqdm bar (same arguments) that also reports to ``$FASTERSEG_PROGRESS`` when the driver set it."""
     path = os.environ.get(ENV) if not disable else None
     return _Bar(iterable, total=total, desc=desc, disable=disable, progress_file=path, **kwargs)
+
+
+def say(line: str) -> None:
+    """Print ``line`` here (the notebook) and, under the pipeline driver, on its terminal too."""
+    print(line, flush=True)
+    path = os.environ.get(ENV)
+    if path:
+        try:
+            with open(f"{path}.log", "a", encoding="utf-8") as f:
+                f.write(line.replace("\n", " ") + "\n")
+        except OSError:
+            pass  # a courtesy, as the bar is
+
+
+def said(path: str | os.PathLike, offset: int = 0) -> tuple[list[str], int]:
+    """The lines :func:`say` appended to ``<path>.log`` from byte ``offset`` on, and the offset after them."""
+    try:
+        with open(f"{path}.log", "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except OSError:
+        return [], offset
+    complete = data[: data.rfind(b"\n") + 1]
+    return complete.decode("utf-8", "replace").splitlines(), offset + len(complete)
 
 
 def read(path: str | os.PathLike) -> dict[str, Any] | None:

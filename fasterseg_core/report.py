@@ -28,6 +28,7 @@ from typing import Any
 import nbformat
 
 from .config import RunConfig, project_root
+from .storage import save_text
 
 _WIDGET_STATE_MIME = "application/vnd.jupyter.widget-state+json"
 _FRONT_MARKER = "<!--fasterseg-report-front-->"
@@ -288,7 +289,7 @@ def render_report(
     record["rendered_at"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     body = body.replace(_FRONT_MARKER, _front_page(cfg, record, results, toc), 1)
     html_path = report_dir / "report.html"
-    html_path.write_text(body, encoding="utf-8")
+    save_text(body, html_path)
     record["report"] = {"html": str(html_path), "html_seconds": round(time.perf_counter() - start, 1)}
     print(f"[report] {html_path} ({record['report']['html_seconds']:.1f} s)", flush=True)
     pdf_path = report_dir / "report.pdf"

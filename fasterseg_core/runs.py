@@ -17,7 +17,9 @@ folder then holds the stage's notebook run (seed aggregate, figures).
 A stage's **identity** (:func:`stage_identity`) hashes what can change its outputs: its own config
 sections, its seeds and the identities of the upstream stages it reads. A stage is *complete for a config* when its
 manifest says ``complete`` with the same identity and hardware tag, so changing ``distill.*`` leaves
-``02_teacher`` complete, and changing ``latency.*`` leaves every training stage complete.
+``02_teacher`` complete, and changing ``latency.*`` leaves every training stage complete. Complete also means
+intact: every artifact still has the SHA-256 the manifest recorded when the run finished (:func:`check_artifacts`),
+and a seeded stage's seed runs are complete too; a manifest that does not parse is not complete.
 
 A run itself (the lock, setting aside what the previous run left, finishing) is
 :mod:`fasterseg_core.lifecycle`'s.
@@ -37,7 +39,7 @@ from typing import Any
 
 from .config import RunConfig, to_dict
 from .machine import planned_device, resolve_amp, resolve_hardware_tag
-from .storage import load_json
+from .storage import TMP_SUFFIX, file_digest, load_json
 
 # ---------------------------------------------------------------------------------------------------
 # the stage table
@@ -70,7 +72,8 @@ class Stage:
 
     @property
     def resume_ignore(self) -> tuple[str, ...]:
-        """Keys of its own section that only extend a run: more training epochs continue a finished run."""
+        """Keys of its own section that only extend a run: more training epochs continue a finished run
+        (under the paper's per-epoch schedule only: see :func:`resume_key`)."""
         return ("epochs", "eval_every_epochs") if self.section is not None else ()
 
 
@@ -199,29 +202,119 @@ def stage_dir(cfg: RunConfig, stage: str, seed: int | None = None) -> Path:
 
 def resume_key(cfg: RunConfig, stage: str, seed: int | None = None) -> str:
     """What a stage's results in its folder must match to be kept and continued: its identity, without the
-    keys that only extend a run (a training stage's ``epochs``: 30 epochs continue a finished 20)."""
-    return stage_identity(cfg, stage, ignore=STAGES[stage].resume_ignore, seed=seed)
+    keys that only extend a run (a training stage's ``epochs``: 30 epochs continue a finished 20).
+
+    Only the paper's per-epoch exponential decay (§9.2) makes a continued run equal a longer one: a poly or
+    cosine schedule decays to 0 over the configured length, so under those ``epochs`` stays in the key and
+    another length is another run. A finished run longer than the configured one is never continued or
+    reported either: :mod:`fasterseg_core.lifecycle` sets it aside (``previous/<key>-epoch<N>/``).
+    """
+    spec = STAGES[stage].section
+    ignore = STAGES[stage].resume_ignore
+    if spec is not None and getattr(cfg, spec).lr_schedule != "exponential":
+        ignore = tuple(k for k in ignore if k != "epochs")
+    return stage_identity(cfg, stage, ignore=ignore, seed=seed)
+
+
+MANIFEST = "manifest.json"
+LOCK_FILE = ".lock"  # held (flock) by the process running the stage; freed when that process dies
+PREVIOUS = "previous"  # results of other settings, set aside: previous/<resume key>/
+UNREADABLE = "unreadable"  # the status load_manifest gives a manifest.json that does not parse
 
 
 def load_manifest(cfg: RunConfig, stage: str, seed: int | None = None) -> dict[str, Any] | None:
-    """The ``manifest.json`` of a stage (or of one seed's run), or ``None`` when it never ran."""
-    path = stage_dir(cfg, stage, seed) / "manifest.json"
-    return load_json(path) if path.exists() else None
+    """The ``manifest.json`` of a stage (or of one seed's run), or ``None`` when it never ran; one that does not
+    parse reads as ``{"status": "unreadable", "error": …}`` (never complete; the next run sets it aside)."""
+    return read_manifest(stage_dir(cfg, stage, seed) / MANIFEST)
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """A manifest file (see :func:`load_manifest`)."""
+    if not path.exists():
+        return None
+    try:
+        manifest = load_json(path)
+    except (OSError, ValueError) as e:
+        return {"status": UNREADABLE, "error": f"{path} does not parse ({e})"}
+    if not isinstance(manifest, dict):
+        return {"status": UNREADABLE, "error": f"{path} is not a JSON object"}
+    return manifest
+
+
+def run_files(folder: Path) -> list[Path]:
+    """What a run wrote in its folder: everything but the manifest, the lock, set-aside results, the seed runs
+    (each seed's folder is a run of its own) and temporary files of writes in progress."""
+    if not folder.is_dir():
+        return []
+    out = []
+    for p in sorted(folder.iterdir()):
+        if p.name in (MANIFEST, LOCK_FILE, PREVIOUS) or (p.is_dir() and p.name.startswith(SEED_PREFIX)):
+            continue
+        out += [q for q in sorted(p.rglob("*")) if q.is_file()] if p.is_dir() else [p]
+    return [p for p in out if not (p.name.startswith(".") and p.name.endswith(TMP_SUFFIX))]
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> SHA-256: each file hashed once
+
+
+def _digest(path: Path) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = file_digest(path)
+    return _DIGESTS[key]
+
+
+def record_artifacts(folder: Path) -> dict[str, str]:
+    """``{path relative to folder: SHA-256}`` of every file the run wrote (:func:`run_files`), for its manifest."""
+    return {p.relative_to(folder).as_posix(): _digest(p) for p in run_files(folder)}
+
+
+def check_artifacts(folder: Path, manifest: dict[str, Any]) -> list[str]:
+    """What no longer matches the manifest's record of the run's files: ``["<file> is missing", "<file> changed
+    since the run finished"]``, empty when all match (or when the manifest predates the record)."""
+    problems = []
+    for rel, digest in (manifest.get("artifacts") or {}).items():
+        path = folder / rel
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+        elif _digest(path) != digest:
+            problems.append(f"{path} changed since the run finished")
+    return problems
 
 
 def is_complete(cfg: RunConfig, stage: str, hardware: str = "", *, any_hardware: bool = False,
                 seed: int | None = None) -> bool:  # fmt: skip
-    """Whether the stage (or one seed's run of it) finished for this config on this hardware tag.
+    """Whether the stage (or one seed's run of it) finished for this config on this hardware tag, its artifacts
+    as it left them and, for a seeded stage, each of its seed runs complete.
 
     ``any_hardware``: accept a run on another machine (a GPU-trained teacher evaluated on a CPU).
     """
+    return not incomplete_because(cfg, stage, hardware, any_hardware=any_hardware, seed=seed)
+
+
+def incomplete_because(cfg: RunConfig, stage: str, hardware: str = "", *, any_hardware: bool = False,
+                       seed: int | None = None) -> str:  # fmt: skip
+    """Why the stage (or one seed's run) is not complete for this config, in words; ``""`` when it is."""
     manifest = load_manifest(cfg, stage, seed)
-    return (
-        manifest is not None
-        and manifest.get("status") == "complete"
-        and manifest.get("identity") == stage_identity(cfg, stage, seed=seed)
-        and (any_hardware or manifest.get("hardware") == resolve_hardware_tag(cfg, hardware))
-    )
+    folder = stage_dir(cfg, stage, seed)
+    if manifest is None:
+        return f"{folder} holds no run"
+    if manifest.get("status") == UNREADABLE:
+        return manifest["error"]
+    if manifest.get("status") != "complete":
+        return f"its last run in {folder} is {manifest.get('status')}"
+    if manifest.get("identity") != stage_identity(cfg, stage, seed=seed):
+        return f"{folder} ran with other settings"
+    if not any_hardware and manifest.get("hardware") != resolve_hardware_tag(cfg, hardware):
+        return f"{folder} ran on {manifest.get('hardware')}"
+    if problems := check_artifacts(folder, manifest):
+        return "; ".join(problems)
+    if seed is None and STAGES[stage].seeded:
+        for s in stage_seeds(cfg, stage):
+            if why := incomplete_because(cfg, stage, any_hardware=True, seed=s):
+                return f"seed {s}: {why}"
+    return ""
 
 
 def upstream_path(cfg: RunConfig, stage: str, *parts: str, seed: int | None = None) -> Path:
@@ -236,6 +329,11 @@ def upstream_path(cfg: RunConfig, stage: str, *parts: str, seed: int | None = No
     """
     manifest = load_manifest(cfg, stage, seed)
     folder = stage_dir(cfg, stage, seed)
+    if manifest is not None and manifest.get("status") == UNREADABLE:
+        raise FileNotFoundError(
+            f"stage {stage}: {manifest['error']}; rerun the stage (make report PROFILE={cfg.profile}), which sets "
+            "the folder's results aside and recomputes them"
+        )
     if manifest is None or manifest.get("status") != "complete":
         raise FileNotFoundError(
             f"stage {stage} has no complete run in {folder}; run it first "
@@ -246,6 +344,11 @@ def upstream_path(cfg: RunConfig, stage: str, *parts: str, seed: int | None = No
             f"stage {stage} in {folder} ran with a different {'/'.join(STAGES[stage].sections)} config "
             f"(identity {manifest.get('identity')} != {stage_identity(cfg, stage, seed=seed)}); rerun it with "
             "this profile and overrides (make report reruns what is stale)"
+        )
+    if problems := check_artifacts(folder, manifest):
+        raise FileNotFoundError(
+            f"stage {stage}: {'; '.join(problems)}; rerun the stage (make report PROFILE={cfg.profile}), which sets "
+            "what no longer matches aside and recomputes it"
         )
     path = folder.joinpath(*parts)
     if not path.exists():

@@ -53,7 +53,7 @@ from .runs import (
     upstream_path,
 )
 from .search import SearchResult, search
-from .storage import load_json, save_json
+from .storage import load_json, save_csv, save_json
 
 __all__ = ["StageInputMissing", "TrainStageResult", "run_latency", "run_search", "run_training", "scores_table"]
 
@@ -166,7 +166,8 @@ def load_teacher(cfg: RunConfig, num_classes: int, seed: int) -> tuple[nn.Module
 def run_training(cfg: RunConfig, run: Run, *, progress: bool = True) -> TrainStageResult:
     """Stage ``02_teacher``, ``03_distill`` or ``04_student``: one run per seed of the stage
     (:func:`~fasterseg_core.runs.stage_seeds`), each into ``<stage>/seed-<s>/`` (a seed already complete for
-    this config is reused, e.g. one a cluster sweep trained), then the aggregate over the seeds.
+    this config is reused, e.g. one a cluster sweep trained, unless the stage's run is ``fresh``: ``--force``
+    retrains every seed, its old results set aside), then the aggregate over the seeds.
 
     Returns:
         A :class:`TrainStageResult`; ``run.finish(result.metrics)`` is the notebook's.
@@ -174,11 +175,11 @@ def run_training(cfg: RunConfig, run: Run, *, progress: bool = True) -> TrainSta
     stage = get_stage(run.stage)
     seeds: dict[int, SeedResult] = {}
     for seed in stage_seeds(cfg, stage.name):
-        if is_complete(cfg, stage.name, any_hardware=True, seed=seed):
+        if not run.fresh and is_complete(cfg, stage.name, any_hardware=True, seed=seed):
             seeds[seed] = load_seed_result(cfg, stage.name, seed)
             print(f"{stage.name} seed {seed}: complete for this config, reused", flush=True)
             continue
-        seed_run = start_run(cfg, stage.name, run.hardware, seed=seed, per_seed=True)
+        seed_run = start_run(cfg, stage.name, run.hardware, seed=seed, per_seed=True, fresh=run.fresh)
         try:
             seeds[seed] = train_seed(cfg, seed_run, progress=progress)
         except Exception as e:
@@ -262,10 +263,8 @@ def train_seed(cfg: RunConfig, run: Run, *, progress: bool = True) -> SeedResult
                                            files if info.main else None)  # fmt: skip
     if not info.main:
         return SeedResult(seed, {}, history, per_class)
-    files["history"] = run.path("history.csv")
-    history.to_csv(files["history"], index=False)
-    files["per_class"] = run.path("per_class_iou.csv")
-    per_class.to_csv(files["per_class"], index=False)
+    files["history"] = save_csv(history, run.path("history.csv"), index=False)
+    files["per_class"] = save_csv(per_class, run.path("per_class_iou.csv"), index=False)
     train_seconds = history["seconds"].median() if len(history) else float("nan")
     metrics = {
         "stage": run.stage, "role": stage.role, "distilled": stage.section == "distill",
@@ -311,8 +310,8 @@ def _score_checkpoints(run: Run, result: TrainResult, arch: Architecture, splits
             scores[split][which] = _null_nan({k: s[k] for k in (*SCORE_KEYS, "iou")} | {"epoch": ckpt["epoch"]})
             rows += [{"split": split, "checkpoint": which, "class": n, "iou": v} for n, v in zip(names, s["iou"])]
             if which == "best" and files is not None:
-                files[f"confusion_{split}"] = run.path(f"confusion_{split}_best.csv")
-                pd.DataFrame(cm.mat.numpy(), index=names, columns=names).to_csv(files[f"confusion_{split}"])
+                files[f"confusion_{split}"] = save_csv(pd.DataFrame(cm.mat.numpy(), index=names, columns=names),
+                                                       run.path(f"confusion_{split}_best.csv"))  # fmt: skip
         if which == "best" and files is not None:
             ds = splits["test" if "test" in splits else "val"]
             picks = sorted({i * len(ds) // 4 for i in range(min(4, len(ds)))})

@@ -34,7 +34,11 @@ def _cfg(tmp_path: Path, **over):
 
 
 def _finished(cfg, stage: str) -> dict[str, bytes]:
-    """A complete run of ``stage`` with a checkpoint and metrics; returns its files' bytes."""
+    """A complete run of ``stage`` (and of each of its seeds) with a checkpoint and metrics; returns its files'
+    bytes."""
+    for seed in runs.stage_seeds(cfg, stage):
+        seed_run = lifecycle.start_run(cfg, stage, seed=seed, per_seed=True)
+        seed_run.finish({"miou": 0.5})
     run = lifecycle.start_run(cfg, stage)
     save_torch({"w": torch.arange(3.0)}, run.path("checkpoints", "last.pt"))
     run.finish({"miou": 0.5})

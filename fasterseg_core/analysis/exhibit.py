@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ..storage import atomic_path, save_csv
+
 
 def _cell(value: Any, spec: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -68,15 +70,11 @@ class Exhibit:
         """Write ``figures/<slug>.png`` and ``tables/<slug>.csv`` (what exists) under ``folder``."""
         out = []
         if self.png:
-            path = Path(folder) / "figures" / f"{self.slug}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(self.png)
-            out.append(path)
+            with atomic_path(Path(folder) / "figures" / f"{self.slug}.png") as tmp:
+                tmp.write_bytes(self.png)
+            out.append(Path(folder) / "figures" / f"{self.slug}.png")
         if self.table is not None:
-            path = Path(folder) / "tables" / f"{self.slug}.csv"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.table.to_csv(path, index=False)
-            out.append(path)
+            out.append(save_csv(self.table, Path(folder) / "tables" / f"{self.slug}.csv", index=False))
         return out
 
     def table_html(self) -> str:
