@@ -69,7 +69,7 @@ def _same(a: dict, b: dict) -> bool:
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != runs.LOCK_FILE}
+            if p.is_file() and p.name != ".lock"}
 
 
 @pytest.fixture(scope="module")
@@ -216,8 +216,10 @@ def _wait_for(condition, timeout: float = 120.0) -> None:
 
 
 def _status(path: Path) -> str | None:
-    manifest = runs.read_manifest(path)
-    return None if manifest is None else manifest.get("status")
+    try:
+        return json.loads(path.read_text()).get("status")
+    except (OSError, ValueError):
+        return None
 
 
 @pytest.mark.slow
@@ -325,11 +327,12 @@ def test_a_manifest_that_cannot_be_written_leaves_its_cause_for_the_next_run(tmp
     run = lifecycle.start_run(cfg, STAGE, seed=SEED, per_seed=True)
 
     def full(obj, path):
-        raise storage.ArtifactWriteError(errno.ENOSPC, f"cannot write {path}: No space left on device")
+        raise OSError(errno.ENOSPC, f"cannot write {path}: No space left on device")
 
     with monkeypatch.context() as m:
         m.setattr(lifecycle, "save_json", full)
-        run.fail(f"ArtifactWriteError: cannot write {run.dir / 'checkpoints' / 'last.pt'}: No space left on device")
+        with contextlib.suppress(OSError):  # (20783f4 let the error out of fail() and lost the cause)
+            run.fail(f"ArtifactWriteError: cannot write {run.dir / 'checkpoints' / 'last.pt'}: No space left on device")
     err = capsys.readouterr().err
     assert f"could not record the run's end in {run.dir / 'manifest.json'}" in err and "it was failed" in err
     assert _status(run.dir / "manifest.json") == "running"  # the disk refused
