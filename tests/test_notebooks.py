@@ -47,6 +47,15 @@ class TestHygiene:
                 )
         assert "papermill" not in _read(path).metadata, f"{path.name} is an executed copy; commit the source"
 
+    def test_papermill_reads_every_parameter(self, path):
+        """The driver's parameters, each read by papermill's parser (a comment with ':' or '=' used to make it
+        print "Unable to parse line" and "Passed unknown parameter" for every stage)."""
+        from papermill.translators import PythonTranslator
+
+        cell = next(c for c in _read(path).cells if "parameters" in c.metadata.get("tags", []))
+        names = [p.name for p in PythonTranslator.inspect(cell)]
+        assert names == ["profile", "overrides", "hardware_tag", "force"], f"{path.name}: {names}"
+
     def test_kernelspec_is_python3(self, path):
         assert _read(path).metadata.get("kernelspec", {}).get("name") == "python3"
 

@@ -128,6 +128,54 @@ def test_failed_stage_stops_the_pipeline_and_complete_stages_are_skipped(tmp_pat
     assert [s["status"] for s in record["stages"]] == ["skipped", "ok", "ok"]
 
 
+def _pdf_words(pdf: Path) -> list[tuple[float, float, float, str]]:
+    """Every word poppler finds in the PDF: (page width, xMin, xMax, text). What a page clips is not there."""
+    bbox = subprocess.run(["pdftotext", "-bbox", str(pdf), "-"], check=True, capture_output=True, text=True).stdout
+    words = []
+    for page in re.finditer(r'<page width="([\d.]+)"[^>]*>(.*?)</page>', bbox, re.DOTALL):
+        for w in re.finditer(r'<word xMin="([\d.]+)" yMin="[\d.]+" xMax="([\d.]+)" yMax="[\d.]+">([^<]*)</word>',
+                             page.group(2)):
+            words.append((float(page.group(1)), float(w.group(1)), float(w.group(2)), w.group(3)))
+    return words
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(
+    report.find_chromium() is None or shutil.which("pdftotext") is None, reason="needs chromium, poppler"
+)
+def test_wide_tables_fit_the_printed_page(tmp_path):
+    """The claims ledger (long text in 8 columns) and a 24-column numeric table, printed: every cell is on the
+    page (JupyterLab's sideways scrolling used to cut both at the page edge, with a scrollbar)."""
+    import pandas as pd
+
+    from fasterseg_core.analysis.exhibit import Exhibit
+
+    why = "the interval contains 0 and equivalence is not shown at this number of seeds, TOST p = 0.21 lastwordwhy"
+    ledger = pd.DataFrame([{"claim": "At 100 epochs the student trained without the teacher is on par " * 2,
+                            "source": "2022 study, Results text", "published": "60.4 % (study Table 1)",
+                            "tested here": "test mIoU, distilled − scratch student (points, paired by seed)",
+                            "ours: mean [95 % CI]": "+0.7 [−2.3, 3.6] (n = 3)", "per seed": "0.512, 1.23, 0.3",
+                            "verdict": "inconclusive", "why": why}] * 2)
+    wide = pd.DataFrame([[i * j * 1.2345 for j in range(24)] for i in range(4)], columns=[f"col{j}" for j in range(24)])
+    nb = new_notebook()
+    nb.cells = [new_markdown_cell("# Wide tables"),
+                new_code_cell("ledger", outputs=[new_output("display_data", data={
+                    "text/html": Exhibit("Table 5", "Claims ledger", "", ledger).to_html(), "text/plain": ""})]),
+                new_code_cell("wide", outputs=[new_output("execute_result", execution_count=1, data={
+                    "text/html": wide.to_html(), "text/plain": ""})])]
+    nbformat.write(nb, tmp_path / "wide.ipynb")
+    cfg = load_config("smoke", {"output_root": str(tmp_path / "out")})
+    result = {"stage": "06_analysis", "status": "ok", "error": "", "notebook": str(tmp_path / "wide.ipynb"), "seconds": 1}
+    folder = render_report(cfg, [result], {"hardware_tag": "t", "overrides": {}, "git": {}}, pdf=True)
+
+    words = _pdf_words(folder / "report.pdf")
+    texts = {w[3] for w in words}
+    assert {"col23", "lastwordwhy", "inconclusive", "(n"} <= texts, "a table was cut at the page edge"
+    margin = 15 / 25.4 * 72  # the template's @page margin, in points
+    outside = [w for w in words if w[2] > w[0] - margin + 2 or w[1] < margin - 2]
+    assert outside == [], outside[:5]
+
+
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.skipif(
