@@ -35,11 +35,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import stats
+from scipy import optimize, stats
 
 Expect = Literal["greater", "less", "equivalent"]
 
@@ -312,3 +312,99 @@ def verdict_threshold(values: ArrayLike, threshold: float, expect: Expect, margi
               f"n = {arr.size}{tol}): {label}, {why}.")
     rule = RULES[expect] + " " + RULES["threshold"]
     return Verdict(label, reason, rule, expect)  # type: ignore[arg-type]
+
+
+# ---- power: what n seeds can show ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Power:
+    """What a paired comparison of ``n`` seeds can show, from the observed sd (two-sided t-test at alpha =
+    1 − confidence for a difference; TOST at alpha for "on par"; noncentral t, no normal approximation).
+
+    Attributes:
+        detectable: the smallest true mean difference detected with probability ``power`` at this n.
+        seeds_for_difference: seeds needed to detect a true difference of the observed mean's size (None:
+            more than the search limit, e.g. a mean near 0).
+        seeds_for_on_par: seeds needed for TOST to show |d| < margin if the true difference is the observed
+            mean (None: no margin, |mean| ≥ margin, or more than the search limit).
+    """
+
+    n: int
+    sd: float
+    mean: float
+    detectable: float
+    seeds_for_difference: int | None
+    seeds_for_on_par: int | None
+    margin: float | None
+    power: float = 0.8
+
+    def sentence(self, unit: str = "points", max_seeds: int = 200) -> str:
+        """One sentence for the ledger: the detectable difference at this n and the seeds 80 % power needs."""
+        pct = f"{100 * self.power:g} %"
+        out = (f"n = {self.n}, sd {self.sd:.2f} {unit}: the smallest difference found with {pct} power is "
+               f"{self.detectable:.1f} {unit}")
+        if self.mean:
+            seeds = self.seeds_for_difference
+            out += (f"; for the observed {abs(self.mean):.1f}, {pct} power needs "
+                    + (f"{seeds} seeds" if seeds is not None else f"more than {max_seeds} seeds"))
+        if self.seeds_for_on_par is not None:
+            out += f"; 'on par' within ±{self.margin:g} needs {self.seeds_for_on_par}"
+        elif self.margin is not None and abs(self.mean) >= self.margin:
+            out += f"; 'on par' within ±{self.margin:g} is out of reach (the mean lies outside the margin)"
+        return out + "."
+
+
+def _above(t: float, df: int, ncp: float) -> float:
+    """P(T > t) for T noncentral t(df, ncp); scipy gives NaN far in a tail, where the answer is 0 or 1."""
+    p = float(stats.nct.sf(t, df, ncp))
+    return (1.0 if ncp > t else 0.0) if math.isnan(p) else p
+
+
+def _below(t: float, df: int, ncp: float) -> float:
+    """P(T < t) for T noncentral t(df, ncp), as :func:`_above`."""
+    p = float(stats.nct.cdf(t, df, ncp))
+    return (1.0 if ncp < t else 0.0) if math.isnan(p) else p
+
+
+def _power_difference(delta: float, sd: float, n: int, alpha: float) -> float:
+    """Power of the two-sided one-sample t-test of n paired differences against 0 when the true mean is delta."""
+    df, ncp = n - 1, delta / (sd / math.sqrt(n))
+    t = float(stats.t.ppf(1 - alpha / 2, df))
+    return _above(t, df, ncp) + _below(-t, df, ncp)
+
+
+def _power_tost(delta: float, sd: float, n: int, margin: float, alpha: float) -> float:
+    """Power of TOST (±margin, level alpha) for n paired differences whose true mean is delta."""
+    df, se = n - 1, sd / math.sqrt(n)
+    t = float(stats.t.ppf(1 - alpha, df))
+    return max(0.0, _above(t, df, (delta + margin) / se) + _below(-t, df, (delta - margin) / se) - 1)
+
+
+def power_analysis(values: ArrayLike, margin: float | None = None, confidence: float = 0.95, power: float = 0.8,
+                   max_seeds: int = 200) -> Power | None:
+    """The detectable difference at this n and the seeds a decisive verdict needs, from per-seed differences.
+
+    Args:
+        values: per-seed differences d, shape (n,).
+        margin: the "on par" margin (TOST), or None.
+        confidence: alpha = 1 − confidence, as the verdicts use it.
+        power: the wanted probability of a decisive result.
+        max_seeds: the search limit for the seed counts.
+
+    Returns:
+        A :class:`Power`, or None for n < 2 or sd = 0 (no sd to plan with).
+    """
+    s = summarize(values, confidence)
+    if s.n < 2 or s.sd == 0.0:
+        return None
+    alpha = 1.0 - confidence
+    detectable = float(optimize.brentq(lambda d: _power_difference(d, s.sd, s.n, alpha) - power,
+                                       1e-9 * s.sd, 60.0 * s.sd))
+
+    def first(test: Any) -> int | None:
+        return next((n for n in range(2, max_seeds + 1) if test(n) >= power), None)
+
+    for_difference = first(lambda n: _power_difference(abs(s.mean), s.sd, n, alpha)) if s.mean else None
+    for_on_par = None
+    if margin is not None and abs(s.mean) < margin:
+        for_on_par = first(lambda n: _power_tost(s.mean, s.sd, n, margin, alpha))
+    return Power(s.n, s.sd, s.mean, detectable, for_difference, for_on_par, margin, power)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from fasterseg_core.evidence import (
     RULES,
@@ -202,3 +204,35 @@ def test_rules_text_covers_every_rule():
     text = rules_text()
     assert all(rule in text for rule in RULES.values())
     assert isinstance(Verdict("inconclusive", "r", "x"), Verdict)
+
+
+# ---- power -----------------------------------------------------------------------------------------------
+def test_power_analysis_matches_the_textbook_and_is_self_consistent():
+    from fasterseg_core.evidence import _power_difference, _power_tost, power_analysis
+
+    rng = np.random.default_rng(0)
+    values = rng.normal(0.3, 1.0, size=60)
+    p = power_analysis(values, margin=1.0)
+    sd, n = float(np.std(values, ddof=1)), 60
+    # large n: the t-test's detectable difference approaches the normal one, (z_0.975 + z_0.8) · sd / √n
+    normal = (stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) * sd / np.sqrt(n)
+    assert p.detectable == pytest.approx(normal, rel=0.03) and p.detectable > normal
+    assert _power_difference(p.detectable, sd, n, 0.05) == pytest.approx(0.8, abs=1e-6)
+    # the seed counts are the first n that reach 80 %
+    k = p.seeds_for_difference
+    assert _power_difference(abs(p.mean), sd, k, 0.05) >= 0.8 > _power_difference(abs(p.mean), sd, k - 1, 0.05)
+    k = p.seeds_for_on_par
+    assert _power_tost(p.mean, sd, k, 1.0, 0.05) >= 0.8 > _power_tost(p.mean, sd, k - 1, 1.0, 0.05)
+
+
+def test_power_at_one_degree_of_freedom_is_not_a_nan_in_disguise():
+    """Two seeds: scipy's noncentral t returns NaN far in the lower tail, which once read as power 1."""
+    from fasterseg_core.evidence import _power_difference, power_analysis
+
+    assert _power_difference(4.15, np.sqrt(0.5), 2, 0.05) == pytest.approx(0.485, abs=0.01)  # Monte Carlo: 0.485
+    p = power_analysis([0.0, -1.0], margin=1.0)
+    assert p.detectable == pytest.approx(8.17, abs=0.05) and (p.seeds_for_difference, p.seeds_for_on_par) == (18, 14)
+    assert p.sentence() == ("n = 2, sd 0.71 points: the smallest difference found with 80 % power is 8.2 points; for "
+                            "the observed 0.5, 80 % power needs 18 seeds; 'on par' within ±1 needs 14.")
+    assert power_analysis([1.0]) is None and power_analysis([1.0, 1.0]) is None  # no sd to plan with
+    assert power_analysis([2.0, 3.0], margin=1.0).seeds_for_on_par is None  # the mean lies outside the margin
