@@ -1,16 +1,21 @@
-"""Short-run training recipes compared by their mean over seeds (issue 16, "accuracy per CPU-hour").
+"""Short-run training recipes compared on val, by their mean over seeds the study never uses.
 
-    python benchmarks/recipe.py [--profile camvid-cpu] [--stage 04_student] [--seeds 12345 12346]
-                                [--candidates paper poly-02 cosine-02] [--root outputs/recipe]
+    python benchmarks/recipe.py [--profile camvid-cpu] [--stage 04_student] [--seeds 101 102 103]
+                                [--candidates paper cosine-02-enet] [--root outputs/recipe]
                                 [--set student.epochs=30 ...]
 
 Each candidate is a set of overrides of the paper's recipe in the profile's training section (the ``CANDIDATES``
 table below): every key a candidate sets starts at the paper's value; everything else is the profile's.
 Every (candidate, seed) is one real run of the stage through ``python -m fasterseg_core train`` into its own
 output root (``<root>/<candidate>/``), so an interrupted comparison resumes: a finished seed is reused, a
-half-trained one resumes from its last checkpoint. The table reports per candidate the test mIoU (best
-checkpoint) of every seed, the mean and its 95 % Student-t interval (:func:`fasterseg_core.evidence.summarize`),
-and the training seconds; candidates are ranked by the mean, never by one run.
+half-trained one resumes from its last checkpoint.
+
+Sound selection: the runs are scored on **val only** (``data.score_test: false``: test is never evaluated), and
+the seeds must be disjoint from the profile's, which the study then tests. The table reports per candidate the
+val mIoU (best checkpoint) of every seed, the mean and its 95 % Student-t interval, the paired difference to the
+first candidate (same seed) with its interval and power (:mod:`fasterseg_core.evidence`), and the training
+seconds; candidates are ranked by the mean, never by one run. The record goes to
+``benchmarks/results/recipe/<hardware tag>-<date>-<stage>.json`` with the commit, the machine and the command.
 
 Not a timed benchmark: it lives here beside them because it measures what the speed work buys.
 """
@@ -18,7 +23,9 @@ Not a timed benchmark: it lives here beside them because it measures what the sp
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -26,8 +33,14 @@ from pathlib import Path
 import pandas as pd
 
 from fasterseg_core.config import RunConfig, load_config
-from fasterseg_core.evidence import summarize
+from fasterseg_core.evidence import power_analysis, summarize
+from fasterseg_core.latency.measure import environment_record
+from fasterseg_core.machine import git_state, hardware_tag
 from fasterseg_core.runs import get_stage, stage_dir
+from fasterseg_core.storage import save_json
+
+RESULTS = Path(__file__).resolve().parent / "results" / "recipe"
+MARGIN_POINTS = 1.0  # as the claims ledger's "on par"
 
 # name → overrides of the paper's recipe (see _paper_values): of the stage's section (its name is filled in:
 # "lr" → "student.lr"), or of another section when the key names it ("data.color_jitter").
@@ -69,40 +82,59 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", default="camvid-cpu")
     p.add_argument("--stage", default="04_student", choices=["02_teacher", "03_distill", "04_student"])
-    p.add_argument("--seeds", type=int, nargs="+", default=[12345, 12346])
-    p.add_argument("--candidates", nargs="+", default=["paper", "poly-02", "cosine-02"], choices=list(CANDIDATES))
+    p.add_argument("--seeds", type=int, nargs="+", default=[101, 102, 103],
+                   help="selection seeds, disjoint from the profile's (the study's) seeds")
+    p.add_argument("--candidates", nargs="+", default=["paper", "cosine-02-enet"], choices=list(CANDIDATES))
     p.add_argument("--root", type=Path, default=Path("outputs/recipe"))
     p.add_argument("--set", nargs="*", default=[], help="extra overrides for every candidate, key=value")
     args = p.parse_args()
     section = get_stage(args.stage).section
+    study = set(load_config(args.profile, _parse_set(args.set)).seeds)
+    if study & set(args.seeds):
+        p.error(f"--seeds {sorted(study & set(args.seeds))} are the study's seeds: choose a recipe with other seeds")
     paper = _paper_values(section)
     rows = []
     for name in args.candidates:
         overrides = {k if "." in k else f"{section}.{k}": v for k, v in (paper | CANDIDATES[name]).items()}
         overrides |= _parse_set(args.set)
-        overrides |= {"output_root": str((args.root / name).resolve()), "seeds": args.seeds}
+        overrides |= {"output_root": str((args.root / name).resolve()), "seeds": args.seeds, "data.score_test": False}
         cfg = load_config(args.profile, overrides)  # a bad candidate fails here, before anything runs
         cmd = [sys.executable, "-m", "fasterseg_core", "train", "--profile", args.profile, "--stage", args.stage,
-               "--overrides", json.dumps(overrides)]  # fmt: skip
+               "--overrides", json.dumps(overrides)]
         print(f"== {name}: {json.dumps(CANDIDATES[name])} seeds {args.seeds}", flush=True)
         subprocess.run(cmd, check=True)
         for seed in args.seeds:
             metrics = json.loads((stage_dir(cfg, args.stage, seed) / "metrics.json").read_text())
-            rows.append({"candidate": name, "seed": seed, "test_miou": 100 * metrics["test"]["best"]["miou"],
-                         "val_miou": 100 * metrics["val"]["best"]["miou"],
-                         "train_s": metrics.get("seconds_total")})  # fmt: skip
+            assert "test" not in metrics, "a selection run must not be scored on test"
+            rows.append({"candidate": name, "seed": seed, "val_miou": 100 * metrics["val"]["best"]["miou"],
+                         "best_epoch": metrics["val"]["best"]["epoch"], "train_s": metrics.get("seconds_total")})
     frame = pd.DataFrame(rows)
+    base = frame[frame.candidate == args.candidates[0]].set_index("seed").val_miou
     table = []
     for name, group in frame.groupby("candidate", sort=False):
-        s = summarize(group.test_miou.to_numpy())
-        table.append({"candidate": name, "overrides": json.dumps(CANDIDATES[name]),
-                      "test mIoU per seed": ", ".join(f"{v:.1f}" for v in group.test_miou),
-                      "mean": s.mean, "95% CI": f"[{s.ci_low:.1f}, {s.ci_high:.1f}]",
-                      "val mean": group.val_miou.mean(), "train s (mean)": group.train_s.mean()})  # fmt: skip
+        s = summarize(group.val_miou.to_numpy())
+        row = {"candidate": name, "overrides": CANDIDATES[name], "val mIoU per seed": group.val_miou.round(2).tolist(),
+               "mean": s.mean, "ci": [s.ci_low, s.ci_high], "train s (mean)": group.train_s.mean()}
+        if name != args.candidates[0]:
+            d = (group.set_index("seed").val_miou - base).to_numpy()
+            sd = summarize(d)
+            pw = power_analysis(d, MARGIN_POINTS)
+            row |= {"vs": args.candidates[0], "paired difference per seed": [round(float(x), 2) for x in d],
+                    "difference mean": sd.mean, "difference ci": [sd.ci_low, sd.ci_high],
+                    "power": pw.sentence() if pw else "n < 2 or sd = 0"}
+        table.append(row)
     out = pd.DataFrame(table).sort_values("mean", ascending=False)
-    print(out.round(1).to_string(index=False))
+    print(out.drop(columns=["overrides"]).round(2).to_string(index=False))
     args.root.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.root / f"{args.stage}_runs.csv", index=False)
+    record = {"benchmark": "recipe", "stage": args.stage, "profile": args.profile, "split": "val",
+              "seeds": args.seeds, "study_seeds": sorted(study), "margin_points": MARGIN_POINTS,
+              "command": shlex.join([Path(sys.executable).name, *sys.argv]), "git": git_state(),
+              "machine": environment_record("cpu") | {"hardware_tag": hardware_tag()},
+              "date": dt.date.today().isoformat(), "runs": rows, "candidates": table}
+    path = RESULTS / f"{hardware_tag()}-{record['date']}-{args.stage}.json"
+    save_json(record, path)
+    print(f"record: {path}")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,10 @@ class DataConfig:
     # paper: a speed option; items are the same bit for bit, so it is not part of a stage's identity).
     # CamVid at any scale: < 0.5 GB; Cityscapes fine: ~25 GB, hence off by default.
     cache_decoded: bool = False
+    # Score the training stages' checkpoints on the test split too (the study). False for choosing a recipe or
+    # any other setting (benchmarks/recipe.py): such runs are scored on val only, so test is touched by the
+    # study alone (not a paper setting; part of the identity, as the metrics differ).
+    score_test: bool = True
     # 0 = every image of a split. A positive number keeps the first N (deterministic subsets for CPU runs).
     max_train_images: NonNegative = 0
     max_eval_images: NonNegative = 0

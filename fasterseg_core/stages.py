@@ -255,7 +255,7 @@ def train_seed(cfg: RunConfig, run: Run, *, progress: bool = True) -> SeedResult
                  key=resume_key(cfg, stage.name, seed), num_workers=cfg.data.num_workers, progress=progress)  # fmt: skip
     history = pd.DataFrame(result.history)
     splits = {"val": val_set}
-    if cfg.data.dataset != "cityscapes":  # Cityscapes test labels are withheld (server evaluation)
+    if cfg.data.dataset != "cityscapes" and cfg.data.score_test:  # Cityscapes withholds its test labels
         splits["test"] = build_dataset(cfg.data, "test", train=False)
     # every rank scores its share of the images (all-reduced inside evaluate); rank 0 writes
     files: dict[str, Path] = {}

@@ -49,6 +49,7 @@ def environment_record(device: torch.device | str) -> dict[str, Any]:
     rec: dict[str, Any] = {
         "device": str(device),
         "cpu_model": cpu_model(),
+        "cpu_isa": torch.backends.cpu.get_cpu_capability(),  # what ATen's kernels use: AVX2, AVX512, AVX512_BF16…
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
