@@ -48,7 +48,7 @@ from .lifecycle import Run, RunLocked, start_run
 from .machine import resolve_device, resolve_hardware_tag, seed_everything, stable_malloc_env
 from .metrics import format_scores
 from .models.published import published_architecture
-from .pipeline import PipelineInterrupted, build_report, pipeline_lock
+from .pipeline import PipelineInterrupted, build_report, headline, pipeline_lock
 from .predictions import export_cityscapes_submission, save_colour_predictions
 from .report import ReportError
 from .runs import TRAINING_STAGES, get_stage, is_complete, stage_dir, stage_seeds
@@ -106,6 +106,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     except PipelineInterrupted as e:
         print(f"error: {e}", file=sys.stderr)
         return 128 + e.signum
+    print(headline(record, load_config(args.profile, _overrides(args.overrides)).output_dir), flush=True)
     failed = [s["stage"] for s in record["stages"] if s["status"] == "failed"]
     if failed:
         print(f"error: stage {failed[0]} failed; see the report and pipeline.json", file=sys.stderr)

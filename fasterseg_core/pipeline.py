@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import signal
 import sys
@@ -193,17 +194,21 @@ class _Watch:
         from tqdm import tqdm  # the terminal's bar, not the notebook one
 
         tty = sys.stderr.isatty()
-        bar, desc, said = None, None, 0.0
+        bar, desc, said, finished = None, None, 0.0, set()
         while not self._stop.wait(0.5):
             self._relay(bar)
             state = progress.read(self.path)
             if state is None or not state.get("total"):
                 continue
-            if not tty:
-                if time.monotonic() - said >= 30:
+            if not tty:  # a line every 30 s, and one when a bar reaches its total (fast ones never showed it)
+                done = state["n"] >= state["total"] and state["desc"] not in finished
+                if done or time.monotonic() - said >= 30:
                     said = time.monotonic()
+                    if done:
+                        finished.add(state["desc"])
                     rate = state["n"] / state["elapsed"] if state.get("elapsed") else 0.0
                     eta = f", about {(state['total'] - state['n']) / rate / 60:.1f} min left" if rate > 0 else ""
+                    eta = f", done in {state['elapsed']:.0f} s" if done else eta
                     print(f"{self.label} · {state['desc']}: {state['n']:g}/{state['total']:g}{eta}", flush=True)
                 continue
             if state["desc"] != desc:
@@ -379,3 +384,25 @@ def _build_report(cfg: RunConfig, profile: str, overrides: dict[str, Any], hardw
         record["seconds"] = round(time.perf_counter() - start, 1)
         save_json(record, cfg.output_dir / "pipeline.json")
     return record
+
+
+def headline(record: dict[str, Any], output_dir: Path) -> str:
+    """The pipeline's last word on the terminal: total time, stage outcomes, the claims' verdicts, where to read.
+
+        report: outputs/smoke/report/report.pdf (page 1: the Reproducibility Summary) · 7 stages in 12.4 min
+        (5 ran, 2 skipped) · claims: 2 supported, 1 on par, 4 inconclusive
+    """
+    stages = record.get("stages", [])
+    counts = {s: sum(r["status"] == s for r in stages) for s in ("ok", "skipped", "failed", "not-run")}
+    ran = ", ".join(f"{n} {'ran' if s == 'ok' else s}" for s, n in counts.items() if n)
+    report = record.get("report") or {}
+    where = report.get("pdf") or report.get("html") or "no report rendered"
+    line = (f"report: {where} (page 1: the Reproducibility Summary) · {len(stages)} stages in "
+            f"{record.get('seconds', 0) / 60:.1f} min ({ran})")
+    claims = output_dir / "06_analysis" / "claims.json"
+    try:
+        verdicts = [c["verdict"] for c in json.loads(claims.read_text())["claims"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return line
+    tally = {v: verdicts.count(v) for v in dict.fromkeys(verdicts)}
+    return line + " · claims: " + ", ".join(f"{n} {v}" for v, n in tally.items())

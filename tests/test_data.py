@@ -574,3 +574,14 @@ def test_fetch_errors_are_clear(tmp_path, monkeypatch, capsys):
 def test_fetch_verifies_the_shared_copy(camvid_root, tmp_path):
     dest = fetch.fetch_camvid(tmp_path / "camvid", camvid_root)  # links, then checks all 701 pairs' digests
     assert len(CamVid(dest, "train")) == 367
+
+
+def test_the_decode_counter_finishes_at_the_splits_size(camvid_root, tmp_path, monkeypatch):
+    """The driver's terminal showed 'decode train: 0/366' for a split of 367 (the first pair was left out)."""
+    from fasterseg_core import progress
+
+    monkeypatch.setenv(progress.ENV, str(tmp_path / "progress.json"))
+    ds = CamVid(camvid_root, "val", max_images=5)
+    ds.cache_decoded(desc="decode val")
+    state = progress.read(tmp_path / "progress.json")
+    assert (state["desc"], state["n"], state["total"]) == ("decode val", 5, 5)

@@ -255,3 +255,20 @@ def _check_analysis_exhibits(exhibits: dict[str, list[list[str]]], figure1: list
     header, *rows = exhibits["Figure 1"]
     assert rows and all(any(number(c) for c in r[1:]) or "—" in r for r in rows), rows
     assert figure1 and all(width > 0 for width in figure1), "Figure 1's image did not load"
+
+
+def test_the_last_line_says_where_to_read_how_long_it_took_and_the_verdicts(tmp_path):
+    from fasterseg_core.pipeline import headline
+
+    (tmp_path / "06_analysis").mkdir()
+    claims = [{"verdict": v} for v in ("inconclusive", "on par", "inconclusive", "supported")]
+    (tmp_path / "06_analysis" / "claims.json").write_text(json.dumps({"claims": claims}))
+    record = {"seconds": 750.0, "report": {"html": "r.html", "pdf": "out/report.pdf"},
+              "stages": [{"status": "ok"}] * 5 + [{"status": "skipped"}] * 2}
+    assert headline(record, tmp_path) == (
+        "report: out/report.pdf (page 1: the Reproducibility Summary) · 7 stages in 12.5 min (5 ran, 2 skipped) · "
+        "claims: 2 inconclusive, 1 on par, 1 supported"
+    )
+    assert headline({"stages": [{"status": "failed"}]}, tmp_path / "none").startswith(
+        "report: no report rendered (page 1: the Reproducibility Summary) · 1 stages in 0.0 min (1 failed)"
+    )

@@ -138,8 +138,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 f"data.cache_decoded: {len(self)} decoded pairs take ~{need / 2**30:.1f} GiB, more than half of "
                 f"this machine's {memory / 2**30:.1f} GiB; set data.cache_decoded: false for this dataset"
             )
-        pairs = [(image, label)]
-        pairs += [self.decode(i) for i in bar(range(1, len(self)), desc=desc, leave=False, mininterval=2.0)]
+        with bar(total=len(self), desc=desc, leave=False, mininterval=2.0) as progress:  # counts to the split's size
+            progress.update(1)
+            pairs = [(image, label)]
+            for i in range(1, len(self)):
+                pairs.append(self.decode(i))
+                progress.update(1)
         self._decoded = pairs
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
