@@ -214,8 +214,9 @@ def paired_figure(entries: list[Entry]) -> Exhibit:
     if not rows:
         return Exhibit("Figure 6", title, "", missing="no paired comparison ran")
     frame = pd.DataFrame(rows)
-    cap = (f"Each dot is one seed's difference in mIoU points; bars are the means and whiskers their 95 % "
-           f"Student-t intervals; the grey band is ±{MARGIN_POINTS:g} point, the margin of 'on par'.")  # fmt: skip
+    cap = (f"Each coloured dot is one seed's difference in mIoU points; the black diamond is their mean and its "
+           f"whiskers the 95 % Student-t interval; the grey band is ±{MARGIN_POINTS:g} point, the margin of "
+           "'on par'.")  # fmt: skip
     return Exhibit("Figure 6", title, cap, frame, plot_paired_differences(frame, MARGIN_POINTS),
                    formats={"points": "{:+.2f}", "seed": "{:.0f}"})  # fmt: skip
 
