@@ -168,7 +168,8 @@ def test_nothing_ran_gives_not_run_rows_and_missing_panels_without_errors(cfg, p
     compute = analysis.compute_table(art, pub)
     assert set(compute.table.status[~compute.table.stage.str.startswith("study")]) == {"not run"}
     entries = analysis.ledger(art, pub)
-    assert {e.verdict for e in entries} == {"not tested"}
+    # nothing ran: every claim on this run is untested; params and FLOPs are the published network's, counted anyway
+    assert {e.verdict for e in entries if e.id != "paper_student_params_flops"} == {"not tested"}
     for exhibit in analysis.reproducibility(art):
         exhibit.to_html()
 
@@ -230,11 +231,15 @@ def test_claims_ledger_gives_a_verdict_per_claim(full, pub, tmp_path):
     # one search, judged on its own number: 333.3 FPS inside the 300–340 window
     assert target.verdict == "on par" and target.reason.startswith("333.3 FPS on the table, inside the window")
     assert "met" in target.reason and not target.power
-    speed = entries[("paper_student_much_faster_than_teacher", "teacher / student latency")]
+    speed = entries[("study_student_much_faster_than_teacher", "teacher / student latency")]
     assert speed.per_seed == {0: 4.0} and speed.verdict == "supported"
     params = entries[("paper_student_params_flops", "parameters (M)")]
-    flops = entries[("paper_student_params_flops", "GFLOPs at 1024×2048 (thop convention)")]
-    assert params.verdict == "on par" and flops.verdict == "contradicted"  # 27.9 vs 28.2 beyond rounding
+    flops = entries[("paper_student_params_flops", "GFLOPs at 1024×2048")]
+    # the 19-class network the claim is about, whatever this run's head: 4,385,689 parameters and 27.90 G in the
+    # convention of the authors' thop 0.0.31, 28.03 G by thop 0.1.1; both within 2 % of the published 28.2 G
+    assert params.per_seed == {0: pytest.approx(4.385689)} and flops.per_seed == {0: pytest.approx(27.901919232)}
+    assert params.verdict == "on par" and flops.verdict == "on par" and "19 classes" in flops.metric
+    assert "28.032 by thop 0.1" in flops.reason and "from 27.77 G of plain convolutions" in flops.reason
     table = analysis.claims_exhibit(art, list(entries.values()), pub)
     assert set(table.table.verdict) <= {"supported", "contradicted", "on par", "inconclusive", "not tested"}
     path = analysis.save_ledger(list(entries.values()), tmp_path)
