@@ -267,9 +267,22 @@ def test_reproducibility_summary_is_built_from_the_artifacts(full, pub, tmp_path
     assert any("inconclusive" in x for x in summary["difficult"])
     html = analysis.summary_html(summary)
     assert "Training precision: 02_teacher fp32, 03_distill fp32, 04_student fp32." in html
-    for section in ("Scope of reproducibility", "Methodology", "Results", "What was easy", "What was difficult",
-                    "Deviations from the paper"):  # fmt: skip
+    for section in ("Main results", "Claims", "Confounds that remain", "Scope of reproducibility", "Methodology",
+                    "Discussion", "Limitations", "What was easy", "What was difficult", "Deviations from the paper"):
         assert f"<h3>{section}</h3>" in html
+    assert html.index("<h3>Main results</h3>") < html.index("<h3>Claims</h3>") < html.index("<h3>Methodology</h3>")
+    # page 1 gives absolute results: each network's mean [CI] (n) beside the published mIoU, the paper's CamVid one too
+    main = {r["network"]: r for r in summary["main_results"]}
+    assert main["Distilled student"]["val"] == "49.0 [36.3, 61.7] (n = 2)" and main["Teacher"]["val"] == "50.0 (n = 1)"
+    assert "71.1 % CamVid test (paper, CamVid comparison table)" in main["Distilled student"]["published"]
+    # the claims set ours beside the published difference of the same measurement
+    par_val = next(r for r in summary["results"] if r["tested"].startswith("val mIoU, distilled − scratch"))
+    assert par_val["published_difference"] == "-0.70 points (study, Table 1)"
+    # confounds: the teacher (50.0) is not 3 points above the students (49.0), and one teacher serves both seeds
+    assert any("not measurably stronger" in c for c in summary["confounds"])
+    assert any("One teacher serves every seed" in c for c in summary["confounds"])
+    assert any("Compute:" in w for w in summary["discussion"]["why"])
+    assert any("smallest difference found with 80 % power" in c for c in summary["discussion"]["cannot"])
     analysis.save_summary(summary, tmp_path)
     assert (tmp_path / "summary.html").read_text() == html and (tmp_path / "summary.json").exists()
 
@@ -373,3 +386,26 @@ def test_figure1_on_cityscapes_adds_the_study_submissions_and_the_paper(tmp_path
     assert "Trained student (%)" in columns and "study: Trained Student (300 epochs) (%)" in columns
     road = fig.table.set_index("class").loc["road", "study: FasterSeg Student (pretrained weights) (%)"]
     assert road == 97.8054 and "71.5" in fig.caption
+
+
+def test_the_summary_says_how_each_recipe_was_chosen(tmp_path, monkeypatch):
+    """A recipe that departs from the paper's is a confound until a benchmarks/recipe.py record on val, with
+    seeds other than the study's, chose it; then page 1 says how."""
+    cfg = load_config("camvid-cpu")  # the students train with cosine-02-enet
+    monkeypatch.setenv("FASTERSEG_ROOT", str(tmp_path))
+    lines = analysis.summary.recipe_provenance(cfg)
+    assert lines[0].startswith("Teacher: the paper's recipe (lr 0.01, exponential schedule)")
+    assert all("no record says it was chosen on val" in line for line in lines[1:])
+    record = {"stage": "04_student", "split": "val", "seeds": [101, 102, 103], "chosen": "cosine-02-enet",
+              "chosen_overrides": {"lr_schedule": "cosine", "warmup_iters": 50, "lr": 0.02, "class_weighting": "enet"},
+              "candidates": [{"candidate": "paper", "mean": 30.0},
+                             {"candidate": "cosine-02-enet", "mean": 32.5, "vs": "paper", "difference mean": 2.5,
+                              "difference ci": [0.4, 4.6]}]}
+    (tmp_path / "benchmarks" / "results" / "recipe").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "recipe" / "cpu-2core-2026-12-07-04_student.json").write_text(json.dumps(record))
+    lines = analysis.summary.recipe_provenance(cfg)
+    assert lines[2] == ("Trained student: lr 0.02, cosine schedule after 50 warmup iterations, enet class weights, "
+                        "chosen on val with seeds [101, 102, 103] (disjoint from the study's) among 2 candidates: val "
+                        "mIoU 32.5 %, +2.5 points [0.4, 4.6] against paper "
+                        "(benchmarks/results/recipe/cpu-2core-2026-12-07-04_student.json).")
+    assert "no record says" in lines[1]  # the distilled student's was not chosen that way

@@ -41,6 +41,27 @@ FLOPS_TOLERANCE = 0.02
 CITYSCAPES_CLASSES = 19  # the claim's network: the paper's Cityscapes heads
 
 
+# The published difference each paired measurement is set beside (claim id, split) → (a, b): a − b in the same
+# metric and direction as ours. The paper carries no without-distillation number, so its gain has none.
+PUBLISHED_DIFFERENCES: dict[tuple[str, str], tuple[str, str]] = {
+    ("study_trained_on_par_with_distilled", "val"): ("study.table1.models.distilled_student_100ep.validation_miou",
+                                                     "study.table1.models.trained_student_100ep.validation_miou"),
+    ("study_trained_on_par_with_distilled", "test"): ("study.figure1.bar_values.Distilled Student (100 epochs)",
+                                                      "study.figure1.bar_values.Trained Student (100 epochs)"),
+    ("study_distilled_above_teacher_val", "val"): ("study.table1.models.distilled_student_100ep.validation_miou",
+                                                   "study.table1.models.teacher_100ep.validation_miou"),
+}  # fmt: skip
+
+
+def published_difference(pub: Published, claim: str, split: str) -> tuple[float, str] | None:
+    """The published a − b beside one of our paired differences, with its source, or None."""
+    refs = PUBLISHED_DIFFERENCES.get((claim, split))
+    if refs is None:
+        return None
+    a, b = (float(pub.node(r)["value"]) for r in refs)
+    return a - b, pub.cite(refs[0])
+
+
 @dataclass
 class Entry:
     """One row of the ledger (``claims.json``)."""
@@ -59,6 +80,7 @@ class Entry:
     summary: dict[str, Any] = field(default_factory=dict)
     power: str = ""  # paired entries: what these seeds can detect and what a decisive verdict needs
     power_detail: dict[str, Any] = field(default_factory=dict)
+    published_difference: str = ""  # the published a − b of the same measurement, with its source
 
 
 def _entry(c: Any, pub: Published, metric: str, per_seed: dict[int, float], v: Verdict, note: str,
@@ -66,9 +88,10 @@ def _entry(c: Any, pub: Published, metric: str, per_seed: dict[int, float], v: V
     numbers = "; ".join(f"{n['value']:g} {n['unit']} ({pub.cite(n['ref'])})" for n in c.numbers)
     s = summarize(list(per_seed.values())) if per_seed else None
     p = power_analysis(list(per_seed.values()), margin) if paired and per_seed else None
+    d = published_difference(pub, c.id, metric.split(" ", 1)[0]) if paired else None
     return Entry(c.id, pub.sources()[c.source].short, c.where, c.claim, numbers, metric, per_seed, v.label,
                  v.reason, v.rule, note, asdict(s) if s else {}, p.sentence() if p else "",
-                 asdict(p) if p else {})
+                 asdict(p) if p else {}, f"{d[0]:+.2f} points ({d[1]})" if d else "")
 
 
 def _missing(c: Any, pub: Published, metric: str, why: str) -> Entry:

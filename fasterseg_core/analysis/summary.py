@@ -1,6 +1,8 @@
 """The Reproducibility Summary, the report's first page, in the ML Reproducibility Challenge's form: scope
-(the claims), methodology (what ran, on what, for how long), results (the claims ledger in one table), what
-was easy, what was difficult, and the deviations from the paper.
+(the claims), the main results (each network's absolute val and test mIoU beside the published ones), the
+claims (ours beside the published difference, with the verdict), the confounds that remain, methodology (what
+ran, on what, for how long), a discussion and its limitations (why our numbers differ, what this scale can and
+cannot show), what was easy, what was difficult, and the deviations from the paper.
 
 Everything in it is generated from this run's artifacts (manifests, metrics, ``pipeline.json``, the
 ledger) or is a published number named with its source; nothing is typed in. ``06_analysis`` writes it as
@@ -14,10 +16,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig
+from ..config import RunConfig, project_root
+from ..evidence import summarize
 from ..storage import save_json, save_text
-from .artifacts import STAGES, TRAINED, Artifacts
-from .claims import Entry, scale_note
+from .artifacts import PAPER_BATCH, PAPER_CROP_HW, PAPER_EPOCHS, PAPER_ITERS, STAGES, TRAINED, Artifacts
+from .claims import MARGIN_POINTS, Entry, scale_note
 from .provenance import config_departures
 from .published import Published
 from .speed import duration
@@ -41,6 +44,145 @@ def deviations(cfg: RunConfig) -> list[dict[str, Any]]:
         for k in _HEADLINE_KEYS
         if k in departures
     ]
+
+
+# The published mIoU each network is set beside on page 1: (what, reference). The paper reports its student only;
+# the study all three networks at 100 epochs on Cityscapes.
+PUBLISHED_RESULTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "02_teacher": (("Cityscapes val, 100 epochs", "study.table1.models.teacher_100ep.validation_miou"),),
+    "03_distill": (("CamVid test", "paper.camvid_miou"), ("Cityscapes val", "paper.cityscapes_val_miou"),
+                   ("Cityscapes test", "paper.cityscapes_test_miou"),
+                   ("Cityscapes val, 100 epochs", "study.table1.models.distilled_student_100ep.validation_miou"),
+                   ("Cityscapes test, 100 epochs", "study.figure1.bar_values.Distilled Student (100 epochs)")),
+    "04_student": (("Cityscapes val, 100 epochs", "study.table1.models.trained_student_100ep.validation_miou"),
+                   ("Cityscapes test, 100 epochs", "study.figure1.bar_values.Trained Student (100 epochs)")),
+}  # fmt: skip
+TEACHER_LEAD_POINTS = 3.0  # a teacher this far above its students on val is "measurably stronger" (issue 26)
+RECIPE_KEYS = ("lr", "lr_schedule", "warmup_iters", "class_weighting")
+RECIPES = Path("benchmarks") / "results" / "recipe"  # benchmarks/recipe.py's records, in the project folder
+
+
+def _mean_ci(values: list[float]) -> str:
+    """"31.8 [29.3, 34.3] (n = 3)" of fractions, in percent."""
+    if not values:
+        return "—"
+    s = summarize(values)
+    ci = f" [{100 * s.ci_low:.1f}, {100 * s.ci_high:.1f}]" if s.n > 1 else ""
+    return f"{100 * s.mean:.1f}{ci} (n = {s.n})"
+
+
+def main_results(art: Artifacts, pub: Published) -> list[dict[str, Any]]:
+    """Each trained network's val and test mIoU (best checkpoints, mean [95 % CI], n) beside the published ones."""
+    rows = []
+    for stage, (label, _, _) in TRAINED.items():
+        published = [f"{pub.node(ref)['value']:g} % {what} ({pub.cite(ref)})" for what, ref in PUBLISHED_RESULTS[stage]]
+        s = art.stages[stage]
+        val, test = (list(art.seed_values(stage, split, "best").values()) if s.ran else [] for split in ("val", "test"))
+        rows.append({"network": label, "stage": stage, "dataset": (s.metrics or {}).get("dataset", art.cfg.data.dataset),
+                     "val": _mean_ci(val), "test": _mean_ci(test), "published": published,
+                     "val_mean": 100 * summarize(val).mean if val else None})  # fmt: skip
+    return rows
+
+
+def _recipe(cfg: RunConfig, section: str) -> dict[str, Any]:
+    return {k: getattr(getattr(cfg, section), k) for k in RECIPE_KEYS}
+
+
+def recipe_provenance(cfg: RunConfig) -> list[str]:
+    """How each training stage's recipe was chosen: the newest ``benchmarks/recipe.py`` record on val whose winning
+    candidate sets this recipe, or that no such record exists (then its choice is a confound)."""
+    from ..config import RunConfig as Paper  # the paper's values are the dataclass defaults
+
+    records = []
+    for path in sorted((project_root() / RECIPES).glob("*.json")):
+        try:
+            records.append((path, json.loads(path.read_text())))
+        except (OSError, ValueError):
+            continue
+    out = []
+    for stage, (label, _, section) in TRAINED.items():
+        ours, paper = _recipe(cfg, section), _recipe(Paper(), section)
+        if ours == paper:
+            out.append(f"{label}: the paper's recipe ({_recipe_text(ours)}).")
+            continue
+        chosen = [(path, r) for path, r in records if r.get("stage") == stage and r.get("split") == "val"
+                  and _matches(r.get("chosen_overrides"), ours, paper)]  # fmt: skip
+        if chosen:
+            path, r = chosen[-1]
+            best = next(c for c in r["candidates"] if c["candidate"] == r["chosen"])
+            vs = (f", {best['difference mean']:+.1f} points [{best['difference ci'][0]:.1f}, "
+                  f"{best['difference ci'][1]:.1f}] against {best['vs']}" if "vs" in best else "")  # fmt: skip
+            out.append(f"{label}: {_recipe_text(ours)}, chosen on val with seeds {r['seeds']} (disjoint from the "
+                       f"study's) among {len(r['candidates'])} candidates: val mIoU {best['mean']:.1f} %{vs} "
+                       f"({path.relative_to(project_root())}).")  # fmt: skip
+        else:
+            out.append(f"{label}: {_recipe_text(ours)}, not the paper's ({_recipe_text(paper)}), and no record says "
+                       "it was chosen on val with seeds other than the study's.")  # fmt: skip
+    return out
+
+
+def _matches(overrides: dict[str, Any] | None, ours: dict[str, Any], paper: dict[str, Any]) -> bool:
+    """Whether a recipe.py candidate (its overrides of the paper's recipe) is the recipe this run uses."""
+    if overrides is None:
+        return False
+    keys = {k.rsplit(".", 1)[-1]: v for k, v in overrides.items()}
+    return {k: keys.get(k, paper[k]) for k in RECIPE_KEYS} == ours
+
+
+def _recipe_text(r: dict[str, Any]) -> str:
+    weights = "" if r["class_weighting"] == "none" else f", {r['class_weighting']} class weights"
+    warmup = f" after {r['warmup_iters']} warmup iterations" if r["warmup_iters"] else ""
+    return f"lr {r['lr']:g}, {r['lr_schedule']} schedule{warmup}{weights}"
+
+
+def confounds(art: Artifacts, rows: list[dict[str, Any]]) -> list[str]:
+    """What, besides the method, could explain this run's differences: from the config and the results."""
+    cfg, out = art.cfg, []
+    teacher, students = _recipe(cfg, "teacher"), {_recipe_text(_recipe(cfg, s)) for s in ("distill", "student")}
+    if any(_recipe_text(teacher) != s for s in students):
+        out.append(f"The teacher trains with another recipe ({_recipe_text(teacher)}) than the students "
+                   f"({'; '.join(sorted(students))}): a distilled − teacher difference mixes distillation with the "
+                   "recipe.")  # fmt: skip
+    by = {r["stage"]: r for r in rows}
+    t, d, sc = (by[s]["val_mean"] for s in ("02_teacher", "03_distill", "04_student"))
+    if t is not None and (d is not None or sc is not None):
+        best_student = max(v for v in (d, sc) if v is not None)
+        if t - best_student < TEACHER_LEAD_POINTS:
+            out.append(f"The teacher is not measurably stronger than the students (val mIoU {t:.1f} against "
+                       f"{best_student:.1f} %, under the {TEACHER_LEAD_POINTS:g}-point lead that makes distillation "
+                       "worth testing): the paper's gain from a stronger teacher cannot show.")  # fmt: skip
+    if not cfg.teacher_per_seed and len(cfg.seeds) > 1:
+        out.append("One teacher serves every seed: differences against it leave its own seed-to-seed spread out.")
+    out += [line for line in recipe_provenance(cfg) if "no record says" in line]
+    return out
+
+
+def discussion(art: Artifacts, entries: list[Entry]) -> dict[str, list[str]]:
+    """Why our numbers differ from the published ones, and what this scale can and cannot show, from the config,
+    the metrics and the ledger's power statements."""
+    cfg, why, can, cannot = art.cfg, [], [], []
+    m = next((art.trained(s) for s in TRAINED if art.trained(s)), None)
+    if m is not None:
+        iters = m["epochs"] * m["iters_per_epoch"] * m["batch_size"]
+        paper = PAPER_EPOCHS * PAPER_ITERS * PAPER_BATCH
+        why.append(f"Compute: {m['epochs']} × {m['iters_per_epoch']} iterations of batch {m['batch_size']} per network "
+                   f"= {100 * iters / paper:.2g} % of the paper's {PAPER_EPOCHS} × {PAPER_ITERS} of batch {PAPER_BATCH} "
+                   "images seen.")  # fmt: skip
+        why.append(f"Data and resolution: {m['dataset']} crops of {m['crop_hw'][0]}×{m['crop_hw'][1]} at scale "
+                   f"{cfg.data.base_scale:g}, against the paper's Cityscapes crops of {PAPER_CROP_HW[0]}×{PAPER_CROP_HW[1]} "
+                   "from 1024×2048 images.")  # fmt: skip
+    if art.cfg.model.arch_source != "searched":
+        why.append(f"Networks: model.arch_source is {cfg.model.arch_source!r}; the students are "
+                   + ("the search's when 01_search completed." if cfg.model.arch_source == "auto" else
+                      "the authors' published Fig. 6 architectures, not searched here."))  # fmt: skip
+    for e in entries:
+        if e.power_detail:
+            cannot.append(f"{e.metric}: {e.power}")
+        elif e.verdict in ("supported", "contradicted", "on par") and not e.power_detail:
+            can.append(f"{e.metric}: {e.verdict}, a quantity measured once, exactly, on this machine or network.")
+    cannot.append(f"The published Cityscapes numbers themselves: this run trains on {cfg.data.dataset}; only the "
+                  "direction and size of differences between networks trained alike carry over.")  # fmt: skip
+    return {"why": why, "can": can, "cannot": cannot}
 
 
 def methodology(art: Artifacts) -> dict[str, Any]:
@@ -85,11 +227,15 @@ def build_summary(art: Artifacts, entries: list[Entry], pub: Published) -> dict[
     """The summary as data (``summary.json``); :func:`summary_html` renders it."""
     easy, hard = easy_and_difficult(art, entries)
     scope = {e.id: {"claim": e.claim, "source": f"{e.source}, {e.where}"} for e in entries}  # one per claim
+    main = main_results(art, pub)
     return {
-        "scope": list(scope.values()),
+        "scope": list(scope.values()), "main_results": main,
         "methodology": methodology(art), "scale": scale_note(art),
         "results": [{"claim": e.claim, "tested": e.metric, "published": e.published, "ours": e.summary,
-                     "per_seed": e.per_seed, "verdict": e.verdict} for e in entries],
+                     "published_difference": e.published_difference, "per_seed": e.per_seed,
+                     "verdict": e.verdict} for e in entries],
+        "confounds": confounds(art, main), "discussion": discussion(art, entries),
+        "recipes": recipe_provenance(art.cfg), "margin_points": MARGIN_POINTS,
         "easy": easy, "difficult": hard, "deviations": deviations(art.cfg), "published_note": pub.note,
     }  # fmt: skip
 
@@ -116,28 +262,41 @@ def summary_html(summary: dict[str, Any]) -> str:
     total = f" {duration(m['pipeline_seconds'])} of stages in all." if m["pipeline_seconds"] else ""
     precision = ", ".join(f"{s} {'fp32' if p == 'none' else p}" for s, p in m.get("precision", {}).items())
     total += f" Training precision: {precision}." if precision else ""
-    rows = "".join(f"<tr><td>{esc(r['claim'])}</td><td>{esc(r['tested'])}</td><td>{esc(_short(r['published']))}</td>"
+    rows = "".join(f"<tr><td>{esc(r['claim'])}</td><td>{esc(r['tested'])}</td>"
+                   f"<td>{esc(r.get('published_difference') or _short(r['published']))}</td>"
                    f"<td>{esc(_ours(r['ours']))}</td>"
                    f"<td class='verdict verdict-{esc(r['verdict'].replace(' ', '-'))}'>{esc(r['verdict'])}</td></tr>"
                    for r in summary["results"])  # fmt: skip
+    main = "".join(f"<tr><td>{esc(r['network'])}</td><td>{esc(r['val'])}</td><td>{esc(r['test'])}</td>"
+                   f"<td>{'<br>'.join(esc(x) for x in r['published'])}</td></tr>"
+                   for r in summary.get("main_results", []))  # fmt: skip
+    dataset = esc(str(m["dataset"]))
     devs = "".join(f"<li><code>{esc(d['key'])}</code>: {esc(json.dumps(d['this run']))} (paper "
                    f"{esc(json.dumps(d['paper']))})</li>" for d in summary["deviations"])  # fmt: skip
     scope = "".join(f"<li>{esc(s['claim'])} <i>({esc(s['source'])})</i></li>" for s in summary["scope"])
+    disc = summary.get("discussion") or {"why": [], "can": [], "cannot": []}
 
     def items(xs: list[str]) -> str:
         return "".join(f"<li>{esc(x)}</li>" for x in xs) or "<li>—</li>"
 
     return (
         '<section class="repro-summary"><h2>Reproducibility Summary</h2>'
+        f"<h3>Main results</h3><table><tr><th>network</th><th>{dataset} val mIoU (%): mean [95 % CI]</th>"
+        f"<th>{dataset} test mIoU (%)</th><th>published (%)</th></tr>{main}</table>"
+        f"<h3>Claims</h3><table><tr><th>claim</th><th>tested here</th><th>published</th><th>ours: mean [95 % CI]</th>"
+        f"<th>verdict</th></tr>{rows}</table>"
+        f"<h3>Confounds that remain</h3><ul>{items(summary.get('confounds', []))}</ul>"
         f"<h3>Scope of reproducibility</h3><ul>{scope}</ul>"
-        f"<h3>Methodology</h3><p>Profile <b>{esc(m['profile'])}</b> on {esc(str(m['dataset']))}, "
+        f"<h3>Methodology</h3><p>Profile <b>{esc(m['profile'])}</b> on {dataset}, "
         f"{esc(str(m['device_name'] or m['device']))} (hardware tag {esc(str(m['hardware']))}, torch "
         f"{esc(str(m['torch']))}, commit {esc(m['commit'])}); seeds {esc(str(m['seeds']))}"
         f"{', one shared teacher' if not m['teacher_per_seed'] else ', one teacher per seed'}; networks: "
         f"{esc(', '.join(m['networks']) or '—')}. Stages: {esc(stages)}.{esc(total)}</p>"
         f"<p>{esc(summary['scale'])}</p>"
-        f"<h3>Results</h3><table><tr><th>claim</th><th>tested here</th><th>published</th><th>ours: mean [95 % CI]</th>"
-        f"<th>verdict</th></tr>{rows}</table>"
+        f"<p>Recipes: </p><ul>{items(summary.get('recipes', []))}</ul>"
+        f"<h3>Discussion</h3><p>Why our numbers differ from the published ones:</p><ul>{items(disc['why'])}</ul>"
+        f"<p>What this scale can show:</p><ul>{items(disc['can'])}</ul>"
+        f"<h3>Limitations</h3><ul>{items(disc['cannot'])}</ul>"
         f"<h3>What was easy</h3><ul>{items(summary['easy'])}</ul>"
         f"<h3>What was difficult</h3><ul>{items(summary['difficult'])}</ul>"
         f"<h3>Deviations from the paper</h3><ul>{devs or '<li>none</li>'}</ul>"
