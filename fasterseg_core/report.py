@@ -72,17 +72,46 @@ class ReportError(RuntimeError):
 # one notebook from many, then HTML
 
 
+MAIN_STAGE = "06_analysis"  # the results: first in the document; the other stages follow as its appendix
+
+
+def document_order(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The stages as the report reads: the analysis (Reproducibility Summary's exhibits, ledger, figures) first,
+    then the stage notebooks in pipeline order as the appendix."""
+    return sorted(results, key=lambda r: r["stage"] != MAIN_STAGE)
+
+
+def _empty_headings(cells: list[Any]) -> set[int]:
+    """Indices of markdown cells that are only headings over nothing shown: every code cell up to the next
+    markdown cell has no output (e.g. "Sanity checks" over asserts), so with code hidden the heading is empty."""
+    empty = set()
+    for i, cell in enumerate(cells):
+        lines = [x for x in cell.source.splitlines() if x.strip()] if cell.cell_type == "markdown" else []
+        if not lines or not all(x.lstrip().startswith("#") for x in lines):
+            continue
+        following = []
+        for nxt in cells[i + 1:]:
+            if nxt.cell_type == "markdown":
+                break
+            following.append(nxt)
+        if all(c.cell_type != "code" or not c.get("outputs") for c in following):
+            empty.add(i)
+    return empty
+
+
 def merge_notebooks(results: list[dict[str, Any]], show_code: bool) -> nbformat.NotebookNode:
-    """One notebook of every executed stage, each opened by a stage marker (and a failure banner).
+    """One notebook of every executed stage, each opened by a stage marker (and a failure banner): the analysis
+    first, then an appendix of the stage notebooks (:func:`document_order`).
 
     ``results``: the pipeline's per-stage records (``stage``, ``status``, ``error``, ``notebook``).
 
     Widget states are merged (model ids are unique per kernel session); the parameters cells are
-    dropped when code is hidden, since they would render as empty boxes.
+    dropped when code is hidden, since they would render as empty boxes, and so are headings over nothing shown.
     """
     merged = nbformat.v4.new_notebook()
     widget_state: dict[str, Any] = {}
-    for result in results:
+    appendix = False
+    for result in document_order(results):
         if not result["notebook"]:
             continue
         nb = nbformat.read(result["notebook"], as_version=4)
@@ -98,8 +127,14 @@ def merge_notebooks(results: list[dict[str, Any]], show_code: bool) -> nbformat.
                 "later stages were not run.</div>"
             )
         merged.cells.append(nbformat.v4.new_markdown_cell(marker))
+        if result["stage"] != MAIN_STAGE and not appendix:  # on the first appendix stage's page
+            appendix = True
+            merged.cells.append(nbformat.v4.new_markdown_cell(
+                "# Appendix: the stage notebooks\n\nEach stage as it ran, in pipeline order: its configuration, "
+                "progress, tables and figures. The results above are built from their artifacts."))  # fmt: skip
+        empty = set() if show_code else _empty_headings(nb.cells)
         for i, cell in enumerate(nb.cells):
-            if not show_code and _PARAMETER_TAGS & set(cell.metadata.get("tags", [])):
+            if not show_code and (_PARAMETER_TAGS & set(cell.metadata.get("tags", [])) or i in empty):
                 continue
             cell = copy.deepcopy(cell)
             cell["id"] = f"{result['stage']}-{i}"  # cell ids must stay unique across notebooks

@@ -82,7 +82,9 @@ def test_render_merges_stages_with_unique_anchors_and_marks_failures(tmp_path):
     assert len(ids) == len(set(ids)), "duplicate anchors"
     toc = re.search(r'<nav class="report-toc">(.*?)</nav>', html, re.DOTALL).group(1)
     targets = re.findall(r'href="#([^"]+)"', toc)
-    assert len(targets) == 4 and all(t in ids for t in targets)  # 2 titles + 2 "Sanity checks"
+    # the appendix heading + 2 titles + 2 "Sanity checks" (each has output under it: not an empty heading)
+    assert len(targets) == 5 and all(t in ids for t in targets)
+    assert targets[0] == "00_data-Appendix:-the-stage-notebooks"
     assert "report-failure" in html and "Stage 01_search failed" in html and "report-error" in html
     assert re.search(r'report-status-not-run">not-run</td>', html)
     assert "camvid-cpu" not in html  # parameter cells are left out when code is hidden
@@ -272,3 +274,21 @@ def test_the_last_line_says_where_to_read_how_long_it_took_and_the_verdicts(tmp_
     assert headline({"stages": [{"status": "failed"}]}, tmp_path / "none").startswith(
         "report: no report rendered (page 1: the Reproducibility Summary) · 1 stages in 0.0 min (1 failed)"
     )
+
+
+def test_the_analysis_comes_first_and_empty_headings_are_dropped(tmp_path):
+    """The report is a document, then its appendix: 06_analysis right after the front page, the stage notebooks
+    after it, and a heading over cells that show nothing (asserts under "Sanity checks") left out."""
+    nb = new_notebook()
+    nb.cells = [new_markdown_cell("# Teacher"), new_code_cell("x", outputs=[new_output("stream", name="stdout", text="1\n")]),
+                new_markdown_cell("## Sanity checks"), new_code_cell("assert True")]
+    nbformat.write(nb, tmp_path / "t.ipynb")
+    analysis = _executed_notebook(tmp_path / "a.ipynb", "Analysis")
+    results = [{"stage": "02_teacher", "status": "ok", "error": "", "notebook": str(tmp_path / "t.ipynb")},
+               {"stage": "06_analysis", "status": "ok", "error": "", "notebook": analysis}]
+    merged = report.merge_notebooks(results, show_code=False)
+    text = [c.source for c in merged.cells if c.cell_type == "markdown"]
+    assert text[0] == '<div class="report-stage" id="stage-06_analysis"></div>' and text[1].startswith("# Analysis")
+    appendix = next(i for i, t in enumerate(text) if t.startswith("# Appendix: the stage notebooks"))
+    assert text[appendix - 1] == '<div class="report-stage" id="stage-02_teacher"></div>'
+    assert "# Teacher" in text and text.count("## Sanity checks") == 1  # the analysis' one shows output; not 02's

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..config import RunConfig, project_root
 from ..evidence import summarize
+from ..runs import architecture_source
 from ..storage import save_json, save_text
 from .artifacts import PAPER_BATCH, PAPER_CROP_HW, PAPER_EPOCHS, PAPER_ITERS, STAGES, TRAINED, Artifacts
 from .claims import MARGIN_POINTS, Entry, scale_note
@@ -171,10 +172,10 @@ def discussion(art: Artifacts, entries: list[Entry]) -> dict[str, list[str]]:
         why.append(f"Data and resolution: {m['dataset']} crops of {m['crop_hw'][0]}×{m['crop_hw'][1]} at scale "
                    f"{cfg.data.base_scale:g}, against the paper's Cityscapes crops of {PAPER_CROP_HW[0]}×{PAPER_CROP_HW[1]} "
                    "from 1024×2048 images.")  # fmt: skip
-    if art.cfg.model.arch_source != "searched":
-        why.append(f"Networks: model.arch_source is {cfg.model.arch_source!r}; the students are "
-                   + ("the search's when 01_search completed." if cfg.model.arch_source == "auto" else
-                      "the authors' published Fig. 6 architectures, not searched here."))  # fmt: skip
+    source = architecture_source(cfg)
+    why.append("Networks: " + ("the ones this run's 01_search derived, on this machine's latency table and a search "
+                               "far shorter than the paper's." if source == "searched" else
+                               "the authors' published Fig. 6 architectures, not searched here."))  # fmt: skip
     for e in entries:
         if e.power_detail:
             cannot.append(f"{e.metric}: {e.power}")
@@ -244,7 +245,7 @@ def _ours(s: dict[str, Any]) -> str:
     if not s:
         return "—"
     text = f"{s['mean']:.3g}"
-    return text + (f" [{s['ci_low']:.3g}, {s['ci_high']:.3g}]" if s["n"] > 1 else "") + f" (n = {s['n']})"
+    return text + (f" [{s['ci_low']:.3g}, {s['ci_high']:.3g}]" if s["n"] > 1 else "") + f" (n\u00a0=\u00a0{s['n']})"
 
 
 def _short(published: str, keep: int = 2) -> str:
@@ -283,7 +284,7 @@ def summary_html(summary: dict[str, Any]) -> str:
         '<section class="repro-summary"><h2>Reproducibility Summary</h2>'
         f"<h3>Main results</h3><table><tr><th>network</th><th>{dataset} val mIoU (%): mean [95 % CI]</th>"
         f"<th>{dataset} test mIoU (%)</th><th>published (%)</th></tr>{main}</table>"
-        f"<h3>Claims</h3><table><tr><th>claim</th><th>tested here</th><th>published</th><th>ours: mean [95 % CI]</th>"
+        f"<h3>Claims</h3><table class='repro-claims'><tr><th>claim</th><th>tested here</th><th>published</th><th>ours: mean [95 % CI]</th>"
         f"<th>verdict</th></tr>{rows}</table>"
         f"<h3>Confounds that remain</h3><ul>{items(summary.get('confounds', []))}</ul>"
         f"<h3>Scope of reproducibility</h3><ul>{scope}</ul>"
