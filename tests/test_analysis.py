@@ -409,3 +409,18 @@ def test_the_summary_says_how_each_recipe_was_chosen(tmp_path, monkeypatch):
                         "mIoU 32.5 %, +2.5 points [0.4, 4.6] against paper "
                         "(benchmarks/results/recipe/cpu-2core-2026-12-07-04_student.json).")
     assert "no record says" in lines[1]  # the distilled student's was not chosen that way
+
+
+def test_every_published_claim_has_one_tester_and_every_tester_a_claim(pub):
+    from fasterseg_core.analysis.claims import CLAIMS
+
+    assert set(CLAIMS) == {c.id for c in pub.claims()}
+    assert len(pub.claims()) == len({c.id for c in pub.claims()})  # no claim twice
+
+
+def test_a_claim_without_a_tester_stops_the_ledger(full, pub, monkeypatch):
+    from fasterseg_core.analysis import claims
+
+    monkeypatch.delitem(claims.CLAIMS, "paper_student_params_flops")
+    with pytest.raises(KeyError, match=r"published only \['paper_student_params_flops'\]"):
+        analysis.ledger(analysis.load_artifacts(full), pub)

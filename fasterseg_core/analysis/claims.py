@@ -15,6 +15,7 @@ power: the smallest difference its seeds detect with 80 % power, and the seeds a
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,34 +125,58 @@ def _paired(art: Artifacts, a: str, b: str, split: str, teacher: bool = False) -
     return out
 
 
+# ---- the claims table: claim id → its tester ------------------------------------------------------------------
+# Every claim of published/results.json has exactly one tester here (a test holds the two to one set). A tester
+# takes the run's artifacts, the published numbers, the claim and the scale note, and returns the claim's entries:
+# one per measurement, each stating the CPU-scale analogue it tests in ``metric``.
+Tester = Callable[[Artifacts, Published, Any, str], list[Entry]]
+
+
+def _paired_claim(a: str, b: str, splits: tuple[str, ...], expect: str, label: str, teacher: bool = False) -> Tester:
+    """A tester of a paired difference a − b per seed (best checkpoints) on each split, against ±MARGIN_POINTS."""
+
+    def test(art: Artifacts, pub: Published, c: Any, note: str) -> list[Entry]:
+        out = []
+        for split in splits:
+            d = _paired(art, a, b, split, teacher=teacher)
+            metric = f"{split} mIoU, {label} (points{', paired by seed' if not teacher else ''})"
+            extra = "" if not teacher or art.cfg.teacher_per_seed else \
+                " One teacher serves every seed: its own spread is not counted."  # fmt: skip
+            out.append(_entry(c, pub, metric, d, verdict(list(d.values()), expect, MARGIN_POINTS), note + extra,
+                              MARGIN_POINTS, paired=True)
+                       if d else _missing(c, pub, metric, f"needs {b} and {a}"))  # fmt: skip
+        return out
+
+    return test
+
+
+CLAIMS: dict[str, Tester] = {
+    # distilled − scratch in both: one measurement, one sign (the study's "on par" and the paper's "boosts")
+    "study_trained_on_par_with_distilled": _paired_claim("03_distill", "04_student", ("val", "test"), "equivalent",
+                                                         "distilled − scratch student"),
+    "study_distilled_above_teacher_val": _paired_claim("03_distill", "02_teacher", ("val",), "greater",
+                                                       "distilled student − teacher", teacher=True),
+    "paper_distillation_improves_student": _paired_claim("03_distill", "04_student", ("test",), "greater",
+                                                         "distilled − scratch student"),
+    "paper_student_meets_latency_target": lambda art, pub, c, note: [_latency_target(art, pub, c)],
+    "study_student_much_faster_than_teacher": lambda art, pub, c, note: [_faster(art, pub, c)],
+    "paper_student_params_flops": lambda art, pub, c, note: _size(pub, c),
+}  # fmt: skip
+
+
 def ledger(art: Artifacts, pub: Published) -> list[Entry]:
-    """The claims of :meth:`Published.claims`, each tested on this run's artifacts."""
-    claims = {c.id: c for c in pub.claims()}
+    """The claims of :meth:`Published.claims`, in their order, each tested on this run's artifacts by its tester in
+    :data:`CLAIMS`.
+
+    Raises:
+        KeyError: a published claim without a tester, or a tester without a published claim.
+    """
+    claims = pub.claims()
+    if {c.id for c in claims} != set(CLAIMS):
+        raise KeyError(f"claims and testers differ: published only {sorted({c.id for c in claims} - set(CLAIMS))}, "
+                       f"tested only {sorted(set(CLAIMS) - {c.id for c in claims})}")  # fmt: skip
     note = scale_note(art)
-    out: list[Entry] = []
-    c = claims["study_trained_on_par_with_distilled"]
-    for split in ("val", "test"):  # distilled − scratch, as the paper's claim below: one sign per measurement
-        d = _paired(art, "03_distill", "04_student", split)
-        metric = f"{split} mIoU, distilled − scratch student (points, paired by seed)"
-        out.append(_entry(c, pub, metric, d, verdict(list(d.values()), "equivalent", MARGIN_POINTS), note,
-                          MARGIN_POINTS, paired=True)
-                   if d else _missing(c, pub, metric, "needs 03_distill and 04_student"))  # fmt: skip
-    c = claims["study_distilled_above_teacher_val"]
-    d = _paired(art, "03_distill", "02_teacher", "val", teacher=True)
-    shared = "" if art.cfg.teacher_per_seed else " One teacher serves every seed: its own spread is not counted."
-    metric = "val mIoU, distilled student − teacher (points)"
-    out.append(_entry(c, pub, metric, d, verdict(list(d.values()), "greater", MARGIN_POINTS), note + shared,
-                      MARGIN_POINTS, paired=True)
-               if d else _missing(c, pub, metric, "needs 02_teacher and 03_distill"))  # fmt: skip
-    c = claims["paper_distillation_improves_student"]
-    d = _paired(art, "03_distill", "04_student", "test")
-    metric = "test mIoU, distilled − scratch student (points, paired by seed)"
-    out.append(_entry(c, pub, metric, d, verdict(list(d.values()), "greater", MARGIN_POINTS), note,
-                      MARGIN_POINTS, paired=True)
-               if d else _missing(c, pub, metric, "needs 03_distill and 04_student"))  # fmt: skip
-    out.append(_latency_target(art, pub, claims["paper_student_meets_latency_target"]))
-    out += _measured(art, pub, claims)
-    return out
+    return [e for c in claims for e in CLAIMS[c.id](art, pub, c, note)]
 
 
 def _latency_target(art: Artifacts, pub: Published, c: Any) -> Entry:
@@ -179,28 +204,22 @@ def _latency_target(art: Artifacts, pub: Published, c: Any) -> Entry:
     return _entry(c, pub, metric, fps, v, note)
 
 
-def _measured(art: Artifacts, pub: Published, claims: dict[str, Any]) -> list[Entry]:
-    """Claims on quantities measured once per machine: params, FLOPs and the teacher/student latency ratio."""
+def _faster(art: Artifacts, pub: Published, c: Any) -> Entry:
+    """The published teacher / student latency ratio, eager PyTorch on this machine (05_latency)."""
     lat = art.latency
-    c_speed, c_size = claims["study_student_much_faster_than_teacher"], claims["paper_student_params_flops"]
     if lat.empty:
-        return [_missing(c_speed, pub, "latency ratio", f"05_latency {art.stages['05_latency'].status}"),
-                *_size(pub, c_size)]
+        return _missing(c, pub, "latency ratio", f"05_latency {art.stages['05_latency'].status}")
     eager = lat[(lat.status == "ok") & (lat.backend == "eager")]
     rows = {n: eager[eager.network == n].iloc[0] for n in ("published teacher", "published student")
             if (eager.network == n).any()}  # fmt: skip
-    out = []
-    if len(rows) == 2:
-        ratio = float(rows["published teacher"].median_ms / rows["published student"].median_ms)
-        v = verdict_threshold([ratio], 1 + SPEED_NOISE, "greater", deterministic=True)
-        tag = rows["published student"].hardware_tag
-        out.append(_entry(c_speed, pub, f"teacher / student latency, eager PyTorch on {tag} "
-                          f"({rows['published student'].input_hw})", {0: ratio}, v,
-                          f"One machine's median latencies (05_latency); a ratio must exceed 1 + {SPEED_NOISE:g} "
-                          "(this machine's run-to-run noise) to count as faster."))  # fmt: skip
-    else:
-        out.append(_missing(c_speed, pub, "latency ratio", "no eager latency of both published networks"))
-    return out + _size(pub, c_size)
+    if len(rows) < 2:
+        return _missing(c, pub, "latency ratio", "no eager latency of both published networks")
+    ratio = float(rows["published teacher"].median_ms / rows["published student"].median_ms)
+    v = verdict_threshold([ratio], 1 + SPEED_NOISE, "greater", deterministic=True)
+    tag = rows["published student"].hardware_tag
+    return _entry(c, pub, f"teacher / student latency, eager PyTorch on {tag} ({rows['published student'].input_hw})",
+                  {0: ratio}, v, f"One machine's median latencies (05_latency); a ratio must exceed 1 + "
+                  f"{SPEED_NOISE:g} (this machine's run-to-run noise) to count as faster.")  # fmt: skip
 
 
 @functools.cache
@@ -214,13 +233,14 @@ def _student_counts() -> tuple[Any, Any]:
 
 def _size(pub: Published, c: Any) -> list[Entry]:
     """Parameters and FLOPs of the network the claim is about (not this run's dataset head), judged on the
-    authors' convention with the current counter beside it."""
+    authors' convention with the current counter beside it, against the claim's published numbers."""
     ours, current = _student_counts()
     spread = 100 * (current.macs - ours.conv_macs) / current.macs
+    published = {n["ref"]: float(n["value"]) for n in c.numbers}
     out = []
     for key, value, threshold, other in (
-        ("params", ours.params / 1e6, 4.4, current.params / 1e6),
-        ("flops", ours.thop_macs / 1e9, 28.2, current.macs / 1e9),
+        ("params", ours.params / 1e6, published["paper.student_params"], current.params / 1e6),
+        ("flops", ours.thop_macs / 1e9, published["paper.student_flops"], current.macs / 1e9),
     ):
         metric = ("parameters (M)" if key == "params" else "GFLOPs at 1024×2048") + ", published student, 19 classes"
         margin = ROUNDING[key] if key == "params" else FLOPS_TOLERANCE * threshold
