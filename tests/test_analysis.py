@@ -424,3 +424,19 @@ def test_a_claim_without_a_tester_stops_the_ledger(full, pub, monkeypatch):
     monkeypatch.delitem(claims.CLAIMS, "paper_student_params_flops")
     with pytest.raises(KeyError, match=r"published only \['paper_student_params_flops'\]"):
         analysis.ledger(analysis.load_artifacts(full), pub)
+
+
+def test_one_source_for_stage_times(cfg, tmp_path):
+    """Page 1, the pipeline table and the compute table quote the same time: the notebook's in this pipeline run,
+    else (skipped) the last run's manifest."""
+    from fasterseg_core.analysis.artifacts import StageArtifacts
+
+    stages = {s: StageArtifacts(s, tmp_path, "not run") for s in analysis.STAGES}
+    stages |= {s: StageArtifacts(s, tmp_path, "complete", {"seconds": 10.0}, {}) for s in ("00_data", "01_search")}
+    pipeline = {"stages": [{"stage": "00_data", "status": "ok", "seconds": 12.5},
+                           {"stage": "01_search", "status": "skipped", "seconds": 0.0}]}
+    art = analysis.Artifacts(cfg, stages, pd.DataFrame(), pipeline)
+    assert art.stage_seconds("00_data") == 12.5 and art.stage_seconds("01_search") == 10.0
+    rows = analysis.compute_table(art, analysis.load_published()).table.set_index("stage")
+    assert rows.loc["00_data", "wall"] == analysis.summary.duration(12.5)
+    assert rows.loc["study 02_teacher", "status"] == "published" and rows.loc["study 02_teacher", "hardware"]

@@ -81,6 +81,16 @@ class Artifacts:
     latency: pd.DataFrame
     pipeline: dict[str, Any] | None
 
+    def stage_seconds(self, stage: str) -> float | None:
+        """The one wall time the report quotes for a stage: its notebook's time in this pipeline run
+        (``pipeline.json``, what the front page's pipeline table shows), else its last run's (manifest: start_run
+        to finish) when the pipeline skipped it or ran without the driver."""
+        for r in (self.pipeline or {}).get("stages", []):
+            if r.get("stage") == stage and r.get("status") in ("ok", "failed") and r.get("seconds"):
+                return float(r["seconds"])
+        seconds = (self.stages[stage].manifest or {}).get("seconds")
+        return None if seconds is None else float(seconds)
+
     def trained(self, stage: str) -> dict[str, Any] | None:
         """The training stage's aggregate ``metrics.json`` when it ran, else ``None``."""
         s = self.stages[stage]

@@ -148,7 +148,8 @@ def compute_table(art: Artifacts, pub: Published) -> Exhibit:
         row: dict[str, Any] = {
             "stage": stage,
             "status": s.status,
-            "wall": duration((s.manifest or {}).get("seconds")),
+            "hardware": (s.manifest or {}).get("device_name") or (s.manifest or {}).get("hardware"),
+            "wall": duration(art.stage_seconds(stage)),
         }
         m = s.metrics if s.ran else None
         if stage in TRAINED and m is not None:
@@ -169,13 +170,15 @@ def compute_table(art: Artifacts, pub: Published) -> Exhibit:
                        ("student_100ep", "04_student"), ("student_300ep", "04_student")):  # fmt: skip
         t = times.from_logs[key]
         spe = t["train_s_per_epoch_mean"]
-        rows.append({"stage": f"study {stage}", "status": times.gpu_stated, "wall": duration(t["wall_total_h"] * 3600),
+        rows.append({"stage": f"study {stage}", "status": "published", "hardware": times.gpu_stated,
+                     "wall": duration(t["wall_total_h"] * 3600),
                      "recipe": _recipe(t["epochs"], PAPER_ITERS, PAPER_BATCH, PAPER_CROP_HW), "s/epoch": spe,
                      "s/iter": spe / PAPER_ITERS, "600k iters (h)": spe * PAPER_EPOCHS / 3600,
                      "paper batch & crop (h)": spe * PAPER_EPOCHS / 3600})  # fmt: skip
     cols = [
         "stage",
         "status",
+        "hardware",
         "wall",
         "recipe",
         "s/epoch",
@@ -184,7 +187,8 @@ def compute_table(art: Artifacts, pub: Published) -> Exhibit:
         "paper batch & crop (h)",
     ]
     cap = (
-        "Wall time of each stage's run (manifest.json: start_run → finish); for training stages the recipe "
+        "Wall time of each stage's notebook in this pipeline run (pipeline.json, as on the front page; the last "
+        "run's manifest.json when the pipeline skipped it); for training stages the recipe "
         "(epochs × iterations, batch, crop; the wall time covers every seed), the median training seconds per "
         "epoch over the seeds (metrics.json, evaluation excluded), per iteration, and that rate extrapolated to the paper's "
         f"{PAPER_EPOCHS} epochs × {PAPER_ITERS} iterations, first at this run's batch and crop, then scaled "

@@ -190,7 +190,7 @@ def methodology(art: Artifacts) -> dict[str, Any]:
     """What ran, on what and for how long, from the manifests and ``pipeline.json``."""
     manifests = {s: a.manifest for s, a in art.stages.items() if a.manifest}
     first = next(iter(manifests.values()), {})
-    stages = {s: {"status": a.status, "seconds": (a.manifest or {}).get("seconds")} for s, a in art.stages.items()}
+    stages = {s: {"status": a.status, "seconds": art.stage_seconds(s)} for s, a in art.stages.items()}
     pipeline_s = sum(float(r.get("seconds") or 0) for r in (art.pipeline or {}).get("stages", []))
     trained = {st: art.trained(st) for st in TRAINED}
     return {
