@@ -440,3 +440,27 @@ def test_one_source_for_stage_times(cfg, tmp_path):
     rows = analysis.compute_table(art, analysis.load_published()).table.set_index("stage")
     assert rows.loc["00_data", "wall"] == analysis.summary.duration(12.5)
     assert rows.loc["study 02_teacher", "status"] == "published" and rows.loc["study 02_teacher", "hardware"]
+
+
+def test_the_catalogue_builds_and_numbers_every_section(full, pub):
+    """Every section of the one catalogue builds on a full run, in order; labels are numbered per kind in order of
+    appearance (the study's Table 1, Figure 1 and Table 2 first), unique, and the contents list them all."""
+    art = analysis.load_artifacts(full)
+    exhibits = analysis.build_exhibits(art, pub, analysis.ledger(art, pub), hardware="cpu-test")
+    assert list(exhibits) == [s.key for s in analysis.CATALOGUE] and len(set(exhibits)) == len(analysis.CATALOGUE)
+    labels = [e.label for group in exhibits.values() for e in group]
+    assert labels[:3] == ["Table 1", "Figure 1", "Table 2"] and len(labels) == len(set(labels))
+    for kind in ("Table", "Figure"):
+        numbers = [int("".join(c for c in x.split()[1] if c.isdigit())) for x in labels if x.startswith(kind)]
+        assert sorted(set(numbers)) == list(range(1, max(numbers) + 1)) and numbers == sorted(numbers), labels
+    assert exhibits["claims"][0].label == "Table 3" and exhibits["claims"][0].title == "Claims ledger"
+    assert [e.label for e in exhibits["search"]] == ["Figure 4a", "Figure 4b", "Figure 4c", "Figure 4d", "Figure 4e",
+                                                     "Table 5"]
+    listed = analysis.contents(exhibits).table
+    assert listed.exhibit.tolist() == labels and set(listed.section) == {s.heading for s in analysis.CATALOGUE}
+
+
+def test_the_catalogue_builds_when_nothing_ran(cfg, pub):
+    art = analysis.load_artifacts(cfg)
+    exhibits = analysis.build_exhibits(art, pub, analysis.ledger(art, pub))
+    assert all(group for group in exhibits.values())  # every section shows something, if only "not run"

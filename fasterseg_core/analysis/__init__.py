@@ -11,22 +11,25 @@ Inputs (nothing is recomputed from data or models):
 
 Every builder returns an :class:`Exhibit` (table and/or figure, label, title, caption saying what is shown
 and where the numbers come from). A stage that did not run or failed gives a row or panel marked so, never
-an error.
+an error. The exhibit catalogue (:data:`~.catalogue.CATALOGUE`) orders them and numbers their labels
+(:func:`build_exhibits`); :func:`contents` lists them:
 
-=============  ==================================================  =========================================
-exhibit        what                                                builder
-=============  ==================================================  =========================================
-Table 0        stages found                                        :func:`stage_status_table`
-Table 1        val mean IU no back / pixel acc / mIoU              :func:`table1`
-Figure 1       per-class test IoU (study's Figure 1)               :func:`figure1`
-Table 2        params, FLOPs, FPS per machine and backend          :func:`table2`
-Figure 2       training curves beside the study's logs             :func:`training_curves`
-Table 3        compute accounting, extrapolated to 600 epochs      :func:`compute_table`
-Figure 3a-e    the search story                                    :func:`search_story`
-Figure 4       accuracy against latency, peers latency-only        :func:`accuracy_latency`
-Figure 5       distillation's per-class gain                       :func:`distillation_gain`
-Tables 4a-e    reproducibility manifest                            :func:`reproducibility`
-=============  ==================================================  =========================================
+==============  ==================================================  ========================================
+section         what                                                builder
+==============  ==================================================  ========================================
+(unnumbered)    stages found                                        :func:`stage_status_table`
+validation      val mean IU no back / pixel acc / mIoU (Table 1)   :func:`table1`
+per_class       per-class test IoU (the study's Figure 1)           :func:`figure1`
+speed           params, FLOPs, FPS per machine and backend          :func:`table2`
+claims          the claims ledger                                   :func:`claims_exhibit`
+paired          per-seed paired differences                         :func:`paired_figure`
+curves          training curves beside the study's logs             :func:`training_curves`
+compute         compute accounting, extrapolated to 600 epochs      :func:`compute_table`
+search          the search story                                    :func:`search_story`
+tradeoff        accuracy against latency, peers latency-only        :func:`accuracy_latency`
+gain            distillation's per-class gain                       :func:`distillation_gain`
+manifest        reproducibility manifest                            :func:`reproducibility`
+==============  ==================================================  ========================================
 
     art, pub = load_artifacts(cfg), load_published()
     t1 = table1(art, pub); t1.save(run.dir); t1        # the last line renders it, caption included
@@ -34,6 +37,7 @@ Tables 4a-e    reproducibility manifest                            :func:`reprod
 
 from .accuracy import distillation_gain, figure1, per_class_iou, study_test_iou, table1, training_curves
 from .artifacts import STAGES, TRAINED, Artifacts, StageArtifacts, load_artifacts, load_stage
+from .catalogue import CATALOGUE, build_exhibits, contents
 from .claims import claims_exhibit, ledger, paired_figure, save_ledger
 from .exhibit import Exhibit
 from .provenance import reproducibility, run_metrics, stage_status_table
@@ -43,6 +47,7 @@ from .speed import accuracy_latency, compute_table, table2, trained_networks
 from .summary import build_summary, save_summary, summary_html
 
 __all__ = [
+    "CATALOGUE",
     "STAGES",
     "TRAINED",
     "Artifacts",
@@ -50,9 +55,11 @@ __all__ = [
     "Published",
     "StageArtifacts",
     "accuracy_latency",
+    "build_exhibits",
     "build_summary",
     "claims_exhibit",
     "compute_table",
+    "contents",
     "distillation_gain",
     "figure1",
     "ledger",

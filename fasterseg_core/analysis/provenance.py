@@ -28,16 +28,17 @@ def stage_status_table(art: Artifacts) -> Exhibit:
                 "stage": stage,
                 "status": s.status,
                 "finished": m.get("finished_at") or "",
-                "seconds": m.get("seconds"),
+                "seconds": art.stage_seconds(stage),
                 "hardware": m.get("hardware", ""),
             }
         )
     cap = (
-        f"Read from outputs/{art.cfg.profile}/<stage>/manifest.json. Stages marked 'not run' or "
+        f"Read from outputs/{art.cfg.profile}/<stage>/manifest.json (seconds: the stage's notebook in this pipeline "
+        "run, pipeline.json, else its last run's manifest). Stages marked 'not run' or "
         "'incomplete' leave their rows below empty; 'other config' means the stage finished for a "
         "different resolved config (other overrides) than this analysis."
     )
-    return Exhibit("Table 0", "Stages found", cap, pd.DataFrame(rows), formats={"seconds": "{:.0f}"})
+    return Exhibit("Stages", "Stages found", cap, pd.DataFrame(rows), formats={"seconds": "{:.0f}"})
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -302,7 +302,7 @@ def summary_html(summary: dict[str, Any]) -> str:
         f"<h3>What was difficult</h3><ul>{items(summary['difficult'])}</ul>"
         f"<h3>Deviations from the paper</h3><ul>{devs or '<li>none</li>'}</ul>"
         f"<p class='repro-note'>Every number above was computed by this run, except the published ones named with "
-        f"their source. {esc(summary['published_note'])} Verdict rules: Table 5 and claims.json.</p></section>"
+        f"their source. {esc(summary['published_note'])} Verdict rules: the claims ledger and claims.json.</p></section>"
     )
 
 
