@@ -220,6 +220,7 @@ def test_claims_ledger_gives_a_verdict_per_claim(full, pub, tmp_path):
     assert par_test.verdict == "inconclusive" and par_test.summary["ci_low"] == pytest.approx(-0.5 - 12.706 / 2, abs=1e-3)
     gain = entries[("paper_distillation_improves_student", "test mIoU")]
     assert gain.per_seed == par_test.per_seed  # one measurement, one sign
+    assert par_test.analogue == "camvid, 4 × 10 iterations of batch 2 at 64×128, 2 seed(s)"  # not Cityscapes at 600 epochs
     # power from the observed sd (√0.5): n = 2 detects only large differences; on par within ±1 needs more seeds
     assert par_test.power_detail["n"] == 2 and par_test.power_detail["detectable"] == pytest.approx(8.17, abs=0.05)
     assert par_test.power.startswith("n = 2, sd 0.71 points") and "'on par' within ±1 needs" in par_test.power

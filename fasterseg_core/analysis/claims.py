@@ -82,6 +82,7 @@ class Entry:
     power: str = ""  # paired entries: what these seeds can detect and what a decisive verdict needs
     power_detail: dict[str, Any] = field(default_factory=dict)
     published_difference: str = ""  # the published a − b of the same measurement, with its source
+    analogue: str = ""  # the CPU-scale setting the claim is tested in, e.g. "camvid, 20 × 50 iterations of batch 8"
 
 
 def _entry(c: Any, pub: Published, metric: str, per_seed: dict[int, float], v: Verdict, note: str,
@@ -111,6 +112,15 @@ def scale_note(art: Artifacts) -> str:
     parts = [f"{dataset} ({'the study: Cityscapes' if dataset != 'cityscapes' else 'as the study'})", length,
              f"device {art.cfg.device}"]  # fmt: skip
     return "At this scale: " + "; ".join(parts) + ". A verdict says what holds here, not at the paper's scale."
+
+
+def analogue(art: Artifacts) -> str:
+    """The setting a training claim is tested in here (the claims speak of Cityscapes and 100–600 epochs)."""
+    m = next((art.trained(s) for s in TRAINED if art.trained(s)), None)
+    if m is None:
+        return ""
+    return (f"{m['dataset']}, {m['epochs']} × {m['iters_per_epoch']} iterations of batch {m['batch_size']} at "
+            f"{m['crop_hw'][0]}×{m['crop_hw'][1]}, {len(art.cfg.seeds)} seed(s)")
 
 
 def _paired(art: Artifacts, a: str, b: str, split: str, teacher: bool = False) -> dict[int, float]:
@@ -145,6 +155,7 @@ def _paired_claim(a: str, b: str, splits: tuple[str, ...], expect: str, label: s
             out.append(_entry(c, pub, metric, d, verdict(list(d.values()), expect, MARGIN_POINTS), note + extra,
                               MARGIN_POINTS, paired=True)
                        if d else _missing(c, pub, metric, f"needs {b} and {a}"))  # fmt: skip
+            out[-1].analogue = analogue(art)
         return out
 
     return test
@@ -266,7 +277,7 @@ def ledger_table(entries: list[Entry]) -> pd.DataFrame:
         ours = "" if not s else (f"{s['mean']:.3g}" + (f" [{s['ci_low']:.3g}, {s['ci_high']:.3g}]" if s["n"] > 1 else "")
                                  + f" (n = {s['n']})")  # fmt: skip
         rows.append({"claim": e.claim, "source": f"{e.source}, {e.where}", "published": e.published,
-                     "tested here": e.metric, "ours: mean [95 % CI]": ours,
+                     "tested here": e.metric + (f"; {e.analogue}" if e.analogue else ""), "ours: mean [95 % CI]": ours,
                      "per seed": ", ".join(f"{v:.3g}" for v in e.per_seed.values()), "verdict": e.verdict,
                      "why": e.reason + (f" Power: {e.power}" if e.power else "")})  # fmt: skip
     return pd.DataFrame(rows)

@@ -232,7 +232,8 @@ def build_summary(art: Artifacts, entries: list[Entry], pub: Published) -> dict[
     return {
         "scope": list(scope.values()), "main_results": main,
         "methodology": methodology(art), "scale": scale_note(art),
-        "results": [{"claim": e.claim, "tested": e.metric, "published": e.published, "ours": e.summary,
+        "results": [{"claim": e.claim, "tested": e.metric + (f"; {e.analogue}" if e.analogue else ""),
+                     "published": e.published, "ours": e.summary,
                      "published_difference": e.published_difference, "per_seed": e.per_seed,
                      "verdict": e.verdict} for e in entries],
         "confounds": confounds(art, main), "discussion": discussion(art, entries),
