@@ -345,7 +345,7 @@ def test_analysis_explorer_shows_another_image(lab, browser, artifacts, smoke_pi
     nb.shot("ran")  # the last cell (sanity checks) ran without an error
     page = nb.page
     nb.shot("table-1", page.locator(".jp-OutputArea-output", has_text="Table 1. ").first)
-    status = (project / "outputs" / "smoke" / "06_analysis" / "tables" / "table_0.csv").read_text()
+    status = (project / "outputs" / "smoke" / "06_analysis" / "tables" / "stages.csv").read_text()
     assert status.count(",complete,") == 6, status  # it read every stage of the pipeline as complete
     explorer = page.locator(".jp-OutputArea-output", has=page.locator(".widget-slider"))
     explorer.scroll_into_view_if_needed()
