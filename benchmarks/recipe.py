@@ -98,6 +98,8 @@ def main() -> None:
         overrides = {k if "." in k else f"{section}.{k}": v for k, v in (paper | CANDIDATES[name]).items()}
         overrides |= _parse_set(args.set)
         overrides |= {"output_root": str((args.root / name).resolve()), "seeds": args.seeds, "data.score_test": False}
+        if args.stage == "02_teacher":  # a shared teacher trains with the first seed only: compare a teacher per seed
+            overrides["teacher_per_seed"] = True
         cfg = load_config(args.profile, overrides)  # a bad candidate fails here, before anything runs
         cmd = [sys.executable, "-m", "fasterseg_core", "train", "--profile", args.profile, "--stage", args.stage,
                "--overrides", json.dumps(overrides)]
