@@ -115,7 +115,8 @@ def lock_folder(folder: Path, what: str, name: str = LOCK_FILE) -> int:
             f"it (kill {holder.get('pid', '<pid>')}), then run this again"
         ) from None
     # the cause a dead holder could not write into its manifest (a full disk) stays for _settle_previous
-    left = {"left_by_previous": _read_lock(fd).get("ended")} if _read_lock(fd).get("ended") else {}
+    ended = _read_lock(fd).get("ended")
+    left = {"left_by_previous": ended} if ended else {}
     try:
         _write_lock(fd, {"pid": os.getpid(), "host": socket.gethostname(), "started_at": now(), **left})
     except OSError:
