@@ -15,7 +15,15 @@ the seeds must be disjoint from the profile's, which the study then tests. The t
 val mIoU (best checkpoint) of every seed, the mean and its 95 % Student-t interval, the paired difference to the
 first candidate (same seed) with its interval and power (:mod:`fasterseg_core.evidence`), and the training
 seconds; candidates are ranked by the mean, never by one run. The record goes to
-``benchmarks/results/recipe/<hardware tag>-<date>-<stage>.json`` with the commit, the machine and the command.
+``benchmarks/results/recipe/<hardware tag>-<date>-<stage>.json`` with the commit, the machine and the command
+(``-2``, ``-3`` … when that name is taken by another comparison: a record is never overwritten).
+
+A teacher comparison (``--stage 02_teacher``) also records each candidate's **lead** over the scratch students on
+the same seeds (teacher − student val mIoU, paired by seed), read from the newest ``04_student`` record whose
+chosen recipe ran on those seeds: distillation is worth testing only when the teacher is measurably stronger
+(issue 26 asks for ≥ 3 points on val). Typical use, the camvid-cpu teacher's length::
+
+    python benchmarks/recipe.py --stage 02_teacher --seeds 101 102 --candidates cosine-02-enet --set teacher.epochs=60
 
 Not a timed benchmark: it lives here beside them because it measures what the speed work buys.
 """
@@ -68,6 +76,42 @@ def _paper_values(section: str) -> dict[str, object]:
         sec, _, name = key.rpartition(".")
         values[key] = getattr(getattr(paper, sec or section), name)
     return values
+
+
+def _student_runs(seeds: list[int]) -> tuple[Path, str, dict[int, float]] | None:
+    """The newest 04_student record's chosen candidate's val mIoU on these seeds: (record, candidate, {seed: mIoU})."""
+    for path in sorted(RESULTS.glob("*-04_student*.json"), reverse=True):
+        record = json.loads(path.read_text())
+        runs = {r["seed"]: r["val_miou"] for r in record["runs"] if r["candidate"] == record["chosen"]}
+        if set(seeds) <= set(runs):
+            return path, record["chosen"], {s: runs[s] for s in seeds}
+    return None
+
+
+def _lead(frame: pd.DataFrame, seeds: list[int]) -> dict[str, object] | None:
+    """Each teacher candidate's val lead over the scratch students of the same seeds, with its interval."""
+    students = _student_runs(seeds)
+    if students is None:
+        print("no 04_student record covers these seeds: the teacher's lead is not recorded", flush=True)
+        return None
+    path, candidate, student = students
+    out = {"students_record": str(path.relative_to(RESULTS.parents[2])), "students_candidate": candidate,
+           "students_val_miou": [round(student[s], 2) for s in seeds], "by_candidate": {}}
+    for name, group in frame.groupby("candidate", sort=False):
+        d = [float(v) - student[s] for s, v in zip(group.seed, group.val_miou, strict=True)]
+        s = summarize(d)
+        out["by_candidate"][name] = {"per_seed": [round(x, 2) for x in d], "mean": s.mean, "ci": [s.ci_low, s.ci_high]}
+    return out
+
+
+def _record_path(stage: str, date: str, command: str) -> Path:
+    """Where the record goes: ``<hw>-<date>-<stage>.json``, or the first free ``-N`` suffix when that file holds
+    another comparison (the same command rerun replaces its own record: it reuses every finished run)."""
+    for n in range(1, 100):
+        path = RESULTS / f"{hardware_tag()}-{date}-{stage}{'' if n == 1 else f'-{n}'}.json"
+        if not path.exists() or json.loads(path.read_text()).get("command") == command:
+            return path
+    raise SystemExit(f"error: 99 recipe records of {stage} on {date} under {RESULTS}: move some aside")
 
 
 def _parse_set(items: list[str]) -> dict[str, object]:
@@ -134,16 +178,21 @@ def main() -> None:
     print(out.drop(columns=["overrides"]).round(2).to_string(index=False))
     args.root.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.root / f"{args.stage}_runs.csv", index=False)
+    command = shlex.join([Path(sys.executable).name, *sys.argv])
     record = {"benchmark": "recipe", "stage": args.stage, "profile": args.profile, "split": "val",
               "seeds": args.seeds, "study_seeds": sorted(study), "margin_points": MARGIN_POINTS,
-              "command": shlex.join([Path(sys.executable).name, *sys.argv]), "git": git_state(),
+              "set": _parse_set(args.set), "command": command, "git": git_state(),
               "machine": environment_record("cpu") | {"hardware_tag": hardware_tag()},
               "date": dt.date.today().isoformat(), "runs": rows, "candidates": table, "chosen": chosen,
               "chosen_overrides": CANDIDATES[chosen],
               "rule": "the best mean over the seeds when its paired difference to the first candidate has a 95 % "
                       "interval above 0, else the first candidate"}
+    if args.stage == "02_teacher" and (lead := _lead(frame, args.seeds)) is not None:
+        record["lead_over_students"] = lead
+        for name, v in lead["by_candidate"].items():
+            print(f"{name}: teacher − scratch student (val, same seeds) {v['per_seed']}, mean {v['mean']:+.2f}")
     print(f"chosen: {chosen} ({'val supports it' if supported else 'val does not support ' + best['candidate']})")
-    path = RESULTS / f"{hardware_tag()}-{record['date']}-{args.stage}.json"
+    path = _record_path(args.stage, record["date"], command)
     save_json(record, path)
     print(f"record: {path}")
 

@@ -40,6 +40,7 @@ from typing import Any
 
 from . import progress
 from .config import RunConfig, load_config, project_root
+from .eta import Eta, minutes, stage_estimates
 from .lifecycle import lock_folder, mark_failed, unlock_folder
 from .machine import STABLE_MALLOC, git_state, resolve_hardware_tag
 from .report import ReportError, find_chromium, install_hint, render_report
@@ -160,8 +161,9 @@ class _Watch:
     ``[3/7] 02_teacher · train seed-12345  45%|████▌     | 450/1000 [02:10<02:40]``, and the lines the stage
     said (:func:`fasterseg_core.progress.say`: a run resumed, results set aside) as they come."""
 
-    def __init__(self, path: Path, label: str) -> None:
-        self.path, self.label = path, label
+    def __init__(self, path: Path, label: str, eta: Eta | None = None, stage: str = "") -> None:
+        self.path, self.label, self.eta, self.stage = path, label, eta, stage
+        self._started = time.monotonic()
         self.log = Path(f"{path}.log")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -189,6 +191,15 @@ class _Watch:
             else:
                 print(text, flush=True)
 
+    def _overall(self, state: dict[str, Any]) -> str:
+        """"the report: about 41 min left", from the pipeline's estimate (:mod:`fasterseg_core.eta`), or ""."""
+        if self.eta is None:
+            return ""
+        rate = state["n"] / state["elapsed"] if state.get("elapsed") else 0.0
+        bar_left = (state["total"] - state["n"]) / rate if rate > 0 else 0.0
+        left = self.eta.remaining(self.stage, time.monotonic() - self._started, bar_left)
+        return "" if left is None else f"the report: {minutes(left)} left"
+
     def _run(self) -> None:
         """A tqdm bar on a terminal; elsewhere (CI logs, a file) one plain line at most every 30 s."""
         from tqdm import tqdm  # the terminal's bar, not the notebook one
@@ -209,6 +220,8 @@ class _Watch:
                     rate = state["n"] / state["elapsed"] if state.get("elapsed") else 0.0
                     eta = f", about {(state['total'] - state['n']) / rate / 60:.1f} min left" if rate > 0 else ""
                     eta = f", done in {state['elapsed']:.0f} s" if done else eta
+                    overall = self._overall(state)
+                    eta += f"; {overall}" if overall else ""
                     print(f"{self.label} · {state['desc']}: {state['n']:g}/{state['total']:g}{eta}", flush=True)
                 continue
             if state["desc"] != desc:
@@ -216,13 +229,16 @@ class _Watch:
                     bar.close()
                 desc = state["desc"]
                 bar = tqdm(total=state["total"], desc=f"{self.label} · {desc}", dynamic_ncols=True, leave=False)
+            overall = self._overall(state)
+            if overall:
+                bar.set_postfix_str(overall, refresh=False)
             bar.update(state["n"] - bar.n)
         if bar is not None:
             bar.close()
 
 
 def _execute(source: Path, executed: Path, parameters: dict[str, Any], folder: Path, label: str,
-             stop: _Stop | None = None) -> StageResult:  # fmt: skip
+             stop: _Stop | None = None, eta: Eta | None = None) -> StageResult:  # fmt: skip
     """Run one stage notebook in a kernel of our own (``stop`` can interrupt it), into ``executed``."""
     import papermill  # slow import (~1.3 s); only the driver needs it
     from jupyter_client.manager import KernelManager
@@ -241,7 +257,7 @@ def _execute(source: Path, executed: Path, parameters: dict[str, Any], folder: P
     try:
         watch = executed.parent / f".progress-{stage}.json"
         env = {"FASTERSEG_ROOT": str(project_root()), progress.ENV: str(watch), **STABLE_MALLOC}
-        with _kernel_env(**env), _Watch(watch, label):
+        with _kernel_env(**env), _Watch(watch, label, eta, stage):
             papermill.execute_notebook(str(source), str(executed), parameters=parameters, kernel_name="python3",
                                        cwd=str(folder), progress_bar=False, km=km)  # fmt: skip
         result = StageResult(stage, "ok", notebook=str(executed))
@@ -285,6 +301,11 @@ def run_stages(cfg: RunConfig, parameters: dict[str, Any], force: bool = False, 
     stopped = ""
     notebooks = stage_notebooks(folder)
     parameters = parameters | {"force": force}
+    estimates, source_of = stage_estimates(cfg)
+    eta = Eta(estimates, _planned(cfg, notebooks, out_dir, force, parameters["hardware_tag"]))
+    if eta.todo:
+        overall = f": {minutes(eta.remaining() or 0)} in all (estimated from {source_of})" if eta.known else ""
+        print(f"{len(eta.todo)} of {len(notebooks)} stages to run{overall}", flush=True)
     for number, source in enumerate(notebooks, start=1):
         stage, executed = source.stem, out_dir / source.name
         stale = force or bool(ran & set(STAGES[stage].upstream))
@@ -294,11 +315,13 @@ def run_stages(cfg: RunConfig, parameters: dict[str, Any], force: bool = False, 
             results.append(StageResult(stage, "not-run", error=stopped))
         elif not stale and executed.exists() and is_complete(cfg, stage, parameters["hardware_tag"]):
             results.append(StageResult(stage, "skipped", notebook=str(executed)))
+            eta.finished(stage, 0.0)
             print(f"[{stage}] complete for this config, skipped (FORCE=1 reruns)", flush=True)
         else:
             print(f"[{stage}] running {source.name} ({number}/{len(notebooks)}) ...", flush=True)
-            result = _execute(source, executed, parameters, folder, f"[{number}/{len(notebooks)}] {stage}", stop)
+            result = _execute(source, executed, parameters, folder, f"[{number}/{len(notebooks)}] {stage}", stop, eta)
             ran = ran | {stage}
+            eta.finished(stage, result.seconds if result.status == "ok" else 0.0)
             if result.status == "failed":  # the kernel is gone: its manifest says running or interrupted
                 mark_failed(cfg, stage, result.error)
                 stopped = "an earlier stage failed"
@@ -310,6 +333,18 @@ def run_stages(cfg: RunConfig, parameters: dict[str, Any], force: bool = False, 
             record["stages"] = [asdict(r) for r in results]
             save_json(record, cfg.output_dir / "pipeline.json")
     return results
+
+
+def _planned(cfg: RunConfig, notebooks: list[Path], out_dir: Path, force: bool, hardware_tag: str) -> list[str]:
+    """The stages :func:`run_stages` will run, by its own rule: forced, stale (a stage it reads from runs), not
+    executed yet, or incomplete."""
+    todo: list[str] = []
+    for source in notebooks:
+        stage = source.stem
+        stale = force or bool(set(todo) & set(STAGES[stage].upstream))
+        if stale or not (out_dir / source.name).exists() or not is_complete(cfg, stage, hardware_tag):
+            todo.append(stage)
+    return todo
 
 
 def run_stage(cfg: RunConfig, parameters: dict[str, Any], stage: str, folder: Path | None = None) -> StageResult:

@@ -29,7 +29,8 @@ from .data.stats import split_summary
 from .distributed import barrier, init_distributed, local_device
 from .engine import TrainResult, evaluate, fit, training_loss
 from .evidence import summarize
-from .latency.cache import search_latency_table
+from .latency.cache import lut_cache_path, search_latency_table
+from .latency.lut import LatencyTable
 from .latency.suite import LatencyRecord, candidate_networks, load_records, measure_suite, real_images
 from .lifecycle import Run, start_run
 from .losses import class_weights
@@ -336,17 +337,27 @@ def _strip_iou(scores: dict[str, Any]) -> dict[str, Any]:
 def scores_table(metrics: dict[str, Any]) -> pd.DataFrame:
     """One row per (split, checkpoint, seed) of a training stage's ``metrics.json`` and one "mean" row per
     (split, checkpoint) over the seeds: epoch and the four scores in %, the mean rows with their 95 %
-    Student-t interval (``low``/``high``, mIoU)."""
+    Student-t interval (``low``/``high``, mIoU). Where the best checkpoint is the last one (same epoch), its
+    scores are one row, ``best = last``, not two equal ones; the mean rows too when that holds for every seed."""
     rows = []
+    same = {}  # seed → whether its best epoch is its last
     for seed, m in metrics["per_seed"].items():
+        val = m.get("val", {})  # the checkpoints' epochs: best is chosen on val
+        same[seed] = "best" in val and "last" in val and val["best"]["epoch"] == val["last"]["epoch"]
         for split in ("val", "test"):
             for which, sc in m.get(split, {}).items():
-                rows.append({"split": split, "checkpoint": which, "seed": str(seed), "epoch": sc["epoch"]}
-                            | {k: None if sc[k] is None else 100 * sc[k] for k in SCORE_KEYS})  # fmt: skip
+                if same[seed] and which == "last":
+                    continue
+                rows.append({"split": split, "checkpoint": "best = last" if same[seed] else which, "seed": str(seed),
+                             "epoch": sc["epoch"]} | {k: None if sc[k] is None else 100 * sc[k] for k in SCORE_KEYS})  # fmt: skip
+    all_same = bool(same) and all(same.values())
     for split, by in metrics.get("summary", {}).items():
         for which, keys in by.items():
+            if all_same and which == "last":
+                continue
             miou = keys.get("miou", {})
-            rows.append({"split": split, "checkpoint": which, "seed": f"mean of {miou.get('n')}"}
+            rows.append({"split": split, "checkpoint": "best = last" if all_same else which,
+                         "seed": f"mean of {miou.get('n')}"}
                         | {k: 100 * v["mean"] for k, v in keys.items()}
                         | {"mIoU low": 100 * miou.get("ci_low", float("nan")),
                            "mIoU high": 100 * miou.get("ci_high", float("nan"))})  # fmt: skip
@@ -395,9 +406,14 @@ def run_latency(cfg: RunConfig, run: Run, *, progress: bool = True) -> LatencySt
             if info["arch"] == c.arch.to_dict() and info["num_classes"] == val.num_classes:
                 c.net, c.source = net.eval(), f"{c.source}; weights: {stage} best checkpoint"
     images, labels = real_images(val, tuple(lc.input_hw), lc.agreement_images)
+    # The search's table of this device (when it timed one at this size) prices the networks here too: one table
+    # latency per network in the whole run, not a second timing of the same entries that differs by its noise.
+    cached = lut_cache_path(cfg, run.hardware, tuple(lc.input_hw))
+    table = LatencyTable.load(cached) if cached.exists() and not cfg.search.latency_table else None
     record = measure_suite(candidates, lc.backends, tuple(lc.input_hw), run.device, run.hardware, val.num_classes,
                            images=images, labels=labels, warmup=lc.warmup_iters, min_loop_s=lc.min_loop_seconds,
-                           timed_s=lc.timed_seconds, num_threads=lc.num_threads, progress=progress)  # fmt: skip
+                           timed_s=lc.timed_seconds, num_threads=lc.num_threads, progress=progress,
+                           table=table)  # fmt: skip
     path = record.save(cfg.output_dir / "latency" / f"{run.hardware}.json")
     frame = record.frame()
     student = frame[(frame.network == "published student") & (frame.backend == "eager")].median_ms

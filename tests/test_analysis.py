@@ -391,25 +391,52 @@ def test_figure1_on_cityscapes_adds_the_study_submissions_and_the_paper(tmp_path
 
 def test_the_summary_says_how_each_recipe_was_chosen(tmp_path, monkeypatch):
     """A recipe that departs from the paper's is a confound until a benchmarks/recipe.py record on val, with
-    seeds other than the study's, chose it; then page 1 says how."""
-    cfg = load_config("camvid-cpu")  # the students train with cosine-02-enet
-    monkeypatch.setenv("FASTERSEG_ROOT", str(tmp_path))
+    seeds other than the study's, chose it, for this network or for one that shares it; then page 1 says how,
+    and the teacher's line adds its measured lead over the students."""
+    from fasterseg_core.config import RunConfig
+
+    paper = RunConfig().teacher
+    students = {"lr": 0.02, "lr_schedule": "cosine", "warmup_iters": 50, "class_weighting": "enet"}
+    cfg = load_config("camvid-cpu", {f"teacher.{k}": getattr(paper, k) for k in students} |
+                      {f"{sec}.{k}": v for sec in ("distill", "student") for k, v in students.items()})
+    shared, other = (load_config("camvid-cpu", {"teacher.epochs": epochs} | {f"{sec}.{k}": v for k, v in students.items()
+                                                                            for sec in ("teacher", "distill", "student")})
+                     for epochs in (60, 40))  # fmt: skip
+    monkeypatch.setenv("FASTERSEG_ROOT", str(tmp_path))  # where the records are looked for
     lines = analysis.summary.recipe_provenance(cfg)
-    assert lines[0].startswith("Teacher: the paper's recipe (lr 0.01, exponential schedule)")
+    assert lines[0] == "Teacher: the paper's recipe (lr 0.01, exponential schedule)."
     assert all("no record says it was chosen on val" in line for line in lines[1:])
     record = {"stage": "04_student", "split": "val", "seeds": [101, 102, 103], "chosen": "cosine-02-enet",
               "chosen_overrides": {"lr_schedule": "cosine", "warmup_iters": 50, "lr": 0.02, "class_weighting": "enet"},
               "candidates": [{"candidate": "paper", "mean": 30.0},
                              {"candidate": "cosine-02-enet", "mean": 32.5, "vs": "paper", "difference mean": 2.5,
                               "difference ci": [0.4, 4.6]}]}
-    (tmp_path / "benchmarks" / "results" / "recipe").mkdir(parents=True)
-    (tmp_path / "benchmarks" / "results" / "recipe" / "cpu-2core-2026-12-07-04_student.json").write_text(json.dumps(record))
+    folder = tmp_path / "benchmarks" / "results" / "recipe"
+    folder.mkdir(parents=True)
+    (folder / "cpu-2core-2026-12-07-04_student.json").write_text(json.dumps(record))
     lines = analysis.summary.recipe_provenance(cfg)
     assert lines[2] == ("Trained student: lr 0.02, cosine schedule after 50 warmup iterations, enet class weights, "
                         "chosen on val with seeds [101, 102, 103] (disjoint from the study's) among 2 candidates: val "
                         "mIoU 32.5 %, +2.5 points [0.4, 4.6] against paper "
                         "(benchmarks/results/recipe/cpu-2core-2026-12-07-04_student.json).")
-    assert "no record says" in lines[1]  # the distilled student's was not chosen that way
+    # the distilled student shares it: not selected for itself, and page 1 says so
+    assert lines[1].startswith("Distilled student: lr 0.02, cosine schedule after 50 warmup iterations, enet class "
+                               "weights, the recipe chosen on val for the trained student (benchmarks/results/recipe/"
+                               "cpu-2core-2026-12-07-04_student.json), shared")
+    assert "no record says" not in " ".join(lines)
+    # a teacher with the students' recipe and a longer schedule, whose length a record measured on val
+    lead = {"by_candidate": {"cosine-02-enet": {"per_seed": [4.28, 5.09], "mean": 4.68, "ci": [-0.46, 9.83]}}}
+    teacher = {"stage": "02_teacher", "split": "val", "seeds": [101, 102], "chosen": "cosine-02-enet",
+               "chosen_overrides": record["chosen_overrides"], "set": {"teacher.epochs": 60},
+               "candidates": [{"candidate": "cosine-02-enet", "mean": 47.5}], "lead_over_students": lead}
+    (folder / "cpu-2core-2026-12-07-02_teacher.json").write_text(json.dumps(teacher))
+    line = analysis.summary.recipe_provenance(shared)[0]
+    assert line.startswith("Teacher: lr 0.02, cosine schedule after 50 warmup iterations, enet class weights, the "
+                           "recipe chosen on val for the trained student")
+    assert line.endswith("Its length, 60 epochs, was measured on val with seeds [101, 102]: +4.7 points [-0.5, 9.8] "
+                         "above the scratch students of the same seeds (per seed +4.3, +5.1; "
+                         "benchmarks/results/recipe/cpu-2core-2026-12-07-02_teacher.json).")
+    assert "Its length" not in analysis.summary.recipe_provenance(other)[0]  # another length: not its evidence
 
 
 def test_every_published_claim_has_one_tester_and_every_tester_a_claim(pub):
@@ -465,3 +492,14 @@ def test_the_catalogue_builds_when_nothing_ran(cfg, pub):
     art = analysis.load_artifacts(cfg)
     exhibits = analysis.build_exhibits(art, pub, analysis.ledger(art, pub))
     assert all(group for group in exhibits.values())  # every section shows something, if only "not run"
+
+
+def test_page_one_states_the_teachers_lead_over_each_student():
+    rows = [{"stage": "02_teacher", "val_mean": 48.0}, {"stage": "03_distill", "val_mean": 44.5},
+            {"stage": "04_student", "val_mean": 43.0}]
+    assert analysis.summary.teacher_lead(rows) == (
+        "On val the teacher leads the distilled student by 3.5 and the scratch student by 5.0 points of mIoU (means "
+        "over the seeds; distillation is worth testing when it leads by ≥ 3).")
+    rows[0]["val_mean"] = 44.0
+    assert analysis.summary.teacher_lead(rows).startswith("On val the teacher trails or leads the distilled student by -0.5")
+    assert analysis.summary.teacher_lead([{"stage": "02_teacher", "val_mean": None}]) == ""

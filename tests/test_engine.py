@@ -188,3 +188,23 @@ def test_bf16_autocast_and_channels_last_train_with_finite_loss(tmp_path, one_th
     assert all(v.dtype == before[k].dtype for k, v in net.state_dict().items()), (
         "weights stay fp32 (autocast)"
     )
+
+
+def test_the_scores_table_shows_a_best_checkpoint_that_is_the_last_once():
+    from fasterseg_core.stages import scores_table
+
+    def scores(epoch, miou):
+        return {"epoch": epoch, "miou": miou, "miou_no_back": miou, "pixel_acc": 0.9, "mean_class_acc": 0.5}
+
+    def seed(best, last):
+        return {s: {"best": scores(best, 0.4), "last": scores(last, 0.38 if best != last else 0.4)}
+                for s in ("val", "test")}
+
+    summary = {s: {w: {"miou": {"mean": 0.4, "n": 2, "ci_low": 0.3, "ci_high": 0.5}} for w in ("best", "last")}
+               for s in ("val", "test")}
+    table = scores_table({"per_seed": {"1": seed(20, 20), "2": seed(16, 20)}, "summary": summary})
+    rows = set(table.index)
+    assert ("val", "best = last", "1") in rows and ("val", "last", "1") not in rows
+    assert {("val", "best", "2"), ("val", "last", "2"), ("val", "best", "mean of 2")} <= rows
+    table = scores_table({"per_seed": {"1": seed(20, 20), "2": seed(20, 20)}, "summary": summary})
+    assert set(table.index.get_level_values("checkpoint")) == {"best = last"} and len(table) == 6

@@ -166,6 +166,23 @@ def test_lut_round_trips_and_estimate_is_the_sum_of_its_entries(tmp_path):
     assert len(keys) == 3 + 16 + 6 + 2
 
 
+def test_the_latency_stage_prices_a_network_on_the_searchs_table():
+    """05_latency reuses 01_search's table of the device (timing only entries it lacks), with the run's class
+    count: the published student has one table latency in the whole report, not one per stage and convention."""
+    from fasterseg_core.latency.lut import LatencyTable, estimate_latency, network_entries
+    from fasterseg_core.latency.suite import Candidate, _table_for
+    from fasterseg_core.models.published import published_architecture
+
+    arch = published_architecture("student")
+    keys = {k for f in (True, False) for k in network_entries(arch, (64, 128), 11, faithful_quirks=f)}
+    search_table = LatencyTable({k: 0.5 for k in keys}, (64, 128), "t", "eager")
+    table = _table_for([Candidate("published student", None, arch)], torch.device("cpu"), (64, 128), "t", 11,
+                       search_table)  # fmt: skip
+    assert table.entries == search_table.entries  # nothing timed again
+    assert estimate_latency(arch, table, 11) == estimate_latency(arch, search_table, 11)
+    assert any(k.startswith("head") and k.endswith("Cout11") for k in keys), "the head is priced for the run's classes"
+
+
 @pytest.mark.slow
 def test_full_table_at_smoke_resolution_builds_and_resumes():
     from fasterseg_core.latency.lut import LatencyTable, build_lut, lut_entries

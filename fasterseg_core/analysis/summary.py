@@ -89,37 +89,75 @@ def _recipe(cfg: RunConfig, section: str) -> dict[str, Any]:
     return {k: getattr(getattr(cfg, section), k) for k in RECIPE_KEYS}
 
 
-def recipe_provenance(cfg: RunConfig) -> list[str]:
-    """How each training stage's recipe was chosen: the newest ``benchmarks/recipe.py`` record on val whose winning
-    candidate sets this recipe, or that no such record exists (then its choice is a confound)."""
-    from ..config import RunConfig as Paper  # the paper's values are the dataclass defaults
-
+def _recipe_records() -> list[tuple[Path, dict[str, Any]]]:
+    """``benchmarks/recipe.py``'s val records, oldest first (their names start with the date)."""
     records = []
     for path in sorted((project_root() / RECIPES).glob("*.json")):
         try:
-            records.append((path, json.loads(path.read_text())))
+            record = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
+        if record.get("split") == "val":
+            records.append((path, record))
+    return records
+
+
+def recipe_provenance(cfg: RunConfig) -> list[str]:
+    """How each training stage's recipe was chosen: the newest ``benchmarks/recipe.py`` record on val whose winning
+    candidate sets this recipe; else the stage that such a record chose it for, when the recipe is shared ("teacher
+    and students share one recipe unless a measured reason says otherwise"); else that no record says so (then
+    its choice is a confound). The teacher's line adds its measured lead over the students, when recorded."""
+    from ..config import RunConfig as Paper  # the paper's values are the dataclass defaults
+
+    records, rel = _recipe_records(), lambda path: path.relative_to(project_root())
+    own: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for stage, (_, _, section) in TRAINED.items():
+        ours, paper = _recipe(cfg, section), _recipe(Paper(), section)
+        chosen = [(path, r) for path, r in records
+                  if r.get("stage") == stage and _matches(r.get("chosen_overrides"), ours, paper)]  # fmt: skip
+        if chosen and ours != paper:
+            own[stage] = chosen[-1]
     out = []
     for stage, (label, _, section) in TRAINED.items():
         ours, paper = _recipe(cfg, section), _recipe(Paper(), section)
+        shared = next((s for s in own if s != stage and _recipe(cfg, TRAINED[s][2]) == ours), None)
         if ours == paper:
-            out.append(f"{label}: the paper's recipe ({_recipe_text(ours)}).")
-            continue
-        chosen = [(path, r) for path, r in records if r.get("stage") == stage and r.get("split") == "val"
-                  and _matches(r.get("chosen_overrides"), ours, paper)]  # fmt: skip
-        if chosen:
-            path, r = chosen[-1]
+            line = f"{label}: the paper's recipe ({_recipe_text(ours)})."
+        elif stage in own and len(own[stage][1]["candidates"]) > 1:
+            path, r = own[stage]
             best = next(c for c in r["candidates"] if c["candidate"] == r["chosen"])
             vs = (f", {best['difference mean']:+.1f} points [{best['difference ci'][0]:.1f}, "
                   f"{best['difference ci'][1]:.1f}] against {best['vs']}" if "vs" in best else "")  # fmt: skip
-            out.append(f"{label}: {_recipe_text(ours)}, chosen on val with seeds {r['seeds']} (disjoint from the "
-                       f"study's) among {len(r['candidates'])} candidates: val mIoU {best['mean']:.1f} %{vs} "
-                       f"({path.relative_to(project_root())}).")  # fmt: skip
+            line = (f"{label}: {_recipe_text(ours)}, chosen on val with seeds {r['seeds']} (disjoint from the "
+                    f"study's) among {len(r['candidates'])} candidates: val mIoU {best['mean']:.1f} %{vs} "
+                    f"({rel(path)}).")  # fmt: skip
+        elif shared is not None:
+            line = (f"{label}: {_recipe_text(ours)}, the recipe chosen on val for the "
+                    f"{TRAINED[shared][0].lower()} ({rel(own[shared][0])}), shared as the paper shares one recipe "
+                    "across its networks; not selected separately for this network.")  # fmt: skip
         else:
-            out.append(f"{label}: {_recipe_text(ours)}, not the paper's ({_recipe_text(paper)}), and no record says "
-                       "it was chosen on val with seeds other than the study's.")  # fmt: skip
+            line = (f"{label}: {_recipe_text(ours)}, not the paper's ({_recipe_text(paper)}), and no record says it "
+                    "was chosen on val with seeds other than the study's.")  # fmt: skip
+        if stage == "02_teacher":
+            line += _recorded_lead(cfg, records)
+        out.append(line)
     return out
+
+
+def _recorded_lead(cfg: RunConfig, records: list[tuple[Path, dict[str, Any]]]) -> str:
+    """" Its length (60 epochs) was measured on val …" from the newest 02_teacher record of this run's teacher
+    length and recipe that recorded its lead over the scratch students (``benchmarks/recipe.py``), else ""."""
+    for path, r in reversed(records):
+        lead = (r.get("lead_over_students") or {}).get("by_candidate", {}).get(r.get("chosen"))
+        epochs = (r.get("set") or {}).get("teacher.epochs")
+        if r.get("stage") != "02_teacher" or lead is None or epochs != cfg.teacher.epochs:
+            continue
+        ci = f" [{lead['ci'][0]:.1f}, {lead['ci'][1]:.1f}]" if len(lead["per_seed"]) > 1 else ""
+        return (f" Its length, {epochs} epochs, was measured on val with seeds {r['seeds']}: "
+                f"{lead['mean']:+.1f} points{ci} above the scratch students of the same seeds "
+                f"(per seed {', '.join(f'{x:+.1f}' for x in lead['per_seed'])}; "
+                f"{path.relative_to(project_root())}).")  # fmt: skip
+    return ""
 
 
 def _matches(overrides: dict[str, Any] | None, ours: dict[str, Any], paper: dict[str, Any]) -> bool:
@@ -134,6 +172,21 @@ def _recipe_text(r: dict[str, Any]) -> str:
     weights = "" if r["class_weighting"] == "none" else f", {r['class_weighting']} class weights"
     warmup = f" after {r['warmup_iters']} warmup iterations" if r["warmup_iters"] else ""
     return f"lr {r['lr']:g}, {r['lr_schedule']} schedule{warmup}{weights}"
+
+
+def teacher_lead(rows: list[dict[str, Any]]) -> str:
+    """"The teacher leads the distilled student by 6.1 and the scratch student by 7.0 points of val mIoU (aim:
+    ≥ 3)", from the main results' val means, or "" when the teacher or both students did not run."""
+    by = {r["stage"]: r["val_mean"] for r in rows}
+    t = by.get("02_teacher")
+    leads = [(label, t - by[s]) for s, label in (("03_distill", "the distilled"), ("04_student", "the scratch"))
+             if t is not None and by.get(s) is not None]  # fmt: skip
+    if not leads:
+        return ""
+    text = " and ".join(f"{label} student by {lead:.1f}" for label, lead in leads)
+    verb = "leads" if min(lead for _, lead in leads) > 0 else "trails or leads"
+    return (f"On val the teacher {verb} {text} points of mIoU (means over the seeds; distillation is worth testing "
+            f"when it leads by ≥ {TEACHER_LEAD_POINTS:g}).")
 
 
 def confounds(art: Artifacts, rows: list[dict[str, Any]]) -> list[str]:
@@ -162,16 +215,24 @@ def discussion(art: Artifacts, entries: list[Entry]) -> dict[str, list[str]]:
     """Why our numbers differ from the published ones, and what this scale can and cannot show, from the config,
     the metrics and the ledger's power statements."""
     cfg, why, can, cannot = art.cfg, [], [], []
-    m = next((art.trained(s) for s in TRAINED if art.trained(s)), None)
+    which = next((s for s in reversed(TRAINED) if art.trained(s)), None)  # the students' schedule first
+    m = art.trained(which) if which else None
     if m is not None:
         iters = m["epochs"] * m["iters_per_epoch"] * m["batch_size"]
         paper = PAPER_EPOCHS * PAPER_ITERS * PAPER_BATCH
-        why.append(f"Compute: {m['epochs']} × {m['iters_per_epoch']} iterations of batch {m['batch_size']} per network "
+        why.append(f"Compute: {m['epochs']} × {m['iters_per_epoch']} iterations of batch {m['batch_size']} per "
+                   f"{'teacher' if which == '02_teacher' else 'student'} "
                    f"= {100 * iters / paper:.2g} % of the paper's {PAPER_EPOCHS} × {PAPER_ITERS} of batch {PAPER_BATCH} "
                    "images seen.")  # fmt: skip
         why.append(f"Data and resolution: {m['dataset']} crops of {m['crop_hw'][0]}×{m['crop_hw'][1]} at scale "
                    f"{cfg.data.base_scale:g}, against the paper's Cityscapes crops of {PAPER_CROP_HW[0]}×{PAPER_CROP_HW[1]} "
                    "from 1024×2048 images.")  # fmt: skip
+    t, st = art.trained("02_teacher"), art.trained("04_student") or art.trained("03_distill")
+    if t is not None and st is not None and t["epochs"] * t["iters_per_epoch"] != st["epochs"] * st["iters_per_epoch"]:
+        ratio = t["epochs"] * t["iters_per_epoch"] / (st["epochs"] * st["iters_per_epoch"])
+        why.append(f"Teacher: {t['epochs']} × {t['iters_per_epoch']} iterations, {ratio:.2g}× the students' (the paper "
+                   "trains both alike): at a few thousand iterations the larger network learns more slowly, and a "
+                   "teacher no better than its students would leave distillation nothing to pass on.")  # fmt: skip
     source = architecture_source(cfg)
     why.append("Networks: " + ("the ones this run's 01_search derived, on this machine's latency table and a search "
                                "far shorter than the paper's." if source == "searched" else
@@ -230,7 +291,7 @@ def build_summary(art: Artifacts, entries: list[Entry], pub: Published) -> dict[
     scope = {e.id: {"claim": e.claim, "source": f"{e.source}, {e.where}"} for e in entries}  # one per claim
     main = main_results(art, pub)
     return {
-        "scope": list(scope.values()), "main_results": main,
+        "scope": list(scope.values()), "main_results": main, "teacher_lead": teacher_lead(main),
         "methodology": methodology(art), "scale": scale_note(art),
         "results": [{"claim": e.claim, "tested": e.metric + (f"; {e.analogue}" if e.analogue else ""),
                      "published": e.published, "ours": e.summary,
@@ -285,6 +346,7 @@ def summary_html(summary: dict[str, Any]) -> str:
         '<section class="repro-summary"><h2>Reproducibility Summary</h2>'
         f"<h3>Main results</h3><table><tr><th>network</th><th>{dataset} val mIoU (%): mean [95 % CI]</th>"
         f"<th>{dataset} test mIoU (%)</th><th>published (%)</th></tr>{main}</table>"
+        f"<p>{esc(summary.get('teacher_lead') or '')}</p>"
         f"<h3>Claims</h3><table class='repro-claims'><tr><th>claim</th><th>tested here</th><th>published</th><th>ours: mean [95 % CI]</th>"
         f"<th>verdict</th></tr>{rows}</table>"
         f"<h3>Confounds that remain</h3><ul>{items(summary.get('confounds', []))}</ul>"

@@ -114,6 +114,7 @@ def measure_suite(
     timed_s: float = 3.0,
     num_threads: int = 0,
     progress: bool = True,
+    table: LatencyTable | None = None,
 ) -> LatencyRecord:
     """Time every candidate on every backend and collect one record for this machine.
 
@@ -126,6 +127,9 @@ def measure_suite(
         num_classes: classes the networks predict.
         images: real (1, 3, H, W) normalised images at ``input_hw`` for int8 calibration and agreement.
         labels: their (1, H, W) labels, for the mIoU change (meaningful once weights are trained).
+        table: this device's eager table at ``input_hw`` from an earlier stage (01_search's), completed here and
+            used for the table estimates, so a network has one table latency in the whole run; default: a
+            table of just the entries the candidates use, timed here.
     """
     record = LatencyRecord(hardware_tag, environment_record(device))
     record.environment["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -135,8 +139,9 @@ def measure_suite(
     complexity: dict[str, dict[str, float]] = {}
     references: dict[str, Any] = {}  # the fp32 eager reference of each network, built once for its agreements
     start = time.perf_counter()
-    lut = _table_for(candidates, device, input_hw, hardware_tag)
+    lut = _table_for(candidates, device, input_hw, hardware_tag, num_classes, table)
     record.environment["lut_build_s"] = round(time.perf_counter() - start, 3)
+    record.environment["lut_source"] = "01_search's table, completed here" if table is not None else "timed here"
     for c, backend in bar:
         bar.set_postfix_str(f"{c.name} / {backend}")
         start = time.perf_counter()
@@ -156,8 +161,8 @@ def measure_suite(
             "timing_s": r.record.get("timing_s"),
         }  # fmt: skip
         if lut is not None and c.arch is not None:
-            row["lut_estimate_ms"] = estimate_latency(c.arch, lut, faithful_quirks=False)
-            row["lut_estimate_quirks_ms"] = estimate_latency(c.arch, lut, faithful_quirks=True)
+            row["lut_estimate_ms"] = estimate_latency(c.arch, lut, num_classes, faithful_quirks=False)
+            row["lut_estimate_quirks_ms"] = estimate_latency(c.arch, lut, num_classes, faithful_quirks=True)
         if check and r.status == "ok":
             start = time.perf_counter()
             if c.name not in references:
@@ -170,14 +175,19 @@ def measure_suite(
     return record
 
 
-def _table_for(candidates: list[Candidate], device: torch.device, input_hw: tuple[int, int],
-               hardware_tag: str) -> LatencyTable | None:  # fmt: skip
-    """One small table with just the entries the FasterSeg candidates use, timed on this device (eager)."""
+def _table_for(candidates: list[Candidate], device: torch.device, input_hw: tuple[int, int], hardware_tag: str,
+               num_classes: int, table: LatencyTable | None = None) -> LatencyTable | None:  # fmt: skip
+    """The entries the FasterSeg candidates use, timed on this device (eager): ``table``'s where it has them
+    (the search's, so that the run quotes one table latency per network), the rest timed now."""
     archs = [c.arch for c in candidates if c.arch is not None]
     if not archs:
         return None
-    keys = sorted({k for a in archs for f in (True, False) for k in network_entries(a, input_hw, faithful_quirks=f)})
-    return build_lut(device, "eager", input_hw, hardware_tag, only=keys, progress=False)
+    keys = sorted({k for a in archs for f in (True, False)
+                   for k in network_entries(a, input_hw, num_classes, faithful_quirks=f)})  # fmt: skip
+    if table is not None and tuple(table.input_hw) != tuple(input_hw):
+        table = None
+    return build_lut(device, "eager", input_hw, hardware_tag, only=keys, progress=False, num_classes=num_classes,
+                     resume_from=table)  # fmt: skip
 
 
 def _complexity(net: nn.Module, input_hw: tuple[int, int]) -> dict[str, float]:
@@ -242,8 +252,10 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     return out[cols].round(2).set_index(["network", "backend"])
 
 
-def lut_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Predicted (lookup-table sum) vs measured (eager median) latency per FasterSeg network."""
+def lut_table(frame: pd.DataFrame, quirks: bool = True) -> pd.DataFrame:
+    """Predicted (lookup-table sum) vs measured (eager median) latency per FasterSeg network. One table latency
+    per network: the one the search charges (``quirks``: ``search.faithful_quirks``, the authors' naming bug that
+    charges a zoomed cell twice; the record keeps both estimates)."""
     df = frame[(frame.backend == "eager") & frame.get("lut_estimate_ms", pd.Series(dtype=float)).notna()]
     if df.empty:
         return pd.DataFrame(columns=["network", "measured_ms", "table_ms", "measured / table"])
@@ -252,8 +264,7 @@ def lut_table(frame: pd.DataFrame) -> pd.DataFrame:
             "network": df.network,
             "hardware_tag": df.hardware_tag,
             "measured_ms": df.median_ms,
-            "table_ms": df.lut_estimate_ms,
-            "table_ms (quirks)": df.lut_estimate_quirks_ms,
+            "table_ms": df.lut_estimate_quirks_ms if quirks else df.lut_estimate_ms,
         }
     )
     out["measured / table"] = out.measured_ms / out.table_ms

@@ -1,0 +1,47 @@
+"""Record a ``make report``'s stage times, for the pipeline's overall ETA (:mod:`fasterseg_core.eta`).
+
+    python benchmarks/report_time.py outputs/camvid-cpu/pipeline.json [--command "make report"]
+
+Reads the run's ``pipeline.json`` (per-stage status and seconds, the commit) and writes
+``benchmarks/results/report/<profile>-<hardware tag>-<date>.json`` with this machine (run it where the report
+ran). Only a run in which every stage ran to its end is a record: a skipped or failed stage's time says nothing
+of its cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+from pathlib import Path
+
+from fasterseg_core.eta import REPORT_TIMES
+from fasterseg_core.latency.measure import environment_record
+from fasterseg_core.machine import hardware_tag
+from fasterseg_core.storage import save_json
+
+RESULTS = Path(__file__).resolve().parents[1] / REPORT_TIMES
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("pipeline", type=Path, help="the run's <output_root>/<profile>/pipeline.json")
+    p.add_argument("--command", default="make report", help="the command that ran it")
+    args = p.parse_args()
+    run = json.loads(args.pipeline.read_text())
+    not_ran = [r["stage"] for r in run["stages"] if r["status"] != "ok"]
+    if not_ran or "seconds" not in run:
+        raise SystemExit(f"error: {args.pipeline}: stages {not_ran} did not run to their end here (or the report "
+                         "did not render): record a run in which every stage ran (make report FORCE=1)")
+    date = run.get("started_at", dt.date.today().isoformat())[:10]
+    record = {"benchmark": "report", "profile": run["profile"], "overrides": run.get("overrides", {}),
+              "command": args.command, "git": run.get("git"), "date": date,
+              "machine": environment_record("cpu") | {"hardware_tag": hardware_tag()},
+              "stages": {r["stage"]: r["seconds"] for r in run["stages"]}, "total_s": run["seconds"]}
+    path = RESULTS / f"{run['profile']}-{hardware_tag()}-{date}.json"
+    save_json(record, path)
+    print(f"record: {path}")
+
+
+if __name__ == "__main__":
+    main()
