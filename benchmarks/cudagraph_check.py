@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from fasterseg_core.latency.backends import OutputOnly, prepare
+from fasterseg_core.latency.backends import BACKENDS, OutputOnly, prepare
 from fasterseg_core.models.published import build_published
 
 
@@ -40,7 +40,7 @@ def main() -> None:
         with torch.no_grad():
             refs = [OutputOnly(net)(x.to(dev)).float().cpu() for x in xs]
         print(f"student deploy={deploy}: ref classes {refs[0].argmax(1).unique().tolist()}", flush=True)
-        for backend in ("cudagraph", "cudagraph_fp16"):
+        for backend in (name for name, b in BACKENDS.items() if b.cuda_graph):
             pr = prepare(net, xs[0], backend, dev)
             t = time.perf_counter()
             for _ in range(20):

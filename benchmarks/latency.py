@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from fasterseg_core.backend_table import BACKENDS
 from fasterseg_core.latency import measure, prepare
 from fasterseg_core.latency.agreement import agreement
 from fasterseg_core.latency.flops import count_complexity
@@ -31,8 +32,9 @@ from fasterseg_core.latency.peers import PEERS, build_peer
 from fasterseg_core.machine import stable_malloc_env
 from fasterseg_core.models.published import build_published
 
-FP32 = ("eager", "channels_last", "compile", "ort")
-LOW = ("bf16", "ort_int8")
+# The backend table's CPU paths: the fp32 ones, and the low-precision ones checked against fp32 eager.
+FP32 = tuple(n for n, b in BACKENDS.items() if b.device != "cuda" and not b.low_precision)
+LOW = tuple(n for n, b in BACKENDS.items() if b.device != "cuda" and b.low_precision)
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 
 

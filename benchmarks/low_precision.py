@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from fasterseg_core.backend_table import BACKENDS
 from fasterseg_core.checkpoints import load_stage_model
 from fasterseg_core.config import load_config
 from fasterseg_core.data import build_dataset
@@ -34,8 +35,9 @@ from fasterseg_core.latency.measure import environment_record, time_prepared
 from fasterseg_core.latency.suite import real_images
 from fasterseg_core.machine import stable_malloc_env
 
-FP32 = ("eager", "channels_last", "compile", "ort")
-LOW = ("bf16", "ort_int8")
+# The backend table's CPU paths: the fp32 ones, and the low-precision ones checked against fp32 eager.
+FP32 = tuple(n for n, b in BACKENDS.items() if b.device != "cuda" and not b.low_precision)
+LOW = tuple(n for n, b in BACKENDS.items() if b.device != "cuda" and b.low_precision)
 
 
 def main() -> None:

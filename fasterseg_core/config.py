@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 
+from .backend_table import BACKENDS
 from .schema import AtLeast, ConfigError, Positive, Range, Sides, build
 
 __all__ = [
@@ -55,6 +56,9 @@ Crop = Annotated[tuple[int, int], Sides(multiple=32, minimum=64)]  # what the ne
 # divide them: CamVid's 360×480 is valid; later stages resize internally.
 ImageSize = Annotated[tuple[int, int], Sides(multiple=8, minimum=64)]
 Chi = Annotated[int, Range(1, 12)]  # a width in twelfths of the full width (§0 notation)
+# A key of the latency backend table, so a misspelt backend fails at load_config, not in 05_latency after the
+# study has trained. Only the name: a backend this machine cannot run is recorded as unavailable there.
+BackendName = Literal[tuple(BACKENDS)]
 
 
 @dataclass(frozen=True)
@@ -214,9 +218,9 @@ class LatencyConfig:
     warmup_iters: NonNegative = 10  # §10
     min_loop_seconds: Rate = 1.0  # §10 calibration loop
     timed_seconds: Rate = 3.0  # §10: int(3 × FPS estimate) timed executions ≈ 3 s
-    # Backends to time (fasterseg_core.latency.BACKENDS); unavailable ones are reported as such, never
-    # replaced. bf16/fp16/ort_int8 are the low-precision deployment paths, checked against fp32.
-    backends: tuple[str, ...] = ("eager", "channels_last", "compile", "ort", "bf16", "ort_int8")
+    # Backends to time (fasterseg_core.backend_table.BACKENDS); unavailable ones are reported as such, never
+    # replaced. The table's low-precision ones (bf16, fp16, int8) are checked against fp32.
+    backends: tuple[BackendName, ...] = ("eager", "channels_last", "compile", "ort", "bf16", "ort_int8")
     num_threads: NonNegative = 0  # 0 = torch default
     include_peers: bool = True  # torchvision LRASPP / DeepLabV3 MobileNetV3 as yardsticks
     # Real validation images (resized to input_hw) for int8 calibration and low-precision agreement.

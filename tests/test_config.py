@@ -93,6 +93,18 @@ def test_wrong_type_fails_naming_the_field(overrides, where):
         load_config("smoke", overrides)
 
 
+def test_a_misspelt_latency_backend_fails_at_load_naming_the_valid_ones():
+    from fasterseg_core.backend_table import BACKENDS
+
+    with pytest.raises(ConfigError) as err:
+        load_config("camvid-cpu", {"latency.backends": ["eagre"]})
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("latency.backends[0]: 'eagre'")
+    assert all(repr(name) in message for name in BACKENDS), message
+    # only the name is checked at load: a backend this machine cannot run is recorded as unavailable later
+    assert load_config("smoke", {"latency.backends": list(BACKENDS)}).latency.backends == tuple(BACKENDS)
+
+
 def test_dotted_overrides_merge_into_the_profile():
     cfg = load_config("smoke", {"teacher.epochs": 5, "data.scales": [1.0], "device": "cpu"})
     assert cfg.teacher.epochs == 5

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fasterseg_core.latency import BACKENDS, export_onnx, measure, prepare
-from fasterseg_core.latency.backends import BackendUnavailable
+from fasterseg_core.latency.backends import _PREPARERS, BackendUnavailable
 from fasterseg_core.latency.measure import summarise, time_prepared
 
 
@@ -40,12 +40,78 @@ def test_available_backends_return_positive_finite_figures(backend):
     assert rec["backend_version"].startswith(expected_runtime)
 
 
-@pytest.mark.parametrize("backend", ["fp16", "tensorrt", "cudagraph", "cudagraph_fp16"])
+@pytest.mark.parametrize("backend", [name for name, b in BACKENDS.items() if b.device == "cuda"])
 def test_unavailable_backend_is_reported_not_substituted(backend):
     r = measure(_tiny_net(), (1, 3, 16, 16), "cpu", backend, **FAST)
     assert r.status == "unavailable"
     assert r.median_ms is None and r.fps is None and r.iterations == 0
-    assert "CUDA" in r.reason
+    assert "CUDA" in r.reason and r.reason == BACKENDS[backend].device_reason
+
+
+# ---- the backend table ----------------------------------------------------------------------------
+
+# How far each precision may stray from fp32 eager on the tiny network: the tolerances of the tests above
+# (fp32 paths 1e-4, bf16 5e-2) and of the CUDA-graph test (fp16 2e-2). int8 had no numeric test before; it
+# gets bf16's bound (measured here: 1.4e-2 of the largest logit).
+PRECISION_TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2, "fp16": 2e-2, "int8": 5e-2}
+
+
+@pytest.mark.parametrize("name", list(BACKENDS))
+def test_every_backend_row_is_complete(name):
+    from fasterseg_core.latency.suite import LOW_PRECISION
+
+    row = BACKENDS[name]
+    assert row.name == name
+    assert row.runtime in _PREPARERS, f"{name}: no preparer for runtime {row.runtime!r}"
+    assert row.precision in PRECISION_TOLERANCE
+    # below fp32 means the suite checks its agreement with fp32 eager
+    assert (name in LOW_PRECISION) == (row.precision != "fp32") == row.low_precision
+    assert (row.device == "either") == (row.device_reason == ""), "a device-bound row says why"
+
+
+@pytest.mark.parametrize("name", list(BACKENDS))
+def test_every_backend_available_here_runs_and_agrees_with_eager(name):
+    row = BACKENDS[name]
+    if row.device == "cuda" and not torch.cuda.is_available():
+        pytest.skip(f"{name} needs CUDA")
+    device = "cuda" if row.device == "cuda" else "cpu"
+    net, gen = _tiny_net(), torch.Generator().manual_seed(0)
+    x, other = torch.randn(1, 3, 24, 24, generator=gen), torch.randn(1, 3, 24, 24, generator=gen)
+    try:
+        cand = prepare(net, x, name, device, calibration_images=[x, other])
+    except BackendUnavailable as e:  # e.g. tensorrt not installed on a CUDA machine
+        pytest.skip(str(e))
+    assert cand.info["backend"] == name
+    ref = prepare(net, x, "eager", device)
+    tol = PRECISION_TOLERANCE[row.precision]
+    for got, want in ((cand.run().float().cpu(), ref.forward(x)), (cand.forward(other), ref.forward(other))):
+        assert torch.allclose(got, want, rtol=tol, atol=tol * want.abs().max()), name
+    if row.runtime.startswith("torch"):  # the torch preparers record the layout they ran
+        nhwc = row.channels_last_on(torch.device(device).type)
+        assert cand.info["memory_format"] == ("channels_last" if nhwc else "contiguous"), name
+
+
+def test_cudagraph_fp16_is_checked_for_agreement():
+    """It was missing from the suite's low-precision list, so its agreement with fp32 was never checked."""
+    import pandas as pd
+
+    from fasterseg_core.latency.suite import LOW_PRECISION, low_precision_table
+
+    assert "cudagraph_fp16" in LOW_PRECISION
+    frame = pd.DataFrame([
+        {"network": "n", "backend": b, "status": "ok", "median_ms": ms, "agreement_pixel_agreement": agree,
+         "agreement_logit_rel_error": 0.01, "agreement_reference_classes": 3.0}
+        for b, ms, agree in (("eager", 2.0, None), ("cudagraph_fp16", 1.0, 0.999))
+    ])  # fmt: skip
+    assert ("n", "cudagraph_fp16") in low_precision_table(frame).index
+
+
+def test_lookup_tables_refuse_backends_the_table_marks_unusable():
+    from fasterseg_core.latency.lut import build_lut
+
+    for name in (n for n, b in BACKENDS.items() if not b.lut_usable):
+        with pytest.raises(ValueError, match="cannot time a lookup table"):
+            build_lut("cpu", name, (64, 128), progress=False)
 
 
 def test_prepare_raises_for_unavailable_and_rejects_unknown():

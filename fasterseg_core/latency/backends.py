@@ -5,23 +5,10 @@ fell back to PyTorch *silently*. Here every backend is named, prepared explicitl
 asked or is reported as ``unavailable`` (not installed / no such device) or ``failed`` (it exists but
 could not build or run the network), with the reason. The caller decides what to do; we never fall back.
 
-Backends (``BACKENDS``):
-
-* ``eager``          PyTorch eager, ``inference_mode``.
-* ``channels_last``  eager with NHWC memory format for weights and input.
-* ``compile``        ``torch.compile`` (inductor) of the eval network. On the CPU with the weights frozen into
-                     the graph (inductor ``freezing``: BatchNorm folded into the convs, oneDNN weights
-                     pre-packed) and in channels_last, inductor's CPU inference setting (measured here 1.2-1.5x
-                     faster than the default for the student at 1024x2048); on CUDA, inductor's defaults.
-* ``bf16``           bf16 weights and activations, channels_last (CPU: oneDNN AMX/AVX512-BF16; CUDA).
-* ``fp16``           CUDA only: fp16 weights and activations, channels_last.
-* ``cudagraph``      CUDA only: the eager fp32 network captured once as a CUDA graph and replayed (removes
-                     the per-kernel launch cost that dominates a batch-1 forward of a small network on a
-                     fast GPU; TensorRT, which the paper used, does the same by building one engine).
-* ``cudagraph_fp16`` CUDA only: as ``cudagraph`` with fp16 weights and activations in channels_last.
-* ``ort``            ONNX Runtime fp32 (CUDA/TensorRT providers first when present, else CPU).
-* ``ort_int8``       ONNX Runtime with static QDQ int8 quantisation, calibrated on given images.
-* ``tensorrt``       TensorRT engine built from the ONNX export (fp32), when ``tensorrt`` imports on CUDA.
+Backends: one row each in :data:`fasterseg_core.backend_table.BACKENDS` (precision, layout, device,
+CUDA graph, runtime), re-exported here. :func:`prepare` reads the row and hands it to the preparer of its
+runtime: eager PyTorch in the row's dtype and layout, optionally captured as a CUDA graph; ``torch.compile``;
+ONNX Runtime fp32 or static QDQ int8; a TensorRT engine from the ONNX export.
 
 Each backend returns a :class:`Prepared` with a zero-argument ``run()`` that executes one forward pass on
 the fixed input already resident on the device (input transfer not timed, as in §10) and returns the
@@ -43,18 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-BACKENDS = (
-    "eager",
-    "channels_last",
-    "compile",
-    "bf16",
-    "fp16",
-    "cudagraph",
-    "cudagraph_fp16",
-    "ort",
-    "ort_int8",
-    "tensorrt",
-)
+from ..backend_table import BACKENDS, Backend
 
 
 class BackendUnavailable(RuntimeError):
@@ -246,7 +222,7 @@ def prepare(
         net: a segmentation network. The backend works on a deep copy in eval mode, so memory-format and
             dtype changes never leak into the caller's network.
         example: the fixed input (N, 3, H, W) float32.
-        backend: one of :data:`BACKENDS`.
+        backend: a key of :data:`BACKENDS`; its row says how to prepare it.
         device: where to run.
         num_threads: intra-op threads for ONNX Runtime (0 = its default).
         calibration_images: required for ``ort_int8``.
@@ -256,50 +232,41 @@ def prepare(
         BackendUnavailable: not installed / not for this device.
         BackendFailed: it exists but could not build or run this network.
     """
-    if backend not in BACKENDS:
+    spec = BACKENDS.get(backend)
+    if spec is None:
         raise ValueError(f"unknown backend {backend!r}; valid: {list(BACKENDS)}")
     device = torch.device(device)
+    if spec.device not in ("either", device.type):
+        raise BackendUnavailable(spec.device_reason)
     net = (copy.deepcopy(net) if copy_model else net).eval().to(device)
     info: dict[str, Any] = {"backend": backend}
-    if backend in ("ort", "ort_int8"):
-        return _prepare_onnx(net, example, backend, device, info, num_threads, calibration_images)
-    if backend == "tensorrt":
-        if device.type != "cuda":
-            raise BackendUnavailable("TensorRT needs a CUDA device")
-        try:
-            trt = importlib.import_module("tensorrt")
-        except ImportError as e:
-            raise BackendUnavailable("tensorrt is not installed (pip install tensorrt)") from e
-        return _tensorrt_prepared(trt, net, example, device, info)
-    return _prepare_torch(net, example.to(device), backend, device, info)
+    return _PREPARERS[spec.runtime](net, example, spec, device, info, num_threads, calibration_images)
 
 
-# torch paths: the dtype each runs in, and which run NHWC
-_TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "cudagraph_fp16": torch.float16}
-_TORCH_NHWC = ("channels_last", "bf16", "fp16", "cudagraph_fp16")
+# The torch dtype of each precision the torch runtimes compute in (int8 is ONNX Runtime's alone).
+_TORCH_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _prepare_torch(net: nn.Module, x: torch.Tensor, backend: str, device: torch.device,
-                   info: dict[str, Any]) -> Prepared:  # fmt: skip
-    """Eager PyTorch in its layouts and dtypes, torch.compile, and CUDA graphs of the eager module."""
-    dtype = _TORCH_DTYPES.get(backend, torch.float32)
-    graphed = backend.startswith("cudagraph")
-    if backend == "fp16" and device.type != "cuda":
-        raise BackendUnavailable("fp16 inference is timed on CUDA only (CPU fp16 convs are emulated)")
-    if graphed and device.type != "cuda":
-        raise BackendUnavailable("CUDA graphs need a CUDA device")
-    # Low precision runs with bf16/fp16 weights and activations in NHWC: that is what oneDNN (AMX/
-    # AVX512-BF16) and cuDNN tensor cores are fastest at. (CPU autocast re-casts every weight on every
-    # call and measured ~8x slower than this here.)
-    cpu_compile = backend == "compile" and device.type == "cpu"
-    nhwc = backend in _TORCH_NHWC or cpu_compile
+def _prepare_torch(net: nn.Module, example: torch.Tensor, spec: Backend, device: torch.device,
+                   info: dict[str, Any], num_threads: int, calibration_images: list[torch.Tensor] | None,
+                   ) -> Prepared:  # fmt: skip
+    """Eager PyTorch in the row's dtype and layout, torch.compile, and CUDA graphs of the eager module
+    (``num_threads`` and ``calibration_images`` are ONNX Runtime's: torch uses its own thread setting)."""
+    x = example.to(device)
+    dtype = _TORCH_DTYPE[spec.precision]
+    graphed = spec.cuda_graph
+    # Low precision casts the weights and activations themselves (CPU autocast re-casts every weight on every
+    # call and measured ~8x slower than this here); the table puts it in NHWC.
+    compiled = spec.runtime == "torch.compile"
+    cpu_compile = compiled and device.type == "cpu"
+    nhwc = spec.channels_last_on(device.type)
     wrapped = OutputOnly(net).eval()
     if dtype != torch.float32:
         wrapped, x = wrapped.to(dtype), x.to(dtype)
     if nhwc:
         wrapped = wrapped.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    fn: Callable[[torch.Tensor], torch.Tensor] = _compiled(wrapped, x, cpu_compile) if backend == "compile" else wrapped
+    fn: Callable[[torch.Tensor], torch.Tensor] = _compiled(wrapped, x, cpu_compile) if compiled else wrapped
     info.update(
         backend_version=f"torch {torch.__version__}" + (" (CUDA graph of eager)" if graphed else "")
         + (" (inductor, frozen weights)" if cpu_compile else ""),
@@ -351,7 +318,7 @@ def _compiled(wrapped: nn.Module, x: torch.Tensor, freeze: bool) -> Callable[[to
     return fn
 
 
-def _prepare_onnx(net: nn.Module, example: torch.Tensor, backend: str, device: torch.device,
+def _prepare_onnx(net: nn.Module, example: torch.Tensor, spec: Backend, device: torch.device,
                   info: dict[str, Any], num_threads: int, calibration_images: list[torch.Tensor] | None
                   ) -> Prepared:  # fmt: skip
     """ONNX Runtime on the exported graph: fp32, or int8 with static QDQ quantisation (CPU)."""
@@ -362,11 +329,9 @@ def _prepare_onnx(net: nn.Module, example: torch.Tensor, backend: str, device: t
     finally:
         net.to(device)
     extra: dict[str, Any] = {"dtype": "float32", "onnx_opset": 17}
-    if backend == "ort_int8":
-        if device.type == "cuda":
-            raise BackendUnavailable("int8 ONNX Runtime path is for the CPU provider")
+    if spec.precision == "int8":
         if not calibration_images:
-            raise ValueError("ort_int8 needs calibration_images (a few real training images)")
+            raise ValueError(f"{spec.name} needs calibration_images (a few real training images)")
         try:
             model_bytes = quantize_int8(model_bytes, calibration_images)
         except Exception as e:
@@ -397,10 +362,14 @@ def _replay_once(wrapped: nn.Module, inp: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _tensorrt_prepared(
-    trt, net: nn.Module, example: torch.Tensor, device: torch.device, info: dict[str, Any]
-) -> Prepared:
+def _prepare_tensorrt(net: nn.Module, example: torch.Tensor, spec: Backend, device: torch.device,
+                      info: dict[str, Any], num_threads: int, calibration_images: list[torch.Tensor] | None,
+                      ) -> Prepared:  # fmt: skip
     """fp32 TensorRT engine from the ONNX export, executed on torch-owned device buffers."""
+    try:
+        trt = importlib.import_module("tensorrt")
+    except ImportError as e:
+        raise BackendUnavailable("tensorrt is not installed (pip install tensorrt)") from e
     try:
         model_bytes = export_onnx(net.cpu(), example.cpu())
         net.to(device)
@@ -439,3 +408,13 @@ def _tensorrt_prepared(
 
     info.update(backend_version=f"tensorrt {trt.__version__}", dtype="float32")
     return Prepared(run, info, _sync_for(device), forward)
+
+
+# The code that prepares each runtime of the table (``Backend.runtime``); a row whose runtime is missing here
+# fails tests/test_latency.py.
+_PREPARERS: dict[str, Callable[..., Prepared]] = {
+    "torch": _prepare_torch,
+    "torch.compile": _prepare_torch,
+    "onnxruntime": _prepare_onnx,
+    "tensorrt": _prepare_tensorrt,
+}

@@ -45,7 +45,7 @@ from ..models.heads import FeatureFusion, Head
 from ..models.network import plan_cells
 from ..models.ops import OPS, ConvNorm
 from ..progress import bar as progress_bar
-from .backends import prepare
+from .backends import BACKENDS, prepare
 from .measure import environment_record, time_prepared
 
 LUT_FORMAT = "fasterseg-lut/1"
@@ -288,7 +288,7 @@ def build_lut(
 
     Args:
         device: where to time.
-        backend: an eager-family backend name ("eager", "channels_last", "bf16", "fp16", "ort", …).
+        backend: a backend whose table row is ``lut_usable`` ("eager", "channels_last", "bf16", "ort", …).
         input_hw: network input size the table is for (cells are timed at input / stride).
         hardware_tag: name of this device/runtime in reports (default: derived from the record).
         budget_s: timing budget per entry after one warm-up; the fastest execution is stored.
@@ -298,7 +298,13 @@ def build_lut(
 
     Returns:
         The table; save it with :meth:`LatencyTable.save`.
+
+    Raises:
+        ValueError: ``backend`` is not one the backend table marks usable for lookup tables.
     """
+    if backend not in BACKENDS or not BACKENDS[backend].lut_usable:
+        usable = [name for name, b in BACKENDS.items() if b.lut_usable]
+        raise ValueError(f"backend {backend!r} cannot time a lookup table; usable: {usable}")
     device = torch.device(device)
     entries = lut_entries(tuple(input_hw), num_classes=num_classes)
     if only is not None:

@@ -8,8 +8,8 @@ tags) accumulate side by side there, as the reproduction study's hardware A/B co
 Per network (published teacher/student, the searched ones when ``01_search`` produced them, torchvision
 peers): parameters and multiply-adds (authors' convention and conv MACs) at the run's size and at the
 paper's 1024×2048, the §10 timing on every configured backend, the lookup-table estimate for the same
-network at the same size (predicted vs measured), and for low-precision backends the argmax agreement
-with fp32 eager on real validation images.
+network at the same size (predicted vs measured), and for low-precision backends (``LOW_PRECISION``, from
+the backend table) the argmax agreement with fp32 eager on real validation images.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backend_table import LOW_PRECISION
 from ..models.architecture import Architecture
 from ..models.network import build_network
 from ..models.published import build_published, published_architecture
@@ -36,7 +37,6 @@ from .lut import LatencyTable, build_lut, estimate_latency, network_entries
 from .measure import environment_record, measure
 from .peers import PEERS, build_peer
 
-LOW_PRECISION = ("bf16", "fp16", "ort_int8")
 PAPER_HW = (1024, 2048)
 
 

@@ -50,7 +50,9 @@ def value_at(cfg: RunConfig, key: str) -> Any:
 
 
 def _plain(tp: Any) -> Any:
-    return typing.get_args(tp)[0] if typing.get_origin(tp) is typing.Annotated else tp
+    tp = typing.get_args(tp)[0] if typing.get_origin(tp) is typing.Annotated else tp
+    # A tuple of choices (latency.backends) is typed in as words; load_config then checks each is a choice.
+    return type(typing.get_args(tp)[0]) if typing.get_origin(tp) is typing.Literal else tp
 
 
 def _tuple_items(base: Any) -> tuple[list[Any], bool]:
