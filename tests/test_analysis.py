@@ -249,13 +249,13 @@ def test_claims_ledger_gives_a_verdict_per_claim(full, pub, tmp_path):
     assert analysis.paired_figure(list(entries.values())).png
 
 
-def test_summary_names_the_students_recipe_deviations_of_the_default_profile():
+def test_summary_names_the_recipe_deviations_of_the_default_profile():
     rows = {d["key"]: d for d in analysis.summary.deviations(load_config("camvid-cpu"))}
-    for stage in ("distill", "student"):
+    for stage in ("teacher", "distill", "student"):  # one recipe for all three networks
         schedule, weighting, lr = (rows[f"{stage}.{k}"] for k in ("lr_schedule", "class_weighting", "lr"))
         assert (schedule["this run"], schedule["paper"]) == ("cosine", "exponential")
         assert (weighting["this run"], weighting["paper"], lr["this run"]) == ("enet", "none", 0.02)
-    assert "teacher.class_weighting" not in rows  # the teacher keeps the paper's loss
+    assert rows["teacher.epochs"]["this run"] == 3 * load_config("camvid-cpu").student.epochs  # so that it leads
 
 
 def test_reproducibility_summary_is_built_from_the_artifacts(full, pub, tmp_path):
