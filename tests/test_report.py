@@ -188,6 +188,7 @@ def test_smoke_report_renders_offline_in_a_browser_and_as_pdf(smoke_pipeline, tm
     from playwright.sync_api import sync_playwright
 
     assert smoke_pipeline.returncode == 0, smoke_pipeline.stdout + smoke_pipeline.stderr
+    assert "7 of 7 stages to run" in smoke_pipeline.stdout  # the plan, with an overall ETA where a record exists
     out = smoke_pipeline.output_root
     pipeline = json.loads((out / "smoke" / "pipeline.json").read_text())
     assert pipeline["stages"] and all(s["status"] == "ok" for s in pipeline["stages"])
