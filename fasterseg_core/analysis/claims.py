@@ -101,14 +101,32 @@ def _missing(c: Any, pub: Published, metric: str, why: str) -> Entry:
     return Entry(c.id, pub.sources()[c.source].short, c.where, c.claim, numbers, metric, {}, "not tested", why, "")
 
 
+def _schedule(m: dict[str, Any]) -> str:
+    """"20 × 50 iterations of batch 8 at 160×224" of a training stage's metrics."""
+    return (f"{m['epochs']} × {m['iters_per_epoch']} iterations of batch {m['batch_size']} at "
+            f"{m['crop_hw'][0]}×{m['crop_hw'][1]}")
+
+
+def _schedules(art: Artifacts) -> tuple[dict[str, Any] | None, str]:
+    """The students' metrics (the claims compare students) and their schedule, with the teacher's where it
+    differs: "20 × 50 iterations … (teacher: 60 × 50 …)"."""
+    trained = [art.trained(s) for s in reversed(TRAINED)]  # students first
+    m = next((x for x in trained if x is not None), None)
+    if m is None:
+        return None, ""
+    text, t = _schedule(m), art.trained("02_teacher")
+    if t is not None and _schedule(t) != text:
+        text += f" (teacher: {_schedule(t)})"
+    return m, text
+
+
 def scale_note(art: Artifacts) -> str:
     """What limits a verdict here: dataset, training length and device against the paper's and the study's."""
-    m = next((art.trained(s) for s in TRAINED if art.trained(s)), None)
+    m, schedule = _schedules(art)
     if m is None:
         return ""
     dataset = m["dataset"]
-    length = (f"{m['epochs']} epochs × {m['iters_per_epoch']} iterations of batch {m['batch_size']} at "
-              f"{m['crop_hw'][0]}×{m['crop_hw'][1]} (paper: 600 × 1000 of 12 at 512×1024; study: 100–300 epochs)")
+    length = f"{schedule} (paper: 600 × 1000 of 12 at 512×1024; study: 100–300 epochs)"
     parts = [f"{dataset} ({'the study: Cityscapes' if dataset != 'cityscapes' else 'as the study'})", length,
              f"device {art.cfg.device}"]  # fmt: skip
     return "At this scale: " + "; ".join(parts) + ". A verdict says what holds here, not at the paper's scale."
@@ -116,11 +134,10 @@ def scale_note(art: Artifacts) -> str:
 
 def analogue(art: Artifacts) -> str:
     """The setting a training claim is tested in here (the claims speak of Cityscapes and 100–600 epochs)."""
-    m = next((art.trained(s) for s in TRAINED if art.trained(s)), None)
+    m, schedule = _schedules(art)
     if m is None:
         return ""
-    return (f"{m['dataset']}, {m['epochs']} × {m['iters_per_epoch']} iterations of batch {m['batch_size']} at "
-            f"{m['crop_hw'][0]}×{m['crop_hw'][1]}, {len(art.cfg.seeds)} seed(s)")
+    return f"{m['dataset']}, {schedule}, {len(art.cfg.seeds)} seed(s)"
 
 
 def _paired(art: Artifacts, a: str, b: str, split: str, teacher: bool = False) -> dict[int, float]:

@@ -115,6 +115,7 @@ def recipe_provenance(cfg: RunConfig) -> list[str]:
         ours, paper = _recipe(cfg, section), _recipe(Paper(), section)
         chosen = [(path, r) for path, r in records
                   if r.get("stage") == stage and _matches(r.get("chosen_overrides"), ours, paper)]  # fmt: skip
+        chosen = [(path, r) for path, r in chosen if len(r.get("candidates", [])) > 1]  # a choice, not one run
         if chosen and ours != paper:
             own[stage] = chosen[-1]
     out = []
@@ -123,7 +124,7 @@ def recipe_provenance(cfg: RunConfig) -> list[str]:
         shared = next((s for s in own if s != stage and _recipe(cfg, TRAINED[s][2]) == ours), None)
         if ours == paper:
             line = f"{label}: the paper's recipe ({_recipe_text(ours)})."
-        elif stage in own and len(own[stage][1]["candidates"]) > 1:
+        elif stage in own:
             path, r = own[stage]
             best = next(c for c in r["candidates"] if c["candidate"] == r["chosen"])
             vs = (f", {best['difference mean']:+.1f} points [{best['difference ci'][0]:.1f}, "
