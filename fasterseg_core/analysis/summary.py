@@ -113,9 +113,9 @@ def recipe_provenance(cfg: RunConfig) -> list[str]:
     own: dict[str, tuple[Path, dict[str, Any]]] = {}
     for stage, (_, _, section) in TRAINED.items():
         ours, paper = _recipe(cfg, section), _recipe(Paper(), section)
-        chosen = [(path, r) for path, r in records
-                  if r.get("stage") == stage and _matches(r.get("chosen_overrides"), ours, paper)]  # fmt: skip
-        chosen = [(path, r) for path, r in chosen if len(r.get("candidates", [])) > 1]  # a choice, not one run
+        chosen = [(path, r) for path, r in records  # a choice among candidates, not one measured run
+                  if r.get("stage") == stage and len(r.get("candidates", [])) > 1
+                  and _matches(r.get("chosen_overrides"), ours, paper)]  # fmt: skip
         if chosen and ours != paper:
             own[stage] = chosen[-1]
     out = []
@@ -190,8 +190,9 @@ def teacher_lead(rows: list[dict[str, Any]]) -> str:
             f"when it leads by ≥ {TEACHER_LEAD_POINTS:g}).")
 
 
-def confounds(art: Artifacts, rows: list[dict[str, Any]]) -> list[str]:
-    """What, besides the method, could explain this run's differences: from the config and the results."""
+def confounds(art: Artifacts, rows: list[dict[str, Any]], recipes: list[str]) -> list[str]:
+    """What, besides the method, could explain this run's differences: from the config, the results and the
+    recipes' provenance (:func:`recipe_provenance`, read once per summary)."""
     cfg, out = art.cfg, []
     teacher, students = _recipe(cfg, "teacher"), {_recipe_text(_recipe(cfg, s)) for s in ("distill", "student")}
     if any(_recipe_text(teacher) != s for s in students):
@@ -208,7 +209,7 @@ def confounds(art: Artifacts, rows: list[dict[str, Any]]) -> list[str]:
                        "worth testing): the paper's gain from a stronger teacher cannot show.")  # fmt: skip
     if not cfg.teacher_per_seed and len(cfg.seeds) > 1:
         out.append("One teacher serves every seed: differences against it leave its own seed-to-seed spread out.")
-    out += [line for line in recipe_provenance(cfg) if "no record says" in line]
+    out += [line for line in recipes if "no record says" in line]
     return out
 
 
@@ -290,7 +291,7 @@ def build_summary(art: Artifacts, entries: list[Entry], pub: Published) -> dict[
     """The summary as data (``summary.json``); :func:`summary_html` renders it."""
     easy, hard = easy_and_difficult(art, entries)
     scope = {e.id: {"claim": e.claim, "source": f"{e.source}, {e.where}"} for e in entries}  # one per claim
-    main = main_results(art, pub)
+    main, recipes = main_results(art, pub), recipe_provenance(art.cfg)
     return {
         "scope": list(scope.values()), "main_results": main, "teacher_lead": teacher_lead(main),
         "methodology": methodology(art), "scale": scale_note(art),
@@ -298,8 +299,8 @@ def build_summary(art: Artifacts, entries: list[Entry], pub: Published) -> dict[
                      "published": e.published, "ours": e.summary,
                      "published_difference": e.published_difference, "per_seed": e.per_seed,
                      "verdict": e.verdict} for e in entries],
-        "confounds": confounds(art, main), "discussion": discussion(art, entries),
-        "recipes": recipe_provenance(art.cfg), "margin_points": MARGIN_POINTS,
+        "confounds": confounds(art, main, recipes), "discussion": discussion(art, entries),
+        "recipes": recipes, "margin_points": MARGIN_POINTS,
         "easy": easy, "difficult": hard, "deviations": deviations(art.cfg), "published_note": pub.note,
     }  # fmt: skip
 
