@@ -55,7 +55,9 @@ from fasterseg_core.config import RunConfig, TrainConfig, load_config
 from fasterseg_core.data import build_dataset
 from fasterseg_core.data.sampling import epoch_loader
 from fasterseg_core.distributed import DistInfo
+from fasterseg_core.data.stats import split_summary
 from fasterseg_core.engine import fit, training_loss
+from fasterseg_core.losses import class_weights
 from fasterseg_core.latency.measure import environment_record
 from fasterseg_core.machine import resolve_device, stable_malloc_env
 from fasterseg_core.models import build_network, init_weights_, published_architecture
@@ -121,6 +123,7 @@ def engine_seconds(
     iters: int,
     teacher: nn.Module | None = None,
     workers: int = 0,
+    class_weight: torch.Tensor | None = None,
 ) -> float:
     """Seconds of one :func:`~fasterseg_core.engine.fit` epoch of ``iters`` iterations on ``data``.
 
@@ -130,7 +133,7 @@ def engine_seconds(
     """
     spec = replace(spec, epochs=1, iters_per_epoch=iters, eval_every_epochs=10**9)
     with tempfile.TemporaryDirectory(prefix="fasterseg-bench-") as tmp:
-        loss = training_loss(spec, teacher, device)
+        loss = training_loss(spec, teacher, device, class_weight=class_weight)
         result = fit(spec, net, loss, data, None, device, Path(tmp), num_workers=workers, progress=False)
     return float(result.history[0]["seconds"])
 
@@ -176,6 +179,9 @@ def cpu_profile(profile: str, iters: int, rounds: int, loader_batches: int) -> d
     real_cached = {hw: build_dataset(cached_data, "train", train=True, crop_hw=hw) for hw in crops}
     loader_cached_set = real_cached[tuple(teacher_spec.crop_size_hw)]
     num_classes = loader_set.num_classes
+    weight = None  # the profile's class weighting, as stages.run_training computes it (one pass over the labels)
+    if teacher_spec.class_weighting != "none":
+        weight = class_weights(split_summary(loader_set)["pixel_counts"], teacher_spec.class_weighting)
     models = {v: build_variant(v, num_classes) for v in VARIANTS}
     workers = cfg.data.num_workers
     load = os.getloadavg()[0]
@@ -194,19 +200,19 @@ def cpu_profile(profile: str, iters: int, rounds: int, loader_batches: int) -> d
         )
 
     for v, (net, teacher) in models.items():  # warm-up: allocator, kernels, first-touch of weights
-        engine_seconds(specs[v], net, crops[tuple(specs[v].crop_size_hw)], device, 1, teacher)
+        engine_seconds(specs[v], net, crops[tuple(specs[v].crop_size_hw)], device, 1, teacher, class_weight=weight)
     loader_seconds(loader_set, teacher_spec, 0, 1, epoch=0)
     keys = (*VARIANTS, *(f"{v}+loader" for v in VARIANTS), *(f"{v}+cached" for v in VARIANTS), "loader",
             "loader_0", "loader_cached")  # fmt: skip
     times: dict[str, list[float]] = {k: [] for k in keys}
     for r in range(rounds):
         for v, (net, teacher) in models.items():
-            s = engine_seconds(specs[v], net, crops[tuple(specs[v].crop_size_hw)], device, iters, teacher)
+            s = engine_seconds(specs[v], net, crops[tuple(specs[v].crop_size_hw)], device, iters, teacher, class_weight=weight)
             times[v].append(iters * specs[v].batch_size / s)
-            s = engine_seconds(specs[v], net, real[tuple(specs[v].crop_size_hw)], device, iters, teacher, workers)
+            s = engine_seconds(specs[v], net, real[tuple(specs[v].crop_size_hw)], device, iters, teacher, workers, class_weight=weight)
             times[f"{v}+loader"].append(iters * specs[v].batch_size / s)
             hw = tuple(specs[v].crop_size_hw)
-            s = engine_seconds(specs[v], net, real_cached[hw], device, iters, teacher, workers)
+            s = engine_seconds(specs[v], net, real_cached[hw], device, iters, teacher, workers, class_weight=weight)
             times[f"{v}+cached"].append(iters * specs[v].batch_size / s)
         for key, w, dataset in (("loader", workers, loader_set), ("loader_0", 0, loader_set),
                                 ("loader_cached", workers, loader_cached_set)):  # fmt: skip
