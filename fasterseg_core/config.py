@@ -134,7 +134,9 @@ class SearchConfig:
     # lookup table ± target_window_rel (the paper's 155–175 FPS is ±6 % around its 1080 Ti figure).
     target_fps_window: tuple[Rate, ...] = ()
     target_window_rel: Annotated[float, Range(0.0, 1.0, lo_open=True, hi_open=True)] = 0.06
-    latency_input_hw: ImageSize = (1024, 2048)  # §3.3, the table's resolution
+    # §3.3, the table's resolution. Not set in a profile: latency.input_hw, the resolution the networks are
+    # timed at (from_dict fills it in), so the search steers by the latency 05_latency measures.
+    latency_input_hw: ImageSize = (1024, 2048)
     # Reproduce the original code's quirks (§3.3 naming bug and β row, §4 cumulative re-softmax); false
     # uses the corrected computation.
     faithful_quirks: bool = True
@@ -375,6 +377,9 @@ def load_config(profile: str | os.PathLike | None = None, overrides: dict[str, A
 
 def from_dict(tree: dict[str, Any]) -> RunConfig:
     """A validated :class:`RunConfig` from a nested dict (the inverse of :func:`to_dict`)."""
+    search, latency = tree.get("search") or {}, tree.get("latency") or {}
+    if isinstance(search, dict) and isinstance(latency, dict) and "input_hw" in latency:
+        tree = {**tree, "search": {"latency_input_hw": latency["input_hw"], **search}}
     cfg = build(RunConfig, tree, "")
     check_rules(cfg)
     return cfg
@@ -395,6 +400,13 @@ def check_rules(cfg: RunConfig) -> None:
         raise ConfigError(
             f"search.latency_weights: {list(sc.latency_weights)} must be 3 non-negative weights summing to 1; "
             "e.g. the paper's [0.002, 0.994, 0.004]"
+        )
+    if not sc.latency_table and tuple(sc.latency_input_hw) != tuple(cfg.latency.input_hw):
+        raise ConfigError(
+            f"search.latency_input_hw: {list(sc.latency_input_hw)} differs from latency.input_hw "
+            f"{list(cfg.latency.input_hw)}: the search would steer by latencies at another resolution than "
+            "05_latency measures; leave search.latency_input_hw out (it follows latency.input_hw) or give "
+            "search.latency_table"
         )
     for name in ("teacher", "distill", "student"):
         spec = getattr(cfg, name)

@@ -140,3 +140,19 @@ def test_from_dict_is_as_strict_as_load_config():
     tree["teacher"]["epochz"] = 1
     with pytest.raises(ConfigError, match="epochz"):
         from_dict(tree)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_the_search_table_follows_the_latency_resolution(profile):
+    """search.latency_input_hw is derived from latency.input_hw (issue 27): one resolution to keep, not two."""
+    cfg = load_config(profile)
+    assert cfg.search.latency_input_hw == cfg.latency.input_hw
+    moved = load_config(profile, {"latency.input_hw": [256, 512]})
+    assert moved.search.latency_input_hw == (256, 512)
+
+
+def test_a_search_table_at_another_resolution_fails_unless_a_table_is_given():
+    with pytest.raises(ConfigError, match=r"search.latency_input_hw: \[256, 512\] differs from latency.input_hw"):
+        load_config("smoke", {"search.latency_input_hw": [256, 512]})
+    cfg = load_config("smoke", {"search.latency_input_hw": [256, 512], "search.latency_table": "table.json"})
+    assert cfg.search.latency_input_hw == (256, 512)  # a given table (the authors') fixes its own resolution

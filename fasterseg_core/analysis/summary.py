@@ -146,7 +146,7 @@ def recipe_provenance(cfg: RunConfig) -> list[str]:
 
 
 def _recorded_lead(cfg: RunConfig, records: list[tuple[Path, dict[str, Any]]]) -> str:
-    """" Its length (60 epochs) was measured on val …" from the newest 02_teacher record of this run's teacher
+    """" Its length (30 epochs) was measured on val …" from the newest 02_teacher record of this run's teacher
     length and recipe that recorded its lead over the scratch students (``benchmarks/recipe.py``), else ""."""
     for path, r in reversed(records):
         lead = (r.get("lead_over_students") or {}).get("by_candidate", {}).get(r.get("chosen"))
