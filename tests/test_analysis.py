@@ -255,7 +255,7 @@ def test_summary_names_the_recipe_deviations_of_the_default_profile():
         schedule, weighting, lr = (rows[f"{stage}.{k}"] for k in ("lr_schedule", "class_weighting", "lr"))
         assert (schedule["this run"], schedule["paper"]) == ("cosine", "exponential")
         assert (weighting["this run"], weighting["paper"], lr["this run"]) == ("enet", "none", 0.02)
-    assert rows["teacher.epochs"]["this run"] == 3 * load_config("camvid-cpu").student.epochs  # so that it leads
+    assert rows["teacher.epochs"]["this run"] > load_config("camvid-cpu").student.epochs  # so that it leads
 
 
 def test_reproducibility_summary_is_built_from_the_artifacts(full, pub, tmp_path):
@@ -503,3 +503,14 @@ def test_page_one_states_the_teachers_lead_over_each_student():
     rows[0]["val_mean"] = 44.0
     assert analysis.summary.teacher_lead(rows).startswith("On val the teacher trails or leads the distilled student by -0.5")
     assert analysis.summary.teacher_lead([{"stage": "02_teacher", "val_mean": None}]) == ""
+
+
+
+def test_the_paired_figure_shows_each_measured_difference_once(full, pub):
+    """Two claims tested on the same paired difference (test, distilled − scratch) share one set of dots."""
+    entries = analysis.ledger(analysis.load_artifacts(full), pub)
+    shared = [e for e in entries if e.metric.startswith("test mIoU, distilled − scratch")]
+    assert len(shared) >= 2  # the study's "on par" and the paper's "further boosts" test one difference
+    frame = analysis.paired_figure(entries).table
+    assert not frame.duplicated(["claim", "seed"]).any(), frame
+    assert len(frame) == len(full.seeds) * frame["claim"].nunique()

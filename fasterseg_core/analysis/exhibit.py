@@ -44,6 +44,8 @@ class Exhibit:
             default ``"{:.1f}"``), missing values as "—".
         figure: rendered once to PNG and closed (so the notebook does not show it twice).
         missing: why there is nothing to show (e.g. "01_search not run"); shown instead of the content.
+        widths: column → share of the table's width (%), for a table of prose (the claims ledger): laid out
+            at those widths, its text left-aligned and top-aligned; without it the browser sizes the columns.
     """
 
     label: str
@@ -53,6 +55,7 @@ class Exhibit:
     figure: Figure | None = None
     missing: str = ""
     formats: dict[str, str] = field(default_factory=dict)
+    widths: dict[str, float] = field(default_factory=dict)
     png: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
@@ -81,9 +84,17 @@ class Exhibit:
         assert self.table is not None
         specs = {c: self.formats.get(c, "{:.1f}") for c in self.table.columns}
         formatters = {c: (lambda v, s=spec: _cell(v, s)) for c, spec in specs.items()}
-        return self.table.to_html(
+        text = self.table.to_html(
             index=False, formatters=formatters, na_rep="—", border=0, classes="dataframe", escape=True
         )
+        if not self.widths:
+            return text
+        # the browser's automatic layout gives a column of long cells room by its longest line, and squeezes
+        # the prose columns to a word a line; fixed shares keep every column readable on an A4 page
+        cols = "".join(f'<col style="width: {self.widths.get(c, 0):g}%">' for c in self.table.columns)
+        opening = text[: text.index(">") + 1]  # pandas' <table class="dataframe …">
+        return ('<table class="dataframe fasterseg-prose" style="table-layout: fixed; width: 100%">'
+                f"<colgroup>{cols}</colgroup>" + text[len(opening):])
 
     def to_html(self) -> str:
         """``<figure class="fasterseg-exhibit" data-exhibit="Table 1">`` with caption, table and image."""
