@@ -295,7 +295,7 @@ def build_summary(art: Artifacts, entries: list[Entry], pub: Published) -> dict[
     return {
         "scope": list(scope.values()), "main_results": main, "teacher_lead": teacher_lead(main),
         "methodology": methodology(art), "scale": scale_note(art),
-        "results": [{"claim": e.claim, "tested": e.metric + (f"; {e.analogue}" if e.analogue else ""),
+        "results": [{"claim": e.claim, "tested": e.metric, "analogue": e.analogue,
                      "published": e.published, "ours": e.summary,
                      "published_difference": e.published_difference, "per_seed": e.per_seed,
                      "verdict": e.verdict} for e in entries],
@@ -332,6 +332,9 @@ def summary_html(summary: dict[str, Any]) -> str:
                    f"<td>{esc(_ours(r['ours']))}</td>"
                    f"<td class='verdict verdict-{esc(r['verdict'].replace(' ', '-'))}'>{esc(r['verdict'])}</td></tr>"
                    for r in summary["results"])  # fmt: skip
+    # the scale each claim is tested at is the same for most claims: said once under the table, not per row
+    scales = "; ".join(dict.fromkeys(r["analogue"] for r in summary["results"] if r.get("analogue")))
+    tested_at = f"<p>Tested at this run's scale: {esc(scales)}.</p>" if scales else ""
     main = "".join(f"<tr><td>{esc(r['network'])}</td><td>{esc(r['val'])}</td><td>{esc(r['test'])}</td>"
                    f"<td>{'<br>'.join(esc(x) for x in r['published'])}</td></tr>"
                    for r in summary.get("main_results", []))  # fmt: skip
@@ -350,7 +353,7 @@ def summary_html(summary: dict[str, Any]) -> str:
         f"<th>{dataset} test mIoU (%)</th><th>published (%)</th></tr>{main}</table>"
         f"<p>{esc(summary.get('teacher_lead') or '')}</p>"
         f"<h3>Claims</h3><table class='repro-claims'><tr><th>claim</th><th>tested here</th><th>published</th><th>ours: mean [95 % CI]</th>"
-        f"<th>verdict</th></tr>{rows}</table>"
+        f"<th>verdict</th></tr>{rows}</table>{tested_at}"
         f"<h3>Confounds that remain</h3><ul>{items(summary.get('confounds', []))}</ul>"
         f"<h3>Scope of reproducibility</h3><ul>{scope}</ul>"
         f"<h3>Methodology</h3><p>Profile <b>{esc(m['profile'])}</b> on {dataset}, "
