@@ -437,6 +437,16 @@ def test_the_summary_says_how_each_recipe_was_chosen(tmp_path, monkeypatch):
                          "above the scratch students of the same seeds (per seed +4.3, +5.1; "
                          "benchmarks/results/recipe/cpu-2core-2026-12-07-02_teacher.json).")
     assert "Its length" not in analysis.summary.recipe_provenance(other)[0]  # another length: not its evidence
+    # a shorter length measured the same way is cited beside it: why the teacher is not shorter
+    short = teacher | {"set": {"teacher.epochs": 30},
+                       "lead_over_students": {"by_candidate": {"cosine-02-enet": {"per_seed": [-0.2, 0.4], "mean": 0.1,
+                                                                                   "ci": [-3.7, 3.9]}}}}  # fmt: skip
+    (folder / "cpu-2core-2026-12-08-02_teacher.json").write_text(json.dumps(short))
+    line = analysis.summary.recipe_provenance(shared)[0]
+    assert line.endswith("(per seed +4.3, +5.1; benchmarks/results/recipe/cpu-2core-2026-12-07-02_teacher.json). "
+                         "Other lengths, measured the same way: at 30 epochs +0.1 points [-3.7, 3.9] above the scratch "
+                         "students of the same seeds (per seed -0.2, +0.4; "
+                         "benchmarks/results/recipe/cpu-2core-2026-12-08-02_teacher.json).")
 
 
 def test_every_published_claim_has_one_tester_and_every_tester_a_claim(pub):

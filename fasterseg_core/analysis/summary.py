@@ -146,19 +146,28 @@ def recipe_provenance(cfg: RunConfig) -> list[str]:
 
 
 def _recorded_lead(cfg: RunConfig, records: list[tuple[Path, dict[str, Any]]]) -> str:
-    """" Its length (30 epochs) was measured on val …" from the newest 02_teacher record of this run's teacher
-    length and recipe that recorded its lead over the scratch students (``benchmarks/recipe.py``), else ""."""
-    for path, r in reversed(records):
+    """" Its length, 60 epochs, was measured on val …" from the newest 02_teacher record of this run's teacher
+    length and recipe that recorded its lead over the scratch students (``benchmarks/recipe.py``), and the
+    other lengths measured the same way (why not shorter); "" when no record has this run's length."""
+    leads: dict[int, tuple[Path, dict[str, Any], dict[str, Any]]] = {}
+    for path, r in records:  # oldest first: the newest record of a length wins
         lead = (r.get("lead_over_students") or {}).get("by_candidate", {}).get(r.get("chosen"))
         epochs = (r.get("set") or {}).get("teacher.epochs")
-        if r.get("stage") != "02_teacher" or lead is None or epochs != cfg.teacher.epochs:
-            continue
+        if r.get("stage") == "02_teacher" and lead is not None and isinstance(epochs, int):
+            leads[epochs] = (path, r, lead)
+    if cfg.teacher.epochs not in leads:
+        return ""
+
+    def measured(epochs: int) -> str:
+        path, r, lead = leads[epochs]
         ci = f" [{lead['ci'][0]:.1f}, {lead['ci'][1]:.1f}]" if len(lead["per_seed"]) > 1 else ""
-        return (f" Its length, {epochs} epochs, was measured on val with seeds {r['seeds']}: "
-                f"{lead['mean']:+.1f} points{ci} above the scratch students of the same seeds "
-                f"(per seed {', '.join(f'{x:+.1f}' for x in lead['per_seed'])}; "
-                f"{path.relative_to(project_root())}).")  # fmt: skip
-    return ""
+        return (f"{lead['mean']:+.1f} points{ci} above the scratch students of the same seeds (per seed "
+                f"{', '.join(f'{x:+.1f}' for x in lead['per_seed'])}; {path.relative_to(project_root())})")
+
+    r = leads[cfg.teacher.epochs][1]
+    others = "; ".join(f"at {e} epochs {measured(e)}" for e in sorted(leads) if e != cfg.teacher.epochs)
+    return (f" Its length, {cfg.teacher.epochs} epochs, was measured on val with seeds {r['seeds']}: "
+            f"{measured(cfg.teacher.epochs)}." + (f" Other lengths, measured the same way: {others}." if others else ""))
 
 
 def _matches(overrides: dict[str, Any] | None, ours: dict[str, Any], paper: dict[str, Any]) -> bool:
