@@ -54,11 +54,11 @@ from torch.utils.data import Dataset
 from fasterseg_core.config import RunConfig, TrainConfig, load_config
 from fasterseg_core.data import build_dataset
 from fasterseg_core.data.sampling import epoch_loader
-from fasterseg_core.distributed import DistInfo
 from fasterseg_core.data.stats import split_summary
+from fasterseg_core.distributed import DistInfo
 from fasterseg_core.engine import fit, training_loss
-from fasterseg_core.losses import class_weights
 from fasterseg_core.latency.measure import environment_record
+from fasterseg_core.losses import class_weights
 from fasterseg_core.machine import resolve_device, stable_malloc_env
 from fasterseg_core.models import build_network, init_weights_, published_architecture
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE_INDEX = 255
+from .data.labels import IGNORE_INDEX  # one definition: the label maps set it
 
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

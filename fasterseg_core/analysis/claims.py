@@ -30,7 +30,7 @@ from ..runs import teacher_seed
 from ..storage import save_json
 from .artifacts import TRAINED, Artifacts
 from .exhibit import Exhibit
-from .published import Published
+from .published import PAPER_ARCH_STEPS, Published
 
 MARGIN_POINTS = 1.0  # equivalence margin for "on par" claims: ±1 mIoU point
 SPEED_NOISE = 0.15  # a latency ratio within 15 % of 1 is inside this machine's run-to-run noise
@@ -225,7 +225,7 @@ def _latency_target(art: Artifacts, pub: Published, c: Any) -> Entry:
     v = Verdict(v.label, f"{value:.1f} FPS on the table, {off} ({low:.1f}–{high:.1f} FPS): "
                 f"{'met' if low <= value <= high else 'missed'}; one search, its spread over searches unknown.",
                 v.rule, v.expect)  # fmt: skip
-    note = (f"One search (seed {art.cfg.search.seed}) of {m['arch_steps']} architecture steps (paper: 22,290), on "
+    note = (f"One search (seed {art.cfg.search.seed}) of {m['arch_steps']} architecture steps (paper: {PAPER_ARCH_STEPS:,}), on "
             f"this device's lookup table; window {low:.1f}–{high:.1f} FPS = the published student's table FPS "
             f"± {100 * art.cfg.search.target_window_rel:g} %. The largest α/β/γ change was "
             f"{m['student']['arch_max_shift']:.3g}.")  # fmt: skip

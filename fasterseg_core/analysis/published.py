@@ -24,6 +24,7 @@ from typing import Any
 
 FORMAT = "fasterseg-published/1"
 RESOURCE = ("published", "results.json")  # inside the fasterseg_core package
+PAPER_ARCH_STEPS = 30 * 743  # §3.4: 30 search epochs of 743 architecture steps each (22,290)
 
 
 @dataclass(frozen=True)

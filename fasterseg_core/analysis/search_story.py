@@ -11,8 +11,7 @@ from ..models.architecture import Architecture
 from ..models.published import published_architecture
 from .artifacts import Artifacts
 from .exhibit import Exhibit
-
-PAPER_ARCH_STEPS = 22_290  # §3.4: 30 search epochs × 743 iterations (Cityscapes), one architecture step each
+from .published import PAPER_ARCH_STEPS
 
 
 def search_story(art: Artifacts) -> list[Exhibit]:
@@ -55,7 +54,7 @@ def search_story(art: Artifacts) -> list[Exhibit]:
     cap = (
         f"Table latency of the derived student per search epoch (history.json) against the target window "
         f"{m['target_fps'][0]:.1f}–{m['target_fps'][1]:.1f} FPS, and the latency weight λ (right axis). "
-        f"Final λ {m['lambda_final']:.3g}, {m['arch_steps']} architecture steps (paper: 22,290); the student "
+        f"Final λ {m['lambda_final']:.3g}, {m['arch_steps']} architecture steps (paper: {PAPER_ARCH_STEPS:,}); the student "
         f"ends {'inside' if m['student_in_window'] else 'outside'} the window."
     )
     out.append(Exhibit("Figure 3d", "Latency against the target, and λ", cap, figure=fig))

@@ -159,7 +159,7 @@ def _recorded_lead(cfg: RunConfig, records: list[tuple[Path, dict[str, Any]]]) -
         return ""
 
     def measured(epochs: int) -> str:
-        path, r, lead = leads[epochs]
+        path, _, lead = leads[epochs]
         ci = f" [{lead['ci'][0]:.1f}, {lead['ci'][1]:.1f}]" if len(lead["per_seed"]) > 1 else ""
         return (f"{lead['mean']:+.1f} points{ci} above the scratch students of the same seeds (per seed "
                 f"{', '.join(f'{x:+.1f}' for x in lead['per_seed'])}; {path.relative_to(project_root())})")
