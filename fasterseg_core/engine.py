@@ -57,7 +57,7 @@ from .distributed import (
     with_sync_bn,
     wrap,
 )
-from .losses import DistillationLoss, SegmentationLoss, ohem_min_kept
+from .losses import HISTORY_PARTS, DistillationLoss, SegmentationLoss, ohem_min_kept
 from .machine import resolve_amp
 from .metrics import SCORE_KEYS, ConfusionMatrix
 from .predictions import predict_logits
@@ -162,7 +162,7 @@ def train_one_epoch(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Op
     amp_dtype = AMP_DTYPES[resolve_amp(spec.amp, device)]
     train_cm = ConfusionMatrix(num_classes)
     train_cm.mat = train_cm.mat.to(device)
-    sums = {"loss": 0.0, "seg_loss": 0.0, "kd_loss": 0.0}
+    sums = {"loss": 0.0}  # and one sum per part the loss reports
     first_over = 0
     lr = optimizer.param_groups[0]["lr"]
     for it, (images, labels) in enumerate(loader, start=1):
@@ -191,7 +191,7 @@ def train_one_epoch(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Op
             scalars.add(iteration_tags(value, {n: float(v.detach()) for n, v in parts.items()}, step_lr),
                         (epoch - 1) * spec.iters_per_epoch + it)  # fmt: skip
         for name, value in parts.items():
-            sums[name] += float(value.detach())
+            sums[name] = sums.get(name, 0.0) + float(value.detach())
         train_cm.update(outputs["out"].detach().argmax(1), labels)
         if bar is not None:
             bar.update(1)
@@ -423,7 +423,7 @@ def _epoch_row(epoch: int, iters: int, sums: dict[str, float], parts: tuple[str,
     """One ``history.csv`` row: mean losses (a part the loss function lacks is NaN, e.g. ``kd_loss`` without
     a teacher), lr, time, running train mIoU; val columns NaN until an evaluation fills them."""
     row: dict[str, Any] = {"epoch": epoch, "iters": iters, "loss": sums["loss"] / iters}
-    row |= {p: sums[p] / iters if p in parts else math.nan for p in ("seg_loss", "kd_loss")}
+    row |= {p: sums[p] / iters if p in parts else math.nan for p in HISTORY_PARTS}
     row |= {"lr": lr, "seconds": seconds, "train_miou": train_cm.compute()["miou"]}
     return row | {f"val_{k}": math.nan for k in ("miou", "miou_no_back", "pixel_acc")}
 

@@ -299,3 +299,8 @@ class DistillationLoss:
         kd = self.weight * distillation_kl(outputs["out"].float(), t_out.float(), temperature=self.temperature,
                                            reduction=self.reduction)  # fmt: skip
         return seg + kd, parts | {"kd_loss": kd}
+
+
+# every loss part history.csv has a column for: one column set for every stage (NaN where a stage's loss lacks
+# the part, e.g. kd_loss without a teacher), read from the losses' declared parts
+HISTORY_PARTS: tuple[str, ...] = tuple(dict.fromkeys(SegmentationLoss.parts + DistillationLoss.parts))

@@ -25,6 +25,7 @@ from torch import nn
 from .checkpoints import load_checkpoint_model, load_stage_model
 from .config import RunConfig, resolve_path
 from .data import build_dataset
+from .data import stats as data_stats
 from .data.stats import split_summary
 from .distributed import barrier, init_distributed, local_device
 from .engine import TrainResult, evaluate, fit, training_loss
@@ -61,6 +62,46 @@ __all__ = ["StageInputMissing", "TrainStageResult", "run_latency", "run_search",
 
 class StageInputMissing(FileNotFoundError):
     """A stage needs an artifact of an earlier stage that has not run (the message names it)."""
+
+
+# ---- 00_data ---------------------------------------------------------------------------------------
+
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class DataStageResult:
+    """What ``00_data`` measured: the splits (evaluation transform), their label statistics, the image sizes,
+    and the training loader's throughput with 0 and ``data.num_workers`` workers."""
+
+    datasets: dict[str, Any]
+    summaries: dict[str, dict[str, Any]]
+    frequencies: pd.DataFrame  # class × split shares of labelled pixels
+    sizes: pd.DataFrame  # one row per split
+    throughput: list[dict[str, Any]]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """``run.finish``'s summary: images per split, classes, training images/s per worker count."""
+        return {"images": {split: s["images"] for split, s in self.summaries.items()},
+                "num_classes": len(self.datasets["train"].class_names),
+                "train_images_per_s": {t["num_workers"]: t["images_per_s"] for t in self.throughput}}  # fmt: skip
+
+
+def run_data(cfg: RunConfig, run: Run) -> DataStageResult:
+    """Stage ``00_data``: load every split, count its labels and image sizes (one pass over each split), time
+    the training loader at the teacher's crop and batch, and save ``stats.json``."""
+    datasets = {split: build_dataset(cfg.data, split, train=False) for split in SPLITS}
+    summaries = {split: split_summary(ds) for split, ds in datasets.items()}
+    frequencies = data_stats.class_frequency_table(summaries, datasets["train"].class_names)
+    sizes = data_stats.image_size_table(summaries, cfg.data.base_scale)
+    train_crops = build_dataset(cfg.data, "train", train=True, crop_hw=cfg.teacher.crop_size_hw)
+    throughput = [data_stats.measure_loader_throughput(train_crops, cfg.teacher.batch_size, w)
+                  for w in sorted({0, cfg.data.num_workers})]  # fmt: skip
+    record = {"summaries": summaries, "class_frequencies": frequencies.to_dict(), "throughput": throughput}
+    save_json(record | {"sizes": sizes.to_dict("records")}, run.path("stats.json"))
+    return DataStageResult(datasets, summaries, frequencies, sizes, throughput)
 
 
 # ---- 01_search -------------------------------------------------------------------------------------

@@ -67,3 +67,21 @@ def test_camvid_val_frequencies_match_the_dataset_readme():
     assert share == pytest.approx([9.2, 26.0, 29.0], abs=0.05)
     assert 100 * summary["ignore_pixels"] / total == pytest.approx(1.7, abs=0.05)
     assert summary["sizes"] == {"360x480": 101}
+
+
+def test_run_data_measures_every_split_and_saves_its_record(tmp_path):
+    """stages.run_data does 00_data's work (the notebook shows it): splits, label shares, sizes, throughput."""
+    from fasterseg_core.config import load_config
+    from fasterseg_core.lifecycle import start_run
+    from fasterseg_core.stages import SPLITS, run_data
+    from fasterseg_core.storage import load_json
+
+    cfg = load_config("smoke", {"output_root": str(tmp_path)})
+    run = start_run(cfg, "00_data")
+    result = run_data(cfg, run)
+    assert set(result.summaries) == set(SPLITS) == set(result.frequencies.columns)
+    assert (result.frequencies.sum() - 1).abs().max() < 1e-9
+    assert result.metrics["images"] == {s: len(ds) for s, ds in result.datasets.items()}
+    assert sorted(result.metrics["train_images_per_s"]) == sorted({0, cfg.data.num_workers})
+    saved = load_json(run.path("stats.json"))
+    assert set(saved) == {"summaries", "class_frequencies", "throughput", "sizes"}

@@ -183,3 +183,12 @@ def test_a_weighted_stage_needs_its_weights_and_records_them(tmp_path) -> None:
     expected = class_weights(split_summary(train_set)["pixel_counts"], "median_frequency")
     assert metrics["class_weights"] == pytest.approx(expected.tolist())
     assert len(set(metrics["class_weights"])) > 1  # the synthetic scenes' classes are not equally frequent
+
+
+def test_history_has_a_column_for_every_part_a_loss_declares():
+    """engine writes one history.csv column per part in HISTORY_PARTS, read from the losses (issue 27)."""
+    from fasterseg_core.losses import HISTORY_PARTS, DistillationLoss, SegmentationLoss
+
+    for loss in (SegmentationLoss, DistillationLoss):
+        assert set(loss.parts) <= set(HISTORY_PARTS), loss
+    assert HISTORY_PARTS == ("seg_loss", "kd_loss")  # the columns plots.training and the report read
