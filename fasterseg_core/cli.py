@@ -52,7 +52,7 @@ from .pipeline import PipelineInterrupted, build_report, headline, pipeline_lock
 from .predictions import export_cityscapes_submission, save_colour_predictions
 from .report import ReportError
 from .runs import TRAINING_STAGES, get_stage, is_complete, stage_dir, stage_seeds
-from .stages import run_search, train_seed
+from .stages import run_search, train_seeds
 from .storage import ArtifactWriteError, save_json
 from .sweep import DEFAULT_STAGES, EXECUTORS, Resources, prepare_sweep, run_sweep
 
@@ -128,19 +128,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if unknown:
         raise UsageError(f"--seed {unknown}: {stage.name} runs the seeds {list(seeds)} of this profile; add them "
                          f"to the profile's seeds (--overrides '{{\"seeds\": [...]}}')")  # fmt: skip
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    for seed in args.seed or seeds:
-        if not args.force and is_complete(cfg, stage.name, any_hardware=True, seed=seed):
-            print(f"{stage.name} seed {seed}: complete for this config, skipped (--force retrains it)")
-            continue
-        run = _rank_run(cfg, stage.name, args, seed, per_seed=True)
-        with _failure_recorded(run):
-            result = train_seed(cfg, run, progress=not args.no_progress and rank == 0)
-        if current_dist().main:
-            run.finish(result.metrics)
-            val = result.metrics["best"]["val"]
-            print(f"{stage.name} seed {seed}: best epoch {result.metrics['best']['epoch']}, val mIoU "
-                  f"{val['miou']:.4f} ({world} process{'es' if world > 1 else ''})")  # fmt: skip
+    rank = int(os.environ.get("RANK", "0"))
+
+    def start(seed: int) -> Run:
+        return _rank_run(cfg, stage.name, args, seed, per_seed=True)
+
+    train_seeds(cfg, stage.name, args.seed or seeds, start, fresh=args.force,
+                progress=not args.no_progress and rank == 0)  # fmt: skip
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return 0
@@ -155,7 +149,7 @@ def _rank_run(cfg: RunConfig, stage: str, args: argparse.Namespace, seed: int, *
     seed_everything(seed)
     folder = stage_dir(cfg, stage, seed) if per_seed else stage_dir(cfg, stage)
     return Run(cfg, stage, folder, resolve_device(cfg.device), resolve_hardware_tag(cfg, args.hardware_tag),
-               {"seed": seed})  # fmt: skip
+               {"seed": seed}, seed=seed if per_seed else None)  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -347,6 +347,7 @@ class Run:
     hardware: str
     manifest: dict[str, Any] = field(default_factory=dict)
     fresh: bool = False
+    seed: int | None = None  # a seed run's seed (<stage>/seed-<s>/), None for a stage's own run
     _started: float = field(default_factory=time.monotonic, repr=False)
     _lock_fd: int | None = field(default=None, repr=False)
     _restore_signals: Callable[[], None] | None = field(default=None, repr=False)
@@ -504,7 +505,7 @@ def start_run(cfg: RunConfig, stage: str, hardware_tag: str = "", seed: int | No
     if seed is not None:
         seed_everything(seed)
     run = Run(cfg=cfg, stage=stage, dir=folder, device=device, hardware=manifest["hardware"], manifest=manifest,
-              fresh=fresh, _lock_fd=fd)  # fmt: skip
+              fresh=fresh, seed=seed if per_seed else None, _lock_fd=fd)  # fmt: skip
     run._restore_signals = _on_signals(run)
     atexit.register(run.interrupt, "the process ended before the run finished")
     _OPEN_RUNS[folder.resolve()] = run

@@ -14,6 +14,7 @@ tables and figures. The stages themselves are listed once, in :data:`fasterseg_c
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from .config import RunConfig, resolve_path
 from .data import build_dataset
 from .data import stats as data_stats
 from .data.stats import split_summary
-from .distributed import barrier, init_distributed, local_device
+from .distributed import barrier, current_dist, init_distributed, local_device
 from .engine import TrainResult, evaluate, fit, training_loss
 from .evidence import summarize
 from .latency.cache import lut_cache_path, search_latency_table
@@ -214,21 +215,45 @@ def run_training(cfg: RunConfig, run: Run, *, progress: bool = True) -> TrainSta
     Returns:
         A :class:`TrainStageResult`; ``run.finish(result.metrics)`` is the notebook's.
     """
-    stage = get_stage(run.stage)
-    seeds: dict[int, SeedResult] = {}
-    for seed in stage_seeds(cfg, stage.name):
-        if not run.fresh and is_complete(cfg, stage.name, any_hardware=True, seed=seed):
-            seeds[seed] = load_seed_result(cfg, stage.name, seed)
-            print(f"{stage.name} seed {seed}: complete for this config, reused", flush=True)
+    def start(seed: int) -> Run:
+        return start_run(cfg, run.stage, run.hardware, seed=seed, per_seed=True, fresh=run.fresh)
+
+    seeds = train_seeds(cfg, run.stage, stage_seeds(cfg, run.stage), start, fresh=run.fresh, progress=progress)
+    return aggregate_seeds(run.stage, seeds)
+
+
+def train_seeds(cfg: RunConfig, stage: str, seeds: Sequence[int], start: Callable[[int], Run], *, fresh: bool,
+                progress: bool = True) -> dict[int, SeedResult]:  # fmt: skip
+    """The one seed loop of a training stage (the notebook's :func:`run_training` and ``train --stage``).
+
+    Args:
+        seeds: the seeds to run, in order.
+        start: opens one seed's run (``<stage>/seed-<s>/``); under ``torchrun`` the command line opens it on
+            rank 0 and a writer-less one on the other ranks.
+        fresh: retrain seeds already complete for this config (``--force``); otherwise they are read back.
+
+    Returns:
+        Each seed's result, trained here or read back.
+    """
+    out: dict[int, SeedResult] = {}
+    for seed in seeds:
+        if not fresh and is_complete(cfg, stage, any_hardware=True, seed=seed):
+            out[seed] = load_seed_result(cfg, stage, seed)
+            print(f"{stage} seed {seed}: complete for this config, reused (--force retrains it)", flush=True)
             continue
-        seed_run = start_run(cfg, stage.name, run.hardware, seed=seed, per_seed=True, fresh=run.fresh)
+        run = start(seed)
         try:
-            seeds[seed] = train_seed(cfg, seed_run, progress=progress)
+            out[seed] = train_seed(cfg, run, progress=progress)
         except Exception as e:
-            seed_run.fail(f"{type(e).__name__}: {e}")
+            run.fail(f"{type(e).__name__}: {e}")
             raise
-        seed_run.finish(seeds[seed].metrics)
-    return aggregate_seeds(stage.name, seeds)
+        if current_dist().main:  # rank 0 writes (train_seed joined the group, if any)
+            run.finish(out[seed].metrics)
+            best = out[seed].metrics["best"]
+            world = current_dist().world
+            print(f"{stage} seed {seed}: best epoch {best['epoch']}, val mIoU {best['val']['miou']:.4f} "
+                  f"({world} process{'es' if world > 1 else ''})", flush=True)  # fmt: skip
+    return out
 
 
 def load_seed_result(cfg: RunConfig, stage: str, seed: int) -> SeedResult:
@@ -272,7 +297,7 @@ def train_seed(cfg: RunConfig, run: Run, *, progress: bool = True) -> SeedResult
         A :class:`SeedResult` (rank 0; other ranks get the history only).
     """
     stage = get_stage(run.stage)
-    seed = int(run.manifest.get("seed", cfg.seeds[0]))
+    seed = run.seed if run.seed is not None else cfg.seeds[0]
     spec = getattr(cfg, stage.section)
     info = init_distributed(run.device)
     device = local_device(run.device, info)
