@@ -1,0 +1,87 @@
+"""Benchmark records (fasterseg_core.records): written with their provenance, never over another command's,
+read back, the newest per benchmark and machine listed; and the records committed under benchmarks/results."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+
+from fasterseg_core.eta import REPORT_TIMES
+from fasterseg_core.machine import ISA_FLAGS, isa_flags
+from fasterseg_core.records import (
+    PROVENANCE,
+    RESULTS,
+    load_records,
+    newest_per_benchmark_and_machine,
+    record_path,
+    results_frame,
+    write_record,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_a_record_carries_its_provenance_and_never_replaces_another_commands(tmp_path):
+    path = write_record("data", {"images_per_s": 61.0}, ["benchmarks/data.py"], headline="61 img/s", root=tmp_path)
+    record = json.loads(path.read_text())
+    assert path.parent == tmp_path / "data" and path.name == f"{record['machine']['hardware_tag']}-{record['date']}.json"
+    assert set(PROVENANCE) <= set(record) and record["images_per_s"] == 61.0
+    assert record["command"].endswith("benchmarks/data.py") and record["date"] == dt.date.today().isoformat()
+    assert set(record["git"]) == {"sha", "dirty"}
+    machine = record["machine"]
+    assert {"cpu_model", "cpu_isa", "torch_threads", "torch_version", "hardware_tag"} <= set(machine)
+    assert machine["cpu_flags"] == isa_flags() and set(machine["cpu_flags"]) <= set(ISA_FLAGS)
+    other = write_record("data", {"images_per_s": 11.0}, ["benchmarks/data.py", "--batches", "3"],
+                         headline="11 img/s", root=tmp_path)  # fmt: skip
+    assert other.name == path.name.replace(".json", "-2.json")
+    assert json.loads(path.read_text())["images_per_s"] == 61.0  # the first command's record stands
+    again = write_record("data", {"images_per_s": 62.0}, ["benchmarks/data.py"], headline="62 img/s", root=tmp_path)
+    assert again == path and json.loads(path.read_text())["images_per_s"] == 62.0  # its own command's rerun
+
+
+def test_a_record_needs_a_one_line_headline_and_keeps_provenance_its_own(tmp_path):
+    with pytest.raises(ValueError, match="must not set"):
+        write_record("data", {"date": "2020-01-01"}, ["x.py"], headline="h", root=tmp_path)
+    with pytest.raises(ValueError, match="one-line headline"):
+        write_record("data", {}, ["x.py"], headline="two\nlines", root=tmp_path)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "n.json").write_text("{broken")  # unreadable: another command's, never overwritten
+    assert record_path(tmp_path / "d", "n", "python x.py").name == "n-2.json"
+
+
+def _record(root: Path, benchmark: str, name: str, date: str, cpu: str, **extra) -> None:
+    machine = {"hardware_tag": "cpu-2core", "cpu_model": cpu, "cpu_isa": "AVX2"}
+    data = {"benchmark": benchmark, "headline": f"{benchmark} {name}", "date": date, "command": f"python {name}",
+            "git": {"sha": "0123456789abcdef", "dirty": False}, "machine": machine, **extra}  # fmt: skip
+    (root / benchmark).mkdir(parents=True, exist_ok=True)
+    (root / benchmark / f"{name}.json").write_text(json.dumps(data))
+
+
+def test_the_newest_record_per_benchmark_and_machine(tmp_path):
+    root = tmp_path / "benchmarks" / "results"
+    _record(root, "train", "cpu-2core-2026-12-03", "2026-12-03", "AMD EPYC")
+    _record(root, "train", "cpu-2core-2026-12-06", "2026-12-06", "AMD EPYC")
+    _record(root, "train", "cpu-2core-2026-12-06-2", "2026-12-06", "AMD EPYC")  # later the same day
+    _record(root, "train", "cpu-2core-2026-12-07", "2026-12-07", "AMD EPYC", void="a disturbed host")
+    _record(root, "train", "cpu-2core-2026-11-27", "2026-11-27", "Intel Xeon", migrated_from="README.md@abc")
+    _record(root, "data", "cpu-2core-2026-11-26", "2026-11-26", "Intel Xeon")
+    records = load_records(root)
+    assert [r.path.stem for r in records][:2] == ["cpu-2core-2026-11-26", "cpu-2core-2026-11-27"]
+    newest = newest_per_benchmark_and_machine(records)
+    assert [(r.benchmark, r.path.stem) for r in newest] == [
+        ("data", "cpu-2core-2026-11-26"), ("train", "cpu-2core-2026-12-06-2"), ("train", "cpu-2core-2026-11-27")]
+    frame = results_frame(newest)
+    assert list(frame.columns) == ["benchmark", "machine", "CPU (ISA)", "date", "commit", "headline", "record"]
+    row = frame.iloc[2]
+    assert row["CPU (ISA)"] == "Intel Xeon (AVX2)" and row["commit"] == "0123456"
+    assert row["headline"].startswith("(transcribed) ")  # a transcribed record says so
+    assert frame.iloc[1]["record"] == "benchmarks/results/train/cpu-2core-2026-12-06-2.json"
+
+
+def test_the_records_folders_other_code_reads_are_the_writers():
+    from fasterseg_core.analysis.summary import RECIPES
+
+    assert REPORT_TIMES == RESULTS / "report" and RECIPES == RESULTS / "recipe"
