@@ -3,6 +3,7 @@ read back, the newest per benchmark and machine listed; and the records committe
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import json
 from pathlib import Path
@@ -85,3 +86,21 @@ def test_the_records_folders_other_code_reads_are_the_writers():
     from fasterseg_core.analysis.summary import RECIPES
 
     assert REPORT_TIMES == RESULTS / "report" and RECIPES == RESULTS / "recipe"
+
+
+BENCHMARKS = sorted((REPO / "benchmarks").glob("*.py"))
+
+
+@pytest.mark.parametrize("script", BENCHMARKS, ids=[p.stem for p in BENCHMARKS])
+def test_every_benchmark_writes_a_record(script):
+    tree = ast.parse(script.read_text())
+    imports = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+               and node.module == "fasterseg_core.records" for alias in node.names}  # fmt: skip
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+             and node.func.id == "write_record"]  # fmt: skip
+    assert "write_record" in imports and calls, f"{script.name} does not write its result with records.write_record"
+    for call in calls:
+        assert call.args and isinstance(call.args[0], ast.Constant), f"{script.name}: name the benchmark literally"
+        assert call.args[0].value == script.stem or script.stem == "report_time", (
+            f"{script.name} writes its records under {call.args[0].value}/, not {script.stem}/")
+        assert any(k.arg == "headline" for k in call.keywords)
