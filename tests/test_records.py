@@ -14,9 +14,12 @@ from fasterseg_core.eta import REPORT_TIMES
 from fasterseg_core.machine import ISA_FLAGS, isa_flags
 from fasterseg_core.records import (
     PROVENANCE,
+    README_BEGIN,
+    README_END,
     RESULTS,
     load_records,
     newest_per_benchmark_and_machine,
+    readme_rows,
     record_path,
     results_frame,
     write_record,
@@ -104,3 +107,43 @@ def test_every_benchmark_writes_a_record(script):
         assert call.args[0].value == script.stem or script.stem == "report_time", (
             f"{script.name} writes its records under {call.args[0].value}/, not {script.stem}/")
         assert any(k.arg == "headline" for k in call.keywords)
+
+
+def test_the_results_command_lists_the_newest_record_per_benchmark_and_machine(tmp_path, capsys):
+    from fasterseg_core.cli import main
+
+    root = tmp_path / "benchmarks" / "results"
+    _record(root, "train", "cpu-2core-2026-12-03", "2026-12-03", "AMD EPYC")
+    _record(root, "train", "cpu-2core-2026-12-06", "2026-12-06", "AMD EPYC")
+    _record(root, "search", "cpu-2core-2026-11-27", "2026-11-27", "Intel Xeon")
+    assert main(["results", "--root", str(root), "--markdown"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| benchmark | machine | CPU (ISA) | date | commit | headline | record |"
+    assert lines[2:] == [
+        ("| search | cpu-2core | Intel Xeon (AVX2) | 2026-11-27 | 0123456 | search cpu-2core-2026-11-27 | "
+         "benchmarks/results/search/cpu-2core-2026-11-27.json |"),
+        ("| train | cpu-2core | AMD EPYC (AVX2) | 2026-12-06 | 0123456 | train cpu-2core-2026-12-06 | "
+         "benchmarks/results/train/cpu-2core-2026-12-06.json |")]  # fmt: skip
+    assert main(["results", "--root", str(root)]) == 0
+    text = capsys.readouterr().out
+    assert "train cpu-2core-2026-12-06" in text and "2026-12-03" not in text
+
+
+def test_the_readme_rows_are_rewritten_from_the_report_records(tmp_path, capsys):
+    from fasterseg_core.cli import main
+
+    root = tmp_path / "benchmarks" / "results"
+    for date in ("2026-12-02", "2026-12-07"):
+        _record(root, "report", f"camvid-cpu-cpu-2core-{date}", date, "AMD EPYC", profile="camvid-cpu")
+    _record(root, "train", "cpu-2core-2026-12-08", "2026-12-08", "AMD EPYC", profile="camvid-cpu")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{README_BEGIN}\nhand-typed\n{README_END}\nrest\n")
+    args = ["results", "--root", str(root), "--readme", str(readme)]
+    assert main([*args, "--check"]) == 1 and "hand-typed" in readme.read_text()
+    assert main(args) == 0
+    rows = readme_rows(readme.read_text()).splitlines()
+    assert rows[0] == "| profile | machine | CPU (ISA) | date | commit | make report | record |"
+    assert len(rows) == 3 and "| 2026-12-07 |" in rows[2]  # one row per profile and machine kind: the newest report
+    assert readme.read_text().endswith(f"{README_END}\nrest\n")
+    assert main([*args, "--check"]) == 0
+    capsys.readouterr()
