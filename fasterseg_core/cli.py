@@ -58,6 +58,7 @@ from .records import (
     readme_block,
     readme_rows,
     results_frame,
+    text_table,
     update_readme,
 )
 from .report import ReportError
@@ -321,7 +322,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     records = load_records(args.root)
     if args.readme is None:
         frame = results_frame(newest_per_benchmark_and_machine(records))
-        print(markdown_table(frame) if args.markdown else frame.to_string(index=False, justify="left"))
+        print(markdown_table(frame) if args.markdown else text_table(frame))
         return 0
     text = args.readme.read_text()
     block = readme_block(records)

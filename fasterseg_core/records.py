@@ -153,8 +153,8 @@ class Record:
     def cpu(self) -> str:
         """``AMD EPYC (AVX512, avx512_bf16)``: the CPU model, torch's capability and the decisive ISA flags."""
         m = self.machine
-        isa = [str(m.get("cpu_isa") or "?"), *(f for f in m.get("cpu_flags") or [] if f in SHOWN_FLAGS)]
-        cpu = f"{m.get('cpu_model') or '?'} ({', '.join(isa)})"
+        isa = [*filter(None, [m.get("cpu_isa")]), *(f for f in m.get("cpu_flags") or [] if f in SHOWN_FLAGS)]
+        cpu = f"{m.get('cpu_model') or '?'}" + (f" ({', '.join(isa)})" if isa else "")
         return f"{m['gpu_name']}; {cpu}" if m.get("gpu_name") else cpu
 
     @property
@@ -225,6 +225,13 @@ def results_frame(records: Iterable[Record]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+def text_table(frame: pd.DataFrame) -> str:
+    """``frame`` as plain text for a terminal, every column left-aligned."""
+    cells = frame.astype(str)
+    widths = {c: max([len(c), *cells[c].str.len()]) for c in cells.columns}
+    return cells.to_string(index=False, justify="left", formatters={c: f"{{:<{w}}}".format for c, w in widths.items()})
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     """``frame`` as a Markdown table (every cell as text, ``|`` escaped)."""
     lines = [list(map(str, frame.columns)), ["---"] * len(frame.columns), *frame.astype(str).values.tolist()]
@@ -238,9 +245,11 @@ def readme_block(records: Iterable[Record]) -> str:
         if r.benchmark == "report" and not r.data.get("void"):
             newest[str(r.data.get("profile")), r.machine_key] = r
     rows = [newest[k] for k in sorted(newest)]
-    frame = results_frame(rows).drop(columns="benchmark").rename(columns={"headline": "make report"})
+    # narrow enough for the README: the CPU names the machine kind, and every record lies under benchmarks/results/
+    frame = results_frame(rows).drop(columns=["benchmark", "machine"]).rename(columns={"headline": "make report"})
+    frame["record"] = [str(r.path.relative_to(r.path.parents[1])) for r in rows]
     frame.insert(0, "profile", [str(r.data.get("profile")) for r in rows])
-    return markdown_table(frame)
+    return markdown_table(frame.rename(columns={"record": "record (benchmarks/results/)"}))
 
 
 def update_readme(text: str, block: str) -> str:
