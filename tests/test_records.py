@@ -91,6 +91,22 @@ def test_the_records_folders_other_code_reads_are_the_writers():
     assert REPORT_TIMES == RESULTS / "report" and RECIPES == RESULTS / "recipe"
 
 
+def test_every_committed_record_loads_with_commit_machine_command_and_date():
+    records = load_records(REPO / RESULTS)
+    assert records, "no records under benchmarks/results"
+    assert not list((REPO / RESULTS).glob("*.json")), "a loose JSON file: records live in <benchmark>/"
+    for r in records:
+        data = r.data
+        assert set(PROVENANCE) <= set(data), f"{r.shown} lacks {set(PROVENANCE) - set(data)}"
+        assert data["benchmark"] == r.path.parent.name, r.shown
+        assert dt.date.fromisoformat(data["date"]), r.shown
+        assert data["command"] and "\n" not in data["headline"], r.shown
+        assert set(data["git"]) >= {"sha", "dirty"} and data["git"]["sha"], r.shown
+        assert {"hardware_tag", "cpu_model"} <= set(data["machine"]), r.shown
+        for raw in data.get("raw", []):  # raw logs a record cites are committed beside it
+            assert (REPO / raw).is_file(), f"{r.shown}: {raw} is missing"
+
+
 BENCHMARKS = sorted((REPO / "benchmarks").glob("*.py"))
 
 
@@ -142,7 +158,7 @@ def test_the_readme_rows_are_rewritten_from_the_report_records(tmp_path, capsys)
     assert main([*args, "--check"]) == 1 and "hand-typed" in readme.read_text()
     assert main(args) == 0
     rows = readme_rows(readme.read_text()).splitlines()
-    assert rows[0] == "| profile | machine | CPU (ISA) | date | commit | make report | record |"
+    assert rows[0] == "| profile | CPU (ISA) | date | commit | make report | record (benchmarks/results/) |"
     assert len(rows) == 3 and "| 2026-12-07 |" in rows[2]  # one row per profile and machine kind: the newest report
     assert readme.read_text().endswith(f"{README_END}\nrest\n")
     assert main([*args, "--check"]) == 0
