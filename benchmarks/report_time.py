@@ -20,9 +20,9 @@ from fasterseg_core.records import write_record
 
 
 def headline(stages: dict[str, float], total_s: float) -> str:
-    """``72.7 min (00 0.3, 01 5.4, …, 06 0.3 min)``: the whole report and each stage, by its number."""
+    """``72.7 min: 00 0.3, 01 5.4, …, 06 0.3``: the whole report and each stage (by its number), in minutes."""
     parts = ", ".join(f"{stage[:2]} {seconds / 60:.1f}" for stage, seconds in stages.items())
-    return f"{total_s / 60:.1f} min ({parts} min)"
+    return f"{total_s / 60:.1f} min: {parts}"
 
 
 def main() -> None:
