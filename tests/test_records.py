@@ -19,6 +19,7 @@ from fasterseg_core.records import (
     RESULTS,
     load_records,
     newest_per_benchmark_and_machine,
+    readme_block,
     readme_rows,
     record_path,
     results_frame,
@@ -105,6 +106,12 @@ def test_every_committed_record_loads_with_commit_machine_command_and_date():
         assert {"hardware_tag", "cpu_model"} <= set(data["machine"]), r.shown
         for raw in data.get("raw", []):  # raw logs a record cites are committed beside it
             assert (REPO / raw).is_file(), f"{r.shown}: {raw} is missing"
+
+
+def test_the_readme_measured_rows_are_generated_from_the_records():
+    readme = (REPO / "README.md").read_text()
+    assert readme_rows(readme) == readme_block(load_records(REPO / RESULTS)), (
+        "README.md's measured rows differ from benchmarks/results: python -m fasterseg_core results --readme README.md")
 
 
 BENCHMARKS = sorted((REPO / "benchmarks").glob("*.py"))
