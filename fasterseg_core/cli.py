@@ -10,7 +10,7 @@ command          what it does
 ``data``         put CamVid under a folder (link a local copy or download), checksums verified
 ``sweep``        the compute stages over seeds as submitit jobs (Slurm or local), with their dependencies
 ``tensorboard``  TensorBoard on a profile's output folder: the live curves of every stage and seed
-``results``      the newest benchmark record per benchmark and machine; the README's measured rows
+``results``      newest benchmark record per benchmark and machine; the README's measured rows
 ===============  ===============================================================================
 
 Every command that reads a profile takes the same ``--profile`` / ``--overrides`` pair. A user error (bad
