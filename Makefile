@@ -2,7 +2,7 @@
 # both build the environment first (`make setup`, idempotent; a second run takes a moment).
 #
 #   make report [PROFILE=camvid-cpu] [OVERRIDES='{"teacher.epochs": 2}'] [HARDWARE_TAG=x] [FORCE=1]
-#   make test | make lab | make tensorboard | make lint | make data | make clean-outputs | make strip-notebooks
+#   make test | make results | make lab | make tensorboard | make lint | make data | make clean-outputs | make strip-notebooks
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -48,13 +48,14 @@ ifneq ($(wildcard ../shared/data/camvid),)
 CAMVID_SOURCE ?= ../shared/data/camvid
 endif
 
-.PHONY: help setup system-packages js-assets data test report lab tensorboard lint clean-outputs strip-notebooks
+.PHONY: help setup system-packages js-assets data test report results lab tensorboard lint clean-outputs strip-notebooks
 
 help:
 	@echo "make report [PROFILE=$(PROFILE)] [OVERRIDES='{\"teacher.epochs\": 2}'] [HARDWARE_TAG=...] [FORCE=1]"
 	@echo "make test        run the test suite (builds .venv first)"
 	@echo "make setup       .venv, system packages for the PDF, offline JS for the HTML report"
 	@echo "make data        put CamVid under data/camvid (CAMVID_SOURCE=folder copies a local copy)"
+	@echo "make results     the newest benchmark record per benchmark and machine (benchmarks/results/)"
 	@echo "make lab         JupyterLab on notebooks/ with the project's environment"
 	@echo "make tensorboard [PROFILE=...] [PORT=6006]  live curves of every stage of the profile"
 	@echo "make lint        ruff"
@@ -108,6 +109,11 @@ report: setup
 		$(if $(OVERRIDES),--overrides '$(OVERRIDES)') \
 		$(if $(HARDWARE_TAG),--hardware-tag '$(HARDWARE_TAG)') \
 		$(if $(filter 1 yes true,$(FORCE)),--force)
+
+# The newest record per benchmark and machine; `python -m fasterseg_core results --readme README.md` rewrites the
+# README's measured rows from the same records.
+results: $(SETUP_STAMP)
+	$(PY) -m fasterseg_core results
 
 # The venv's own "python3" kernel: the same parameters cell and load_config call as under papermill.
 # Containers and CI machines run as root, which JupyterLab refuses without --allow-root.

@@ -13,7 +13,8 @@ forward, OHEM + aux losses, the frozen teacher's forward for ``distill``, backwa
 ``data.cache_decoded`` and ``data.num_workers``, instead).
 
 Reported per stage: the median seconds per iteration under each setting and pinned / default as the median
-of the per-round ratios (with their range). Why the pipeline pins the allocator: with the defaults, glibc
+of the per-round ratios (with their range); the record goes to ``benchmarks/results/allocator/``
+(:func:`fasterseg_core.records.write_record`). Why the pipeline pins the allocator: with the defaults, glibc
 hands every large block (a feature map, a gradient) back to the kernel when it is freed and page-faults it in
 again on the next iteration.
 """
@@ -36,6 +37,7 @@ from train import VARIANTS, _camvid_config, build_variant, draw_crops, engine_se
 
 from fasterseg_core.data import build_dataset
 from fasterseg_core.machine import STABLE_MALLOC, resolve_device
+from fasterseg_core.records import write_record
 
 SETTINGS = ("default", "pinned")
 
@@ -99,11 +101,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         "\n| stage | default s/iteration | pinned s/iteration | pinned / default (median of rounds [range]) |"
     )
     print("|---|---|---|---|")
+    rows = []
     for v in args.variants:
         d, q = times[v, "default"], times[v, "pinned"]
         ratios = [b / a for a, b in zip(d, q)]
         print(f"| {v} | {statistics.median(d):.3f} | {statistics.median(q):.3f} | "
               f"{statistics.median(ratios):.3f} [{min(ratios):.3f}–{max(ratios):.3f}] |")  # fmt: skip
+        rows.append({"stage": v, "default_s_per_iter": statistics.median(d), "pinned_s_per_iter": statistics.median(q),
+                     "pinned_over_default": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)],
+                     "default_runs": d, "pinned_runs": q})  # fmt: skip
+    headline = "pinned / default s per iteration (median of rounds): " + ", ".join(
+        f"{r['stage']} {r['pinned_over_default']:.3f}×" for r in rows) + (" (real loader)" if args.loader else "")
+    payload = {"profile": args.profile, "iters": args.iters, "rounds": args.rounds, "loader": args.loader,
+               "load_average_before": load, "pinned": STABLE_MALLOC, "rows": rows}  # fmt: skip
+    print(f"record: {write_record('allocator', payload, headline=headline)}")
 
 
 if __name__ == "__main__":

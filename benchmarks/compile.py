@@ -11,7 +11,8 @@ compile (cold in round 1; later rounds may hit inductor's on-disk cache, as a se
 does). Reported per variant: eager and compiled seconds per iteration (epochs 2+), the compile time (epoch 1
 minus a steady epoch), and the ratio the issue asks for: iterations per second of a stage of the profile's
 length (``epochs × iters_per_epoch`` of the profile, 1,000 for camvid-cpu) with the compile time amortised,
-compiled over eager. Outputs of both are checked to agree (mean loss within 5 %).
+compiled over eager. Outputs of both are checked to agree (mean loss within 5 %). The record goes to
+``benchmarks/results/compile/`` (:func:`fasterseg_core.records.write_record`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from fasterseg_core.data import build_dataset
 from fasterseg_core.engine import fit, training_loss
 from fasterseg_core.latency.measure import environment_record
 from fasterseg_core.machine import resolve_device, stable_malloc_env
+from fasterseg_core.records import write_record
 
 
 def run(spec, net_state, teacher, crops, device, epochs: int, iters: int) -> tuple[list[float], float, float]:
@@ -60,6 +62,7 @@ def main() -> None:
     print(f"{args.profile}: {env.get('cpu_model')}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print("| variant | eager s/it | compiled s/it | step speed-up | cold compile | stage iterations | "
           "stage it/s, compiled / eager (compile amortised) | losses agree |\n|---|---|---|---|---|---|---|---|")
+    rows = []
     for v in args.variants:
         section, _, distilled = VARIANTS[v]
         spec = getattr(cfg, section)
@@ -93,6 +96,15 @@ def main() -> None:
         agree = all(abs(a - b) <= 0.05 * abs(a) for a, b in losses)
         print(f"| {v} | {e_it:.3f} | {c_it:.3f} | {e_it / c_it:.2f}× | {cold:.0f} s | {stage_iters} | "
               f"**{ratio:.2f}×** | {'yes' if agree else 'NO'} |")  # fmt: skip
+        rows.append({"variant": v, "eager_s_per_iter": e_it, "compiled_s_per_iter": c_it, "cold_compile_s": cold,
+                     "stage_iters": stage_iters, "compiled_over_eager_amortised": ratio, "losses_agree": agree,
+                     "eager_runs": eager_it, "compiled_runs": comp_it, "compile_s": compile_s,
+                     "losses": losses})  # fmt: skip
+    headline = "compiled / eager stage it/s, compile amortised: " + ", ".join(
+        f"{r['variant']} {r['compiled_over_eager_amortised']:.2f}×" for r in rows)
+    payload = {"profile": args.profile, "iters": args.iters, "epochs": args.epochs, "rounds": args.rounds,
+               "compile_teacher": not args.no_compile_teacher, "rows": rows}  # fmt: skip
+    print(f"record: {write_record('compile', payload, headline=headline, device=device.type)}")
 
 
 if __name__ == "__main__":

@@ -3,29 +3,34 @@ ms per replay, for the timed ``run`` (replay on its captured input) and for ``fo
 
     python benchmarks/cudagraph_check.py [--size 512x1024]
 
-History (H200, torch 2.11, 2026-11-27; log in benchmarks/results/cudagraph_check.log): replay on the captured
-input matched eager (fp32 max |diff| 0, fp16 2.9e-5), but ``forward`` then copied new images into the timed
-graph's input buffer and returned stale (fp32) or all-NaN (fp16) outputs, while the same copy in a graph
-captured outside the package was correct. ``forward`` now captures a graph per image; rerun this to confirm.
+``forward`` once copied new images into the timed graph's input buffer and returned stale (fp32) or all-NaN
+(fp16) outputs (the H200 record under ``benchmarks/results/cudagraph_check/``); it now captures a graph per
+image, which a rerun on a GPU confirms or refutes. The record goes to ``benchmarks/results/cudagraph_check/``
+(:func:`fasterseg_core.records.write_record`).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import torch
 
 from fasterseg_core.latency.backends import BACKENDS, OutputOnly, prepare
 from fasterseg_core.models.published import build_published
+from fasterseg_core.records import write_record
+
+AGREEING = 0.999  # argmax agreement that counts as the same prediction
 
 
-def _report(tag: str, ref: torch.Tensor, got: torch.Tensor, ms: float) -> None:
+def _report(tag: str, ref: torch.Tensor, got: torch.Tensor, ms: float) -> dict[str, Any]:
     got = got.float()
     nan = int(torch.isnan(got).sum())
     diff = float((got - ref).abs().max())
     agree = float((got.argmax(1) == ref.argmax(1)).float().mean())
     print(f"{tag:42s} nan {nan:8d}  max|diff| {diff:10.4g}  agreement {agree:.4f}  {ms:6.2f} ms", flush=True)
+    return {"check": tag.strip(), "nan": nan, "max_abs_diff": diff, "argmax_agreement": agree, "ms_per_replay": ms}
 
 
 def main() -> None:
@@ -34,6 +39,7 @@ def main() -> None:
     args = p.parse_args()
     h, w = map(int, args.size.split("x"))
     dev = torch.device("cuda")
+    rows = []
     for deploy in (True, False):
         net = build_published("student", deploy=deploy).eval().to(dev)
         xs = [torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(i)) for i in range(2)]
@@ -47,9 +53,16 @@ def main() -> None:
                 out = pr.run()
             torch.cuda.synchronize()
             ms = (time.perf_counter() - t) / 20 * 1e3
-            _report(f"  {backend} run() on its input", refs[0], out.cpu(), ms)
+            checks = [_report(f"  {backend} run() on its input", refs[0], out.cpu(), ms)]
             for i in (1, 0):
-                _report(f"  {backend} forward(x{i})", refs[i], pr.forward(xs[i]), ms)
+                checks.append(_report(f"  {backend} forward(x{i})", refs[i], pr.forward(xs[i]), ms))
+            rows += [{"deploy": deploy, "backend": backend} | c for c in checks]
+    bad = [f"{r['check']}{' (deploy)' if r['deploy'] else ''}" for r in rows
+           if r["nan"] or r["argmax_agreement"] < AGREEING]  # fmt: skip
+    headline = (f"{len(rows) - len(bad)}/{len(rows)} CUDA-graph outputs agree with fp32 eager (argmax ≥ {AGREEING}, "
+                f"no NaN)" + (f"; not: {', '.join(bad)}" if bad else ""))  # fmt: skip
+    path = write_record("cudagraph_check", {"size": args.size, "rows": rows}, headline=headline, device="cuda")
+    print(f"record: {path}")
 
 
 if __name__ == "__main__":

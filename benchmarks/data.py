@@ -4,7 +4,8 @@
 
 Uses the profile's data section (CamVid, base_scale) and teacher crop/batch size, the §9.1 training
 transform, shuffling and drop_last as in training. The first batch (worker start-up) is not timed.
-Prints one result line per setting and a markdown table row for the README.
+Prints one result line per setting and a Markdown table row; the record goes to ``benchmarks/results/data/``
+(:func:`fasterseg_core.records.write_record`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 from fasterseg_core.config import load_config
 from fasterseg_core.data import build_dataset
+from fasterseg_core.records import write_record
 
 
 def measure(dataset: torch.utils.data.Dataset, batch_size: int, workers: int, batches: int) -> float:
@@ -67,6 +69,12 @@ def main() -> None:
         f"| {default:.0f} img/s | {results[0, 1]:.0f} img/s | {results[2, 1]:.0f} img/s "
         f"| {os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__} |"
     )
+    headline = (f"{data.dataset} crops {crop[0]}x{crop[1]}, batch {batch}: {default:.0f} img/s with 0 workers, "
+                f"{results[0, 1]:.0f} with 0 workers and 1 thread, {results[2, 1]:.0f} with 2 workers")  # fmt: skip
+    payload = {"profile": args.profile, "dataset": data.dataset, "base_scale": data.base_scale, "crop_hw": list(crop),
+               "batch": batch, "batches": args.batches, "load_average_before": load_before,
+               "settings": [{"workers": w, "threads": t, "images_per_s": v} for (w, t), v in results.items()]}  # fmt: skip
+    print(f"record: {write_record('data', payload, headline=headline)}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@
 #
 #   bash benchmarks/gpu_train.sh [OUT_JSON]      # default: $OUT/gpu_train.json or outputs/gpu_train.json
 #
+# benchmarks/train.py writes its record to benchmarks/results/train/ (fasterseg_core.records); this script copies
+# that folder to $OUT/records/ as well when $OUT is set (a lent machine's checkout is a copy).
+#
 # Needs python3 with torch, torchvision, numpy, pandas, pyyaml, pillow; the package is used from this checkout
 # without installing it. The GPU image lacks cityscapesscripts (class tables): prepare its wheel here with
 #   .venv/bin/pip download cityscapesscripts==2.3.0 --no-deps -d build/wheels
@@ -36,3 +39,4 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.versio
 # shellcheck disable=SC2086  # GPU_TRAIN_ARGS is a list of words
 time python3 benchmarks/train.py --gpu-recipe --device cuda --batch 12 --hw 512 1024 --iters 100 --rounds 4 \
   --warmup 10 --amp none bf16 --json "$out_json" ${GPU_TRAIN_ARGS:-}
+if [[ -n "${OUT:-}" ]]; then mkdir -p "$OUT/records" && cp -r benchmarks/results/train "$OUT/records/"; fi

@@ -11,7 +11,7 @@ matrix product), and the best low-precision path >= 2x faster than the best fp32
 
 Runs under the stable-allocator environment (re-executes itself once; see latency.measure). Variants of
 one network are timed in this one process, so ratios are comparable; the absolute numbers still move with
-machine load.
+machine load. The record goes to ``benchmarks/results/latency/`` (:func:`fasterseg_core.records.write_record`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from fasterseg_core.latency.flops import count_complexity
 from fasterseg_core.latency.peers import PEERS, build_peer
 from fasterseg_core.machine import stable_malloc_env
 from fasterseg_core.models.published import build_published
+from fasterseg_core.records import write_record
 
 # The backend table's CPU paths: the fp32 ones, and the low-precision ones checked against fp32 eager.
 FP32 = tuple(n for n, b in BACKENDS.items() if b.device != "cuda" and not b.low_precision)
@@ -81,7 +82,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     peak32, peak16 = peak_gflops(torch.float32), peak_gflops(torch.bfloat16)
     print(f"threads {args.threads}; peak matmul fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s")
-    rows = []
+    rows, best = [], {}
     for size_text in args.sizes:
         size = tuple(int(v) for v in size_text.split("x"))
         calib = camvid_images(size, 4)
@@ -150,6 +151,16 @@ def main() -> None:
             f"{best_low['median_ms']:.1f} ms = x{best32['median_ms'] / best_low['median_ms']:.2f} faster "
             f"than best fp32, agreement {best_low.get('argmax_agreement', float('nan')):.4f}"
         )
+        best[size_text] = {"fp32": best32["backend"], "fp32_ms": best32["median_ms"],
+                           "fp32_over_floor": best32["median_ms"] / best32["floor_ms"], "low": best_low["backend"],
+                           "low_ms": best_low["median_ms"], "low_speedup": best32["median_ms"] / best_low["median_ms"],
+                           "low_agreement": best_low.get("argmax_agreement")}  # fmt: skip
+    size_text, b = next(reversed(best.items()))  # the last (by default the largest) size
+    headline = (f"student {size_text}: best fp32 {b['fp32']} {b['fp32_ms']:.0f} ms = {b['fp32_over_floor']:.2f}× "
+                f"the floor; best low precision {b['low']} {b['low_speedup']:.2f}× faster")  # fmt: skip
+    payload = {"threads": args.threads, "timed_seconds": args.timed_seconds, "peak_gflops": {"fp32": peak32,
+               "bf16": peak16}, "best": best, "rows": rows}  # fmt: skip
+    print(f"record: {write_record('latency', payload, headline=headline)}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(

@@ -11,7 +11,8 @@ final x8 upsampling to full resolution, concatenations, elementwise ops), then p
 * the convolutions alone against the floor (how close oneDNN's convs come to matrix-product speed), and
 * the rest as a fraction of the floor (time the floor does not count at all).
 
-If the convolutions alone already need ~1.0x the floor, the rest decides whether 1.1x is reachable.
+If the convolutions alone already need ~1.0x the floor, the rest decides whether 1.1x is reachable. The
+record goes to ``benchmarks/results/latency_breakdown/`` (:func:`fasterseg_core.records.write_record`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from fasterseg_core.latency import prepare
 from fasterseg_core.latency.flops import count_complexity
 from fasterseg_core.machine import stable_malloc_env
 from fasterseg_core.models.published import build_published
+from fasterseg_core.records import write_record
 
 
 def main() -> None:
@@ -72,8 +74,15 @@ def main() -> None:
         f"  convolutions {conv_ms:6.1f} ms = x{conv_ms / floor_ms:.2f} floor ({conv_ms / floor_ms * peak:.0f} GFLOP/s)"
     )
     print(f"  everything else {rest_ms:6.1f} ms = {rest_ms / floor_ms:.0%} of the floor; largest:")
-    for name, ms in sorted(per_op.items(), key=lambda kv: -kv[1])[:8]:
+    largest = sorted(per_op.items(), key=lambda kv: -kv[1])[:8]
+    for name, ms in largest:
         print(f"    {name[:60]:60s} {ms * scale:7.1f} ms")
+    headline = (f"student {args.size} {args.backend}: {total_ms:.0f} ms = {total_ms / floor_ms:.2f}× the floor; "
+                f"convolutions {conv_ms / floor_ms:.2f}× the floor, the rest {rest_ms / floor_ms:.0%} of it")  # fmt: skip
+    payload = {"size": args.size, "backend": args.backend, "threads": args.threads, "repeats": args.repeats,
+               "conv_macs": macs, "peak_gflops_fp32": peak, "floor_ms": floor_ms, "forward_ms": total_ms,
+               "conv_ms": conv_ms, "rest_ms": rest_ms, "largest_ops_ms": {n: ms * scale for n, ms in largest}}  # fmt: skip
+    print(f"record: {write_record('latency_breakdown', payload, headline=headline)}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ quantise), timing and the agreement check, plus the stage's fixed costs.
 Runs the stage's own suite (``measure_suite``) with the profile's latency settings and candidate list
 (published teacher and student, the torchvision peers, and the searched pair when ``--searched`` is given:
 their cost is like the published pair's). Weights are random: preparing and timing cost the same whatever
-the weights; only the agreement figures differ, and they are not the point here.
+the weights; only the agreement figures differ, and they are not the point here. The record goes to
+``benchmarks/results/latency_stage/`` (:func:`fasterseg_core.records.write_record`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from fasterseg_core.config import load_config
 from fasterseg_core.data import build_dataset
 from fasterseg_core.latency.suite import candidate_networks, measure_suite, real_images
 from fasterseg_core.models.published import published_architecture
+from fasterseg_core.records import write_record
 
 
 def main() -> None:
@@ -60,16 +62,27 @@ def main() -> None:
           f"{lc.input_hw[0]}x{lc.input_hw[1]}, {torch.get_num_threads()} threads")  # fmt: skip
     print(f"setup (dataset, images) {setup_s:.1f} s; LUT {record.environment['lut_build_s']:.1f} s; "
           f"suite {suite_s:.1f} s (rows sum {rows.row_s.sum():.1f} s)\n")  # fmt: skip
+    by_backend = rows.groupby("backend")[cost + ["row_s"]].sum().round(1).sort_values("row_s", ascending=False)
+    by_network = rows.groupby("network")[cost + ["row_s"]].sum().round(1).sort_values("row_s", ascending=False)
+    by_phase = rows[cost].sum().round(1).to_dict()
     print("by backend (s):")
-    print(rows.groupby("backend")[cost + ["row_s"]].sum().round(1).sort_values("row_s", ascending=False))
+    print(by_backend)
     print("\nby network (s):")
-    print(rows.groupby("network")[cost + ["row_s"]].sum().round(1).sort_values("row_s", ascending=False))
-    print("\nby phase (s):", rows[cost].sum().round(1).to_dict())
+    print(by_network)
+    print("\nby phase (s):", by_phase)
+    out = {"profile": args.profile, "setup_s": setup_s, "suite_s": suite_s,
+           "lut_build_s": record.environment["lut_build_s"], "rows": rows.to_dict("records")}  # fmt: skip
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        out = {"profile": args.profile, "setup_s": setup_s, "suite_s": suite_s,
-               "lut_build_s": record.environment["lut_build_s"], "rows": rows.to_dict("records")}  # fmt: skip
         args.json.write_text(json.dumps(out, indent=1, default=str))
+    headline = (f"{args.profile}: {len(candidates)} networks × {len(lc.backends)} backends, suite {suite_s:.0f} s "
+                f"(prepare {by_phase['prepare_s']:.0f}, timing {by_phase['timing_s']:.0f}, agreement "
+                f"{by_phase['agreement_s']:.0f} s)")  # fmt: skip
+    # the rows hold numpy and config values: recorded as the --json file writes them (str for what JSON lacks)
+    extra = {"by_backend_s": by_backend.to_dict("index"), "by_network_s": by_network.to_dict("index"),
+             "by_phase_s": by_phase}  # fmt: skip
+    payload = json.loads(json.dumps(out | extra, default=str))
+    print(f"record: {write_record('latency_stage', payload, headline=headline)}")
 
 
 if __name__ == "__main__":

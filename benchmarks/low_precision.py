@@ -12,7 +12,8 @@ medians); per round: the best fp32 path's median over bf16's, so the ratio comes
 The weights are the pipeline's own: the profile's trained student (``--stage``, best checkpoint, first
 seed), so the argmax agreement with fp32 eager is measured where it matters, on real CamVid validation
 images resized to ``--size`` (the paper's 1024x2048 by default). Target (issue 16): bf16 >= 2x faster than
-the best fp32 path with agreement >= 99 %.
+the best fp32 path with agreement >= 99 %. The record goes to ``benchmarks/results/low_precision/``
+(:func:`fasterseg_core.records.write_record`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from fasterseg_core.latency.agreement import agreement
 from fasterseg_core.latency.measure import environment_record, time_prepared
 from fasterseg_core.latency.suite import real_images
 from fasterseg_core.machine import stable_malloc_env
+from fasterseg_core.records import write_record
 
 # The backend table's CPU paths: the fp32 ones, and the low-precision ones checked against fp32 eager.
 FP32 = tuple(n for n, b in BACKENDS.items() if b.device != "cuda" and not b.low_precision)
@@ -93,6 +95,14 @@ def main() -> None:
                                          "checkpoint": str(info["path"]), "rounds": rounds, "median_ms": median,
                                          "best_fp32": best32, "bf16_ratio_per_round": per_round,
                                          "agreement": agree}, indent=1, default=str))  # fmt: skip
+    ratio = statistics.median(per_round)
+    headline = (f"bf16 {ratio:.2f}× as fast as the best fp32 path ({best32}; rounds {min(per_round):.2f}–"
+                f"{max(per_round):.2f}×), argmax agreement {agree['bf16']['pixel_agreement']:.3f}")  # fmt: skip
+    payload = {"profile": args.profile, "stage": args.stage, "checkpoint": str(info["path"]), "seed": info["seed"],
+               "size": args.size, "rounds": args.rounds, "seconds": args.seconds, "images": args.images,
+               "threads": args.threads, "round_medians_ms": rounds, "median_ms": median, "best_fp32": best32,
+               "bf16_ratio_per_round": per_round, "agreement": json.loads(json.dumps(agree, default=str))}  # fmt: skip
+    print(f"record: {write_record('low_precision', payload, headline=headline)}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ page-faults them back on every forward pass, which adds noise proportional to ac
 script re-executes itself with ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=… MALLOC_TOP_PAD_=…`` set.
 
 Usage: ``python benchmarks/models.py [--runs 25] [--height 512 --width 1024] [--json out.json]``
+
+The record goes to ``benchmarks/results/models/`` (:func:`fasterseg_core.records.write_record`).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     from fasterseg_core.models import build_published
     from fasterseg_core.models.fuse import fuse_for_inference
     from fasterseg_core.models.state_dict import keyed_state_dict_for, load_official_state_dict
+    from fasterseg_core.records import write_record
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -135,6 +138,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
+    ratios = list(result["ratios"].values())
+    headline = (f"student / LR-ASPP {ratios[0]:.2f} (target ≤ 0.9), fused / unfused {ratios[1]:.2f} (target ≤ 0.75)"
+                + (f"; busy machine: {', '.join(disturbed)}" if disturbed else ""))  # fmt: skip
+    print(f"record: {write_record('models', result, headline=headline)}")
     return result
 
 

@@ -16,7 +16,8 @@ val mIoU (best checkpoint) of every seed, the mean and its 95 % Student-t interv
 first candidate (same seed) with its interval and power (:mod:`fasterseg_core.evidence`), and the training
 seconds; candidates are ranked by the mean, never by one run. The record goes to
 ``benchmarks/results/recipe/<hardware tag>-<date>-<stage>.json`` with the commit, the machine and the command
-(``-2``, ``-3`` … when that name is taken by another comparison: a record is never overwritten).
+(:func:`fasterseg_core.records.write_record`: ``-2``, ``-3`` … when that name is taken by another comparison; a
+record is never overwritten by another command).
 
 A teacher comparison (``--stage 02_teacher``) also records each candidate's **lead** over the scratch students on
 the same seeds (teacher − student val mIoU, paired by seed), read from the newest ``04_student`` record whose
@@ -33,21 +34,19 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from fasterseg_core.config import RunConfig, load_config
 from fasterseg_core.evidence import power_analysis, summarize
-from fasterseg_core.latency.measure import environment_record
-from fasterseg_core.machine import git_state, hardware_tag
+from fasterseg_core.machine import hardware_tag
+from fasterseg_core.records import load_records, write_record
 from fasterseg_core.runs import get_stage, stage_dir
-from fasterseg_core.storage import save_json
 
-RESULTS = Path(__file__).resolve().parent / "results" / "recipe"
 MARGIN_POINTS = 1.0  # as the claims ledger's "on par"
 
 # name → overrides of the paper's recipe (see _paper_values): of the stage's section (its name is filled in:
@@ -78,13 +77,16 @@ def _paper_values(section: str) -> dict[str, object]:
     return values
 
 
-def _student_runs(seeds: list[int]) -> tuple[Path, str, dict[int, float]] | None:
-    """The newest 04_student record's chosen candidate's val mIoU on these seeds: (record, candidate, {seed: mIoU})."""
-    for path in sorted(RESULTS.glob("*-04_student*.json"), reverse=True):
-        record = json.loads(path.read_text())
+def _student_runs(seeds: list[int]) -> tuple[str, str, dict[int, float]] | None:
+    """The newest val 04_student record's chosen candidate's val mIoU on these seeds: (record, candidate, {seed:
+    mIoU}). Records of the test split (comparisons made before selection moved to val) never count."""
+    records = [r for r in load_records() if r.benchmark == "recipe" and r.data.get("stage") == "04_student"
+               and r.data.get("split") == "val"]  # fmt: skip
+    for rec in reversed(records):
+        record = rec.data
         runs = {r["seed"]: r["val_miou"] for r in record["runs"] if r["candidate"] == record["chosen"]}
         if set(seeds) <= set(runs):
-            return path, record["chosen"], {s: runs[s] for s in seeds}
+            return rec.shown, record["chosen"], {s: runs[s] for s in seeds}
     return None
 
 
@@ -95,7 +97,7 @@ def _lead(frame: pd.DataFrame, seeds: list[int]) -> dict[str, object] | None:
         print("no 04_student record covers these seeds: the teacher's lead is not recorded", flush=True)
         return None
     path, candidate, student = students
-    out = {"students_record": str(path.relative_to(RESULTS.parents[2])), "students_candidate": candidate,
+    out = {"students_record": path, "students_candidate": candidate,
            "students_val_miou": [round(student[s], 2) for s in seeds], "by_candidate": {}}
     for name, group in frame.groupby("candidate", sort=False):
         d = [float(v) - student[s] for s, v in zip(group.seed, group.val_miou, strict=True)]
@@ -104,14 +106,14 @@ def _lead(frame: pd.DataFrame, seeds: list[int]) -> dict[str, object] | None:
     return out
 
 
-def _record_path(stage: str, date: str, command: str) -> Path:
-    """Where the record goes: ``<hw>-<date>-<stage>.json``, or the first free ``-N`` suffix when that file holds
-    another comparison (the same command rerun replaces its own record: it reuses every finished run)."""
-    for n in range(1, 100):
-        path = RESULTS / f"{hardware_tag()}-{date}-{stage}{'' if n == 1 else f'-{n}'}.json"
-        if not path.exists() or json.loads(path.read_text()).get("command") == command:
-            return path
-    raise SystemExit(f"error: 99 recipe records of {stage} on {date} under {RESULTS}: move some aside")
+def headline(stage: str, split: str, table: list[dict[str, Any]], chosen: str) -> str:
+    """One line for ``python -m fasterseg_core results``: the chosen candidate's mean, interval and difference."""
+    best = next(r for r in table if r["candidate"] == chosen)
+    n = len(best[f"{split} mIoU per seed"])
+    vs = f", {best['difference mean']:+.1f} points vs {best['vs']}" if "vs" in best else ""
+    among = f"chosen among {len(table)}" if len(table) > 1 else "the only candidate"
+    return (f"{stage}: {chosen} ({among}), {split} mIoU {best['mean']:.1f} "
+            f"[{best['ci'][0]:.1f}, {best['ci'][1]:.1f}] over {n} seeds{vs}")  # fmt: skip
 
 
 def _parse_set(items: list[str]) -> dict[str, object]:
@@ -178,12 +180,9 @@ def main() -> None:
     print(out.drop(columns=["overrides"]).round(2).to_string(index=False))
     args.root.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.root / f"{args.stage}_runs.csv", index=False)
-    command = shlex.join([Path(sys.executable).name, *sys.argv])
-    record = {"benchmark": "recipe", "stage": args.stage, "profile": args.profile, "split": "val",
+    record = {"stage": args.stage, "profile": args.profile, "split": "val",
               "seeds": args.seeds, "study_seeds": sorted(study), "margin_points": MARGIN_POINTS,
-              "set": _parse_set(args.set), "command": command, "git": git_state(),
-              "machine": environment_record("cpu") | {"hardware_tag": hardware_tag()},
-              "date": dt.date.today().isoformat(), "runs": rows, "candidates": table, "chosen": chosen,
+              "set": _parse_set(args.set), "runs": rows, "candidates": table, "chosen": chosen,
               "chosen_overrides": CANDIDATES[chosen],
               "rule": "the best mean over the seeds when its paired difference to the first candidate has a 95 % "
                       "interval above 0, else the first candidate"}
@@ -192,8 +191,9 @@ def main() -> None:
         for name, v in lead["by_candidate"].items():
             print(f"{name}: teacher − scratch student (val, same seeds) {v['per_seed']}, mean {v['mean']:+.2f}")
     print(f"chosen: {chosen} ({'val supports it' if supported else 'val does not support ' + best['candidate']})")
-    path = _record_path(args.stage, record["date"], command)
-    save_json(record, path)
+    date = dt.date.today().isoformat()
+    path = write_record("recipe", record, headline=headline(args.stage, "val", table, chosen), date=date,
+                        name=f"{hardware_tag()}-{date}-{args.stage}")
     print(f"record: {path}")
 
 

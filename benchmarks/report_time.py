@@ -4,8 +4,8 @@
 
 Reads the run's ``pipeline.json`` (per-stage status and seconds, the commit) and writes
 ``benchmarks/results/report/<profile>-<hardware tag>-<date>.json`` with this machine (run it where the report
-ran). Only a run in which every stage ran to its end is a record: a skipped or failed stage's time says nothing
-of its cost.
+ran; :func:`fasterseg_core.records.write_record`, which never overwrites another command's record). Only a run
+in which every stage ran to its end is a record: a skipped or failed stage's time says nothing of its cost.
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ import datetime as dt
 import json
 from pathlib import Path
 
-from fasterseg_core.eta import REPORT_TIMES
-from fasterseg_core.latency.measure import environment_record
 from fasterseg_core.machine import hardware_tag
-from fasterseg_core.storage import save_json
+from fasterseg_core.records import write_record
 
-RESULTS = Path(__file__).resolve().parents[1] / REPORT_TIMES
+
+def headline(stages: dict[str, float], total_s: float) -> str:
+    """``72.7 min: 00 0.3, 01 5.4, …, 06 0.3``: the whole report and each stage (by its number), in minutes."""
+    parts = ", ".join(f"{stage[:2]} {seconds / 60:.1f}" for stage, seconds in stages.items())
+    return f"{total_s / 60:.1f} min: {parts}"
 
 
 def main() -> None:
@@ -34,12 +36,13 @@ def main() -> None:
         raise SystemExit(f"error: {args.pipeline}: stages {not_ran} did not run to their end here (or the report "
                          "did not render): record a run in which every stage ran (make report FORCE=1)")
     date = run.get("started_at", dt.date.today().isoformat())[:10]
-    record = {"benchmark": "report", "profile": run["profile"], "overrides": run.get("overrides", {}),
-              "command": args.command, "git": run.get("git"), "date": date,
-              "machine": environment_record("cpu") | {"hardware_tag": hardware_tag()},
-              "stages": {r["stage"]: r["seconds"] for r in run["stages"]}, "total_s": run["seconds"]}
-    path = RESULTS / f"{run['profile']}-{hardware_tag()}-{date}.json"
-    save_json(record, path)
+    stages = {r["stage"]: r["seconds"] for r in run["stages"]}
+    record = {"profile": run["profile"], "overrides": run.get("overrides", {}), "stages": stages,
+              "total_s": run["seconds"]}
+    # the record describes the report's run: its command and commit, not this script's
+    path = write_record("report", record, headline=headline(stages, run["seconds"]), command=args.command,
+                        git=run.get("git") or {"sha": None, "dirty": None}, date=date,
+                        name=f"{run['profile']}-{hardware_tag()}-{date}")
     print(f"record: {path}")
 
 

@@ -17,6 +17,7 @@ value per entry: its cost does not depend on the values. Peak memory is the proc
 set size (CPU) or ``torch.cuda.max_memory_allocated`` (CUDA), read after the teacher's warm-up step and
 again after each path mode's warm-up (cumulative: it includes the teacher's ~1 GB). The timed repetitions
 alternate teacher step and search iterations; each ratio (target ≤ 6×) is the median of per-repetition ratios.
+The record goes to ``benchmarks/results/search/`` (:func:`fasterseg_core.records.write_record`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from fasterseg_core.losses import OhemCrossEntropy, ohem_min_kept, sum_over_head
 from fasterseg_core.machine import resolve_device
 from fasterseg_core.models.published import build_published
 from fasterseg_core.models.supernet import build_supernet
+from fasterseg_core.records import write_record
 from fasterseg_core.search.objective import SupernetLatency
 from fasterseg_core.search.steps import SEARCH_PASSES, arch_step, weight_step
 
@@ -150,6 +152,7 @@ def main() -> None:
     med_t = statistics.median(t_teacher)
     print(f"teacher training step : {med_t:8.3f} s   peak memory {mem_teacher:8.0f} MiB")
     print(f"(profile {args.profile}: search.path_sampling = {str(sc.path_sampling).lower()})")
+    paths = {}
     for path in args.paths:
         t_search = [a + w for a, w in zip(t_arch[path], t_weight[path])]
         ratio = statistics.median([s / t for s, t in zip(t_search, t_teacher)])
@@ -163,6 +166,15 @@ def main() -> None:
             f"| {args.profile} | {path} | {batch}×{crop[0]}×{crop[1]} | L={cfg.model.num_layers} | {med_t:.2f} s | "
             f"{med_s:.2f} s | {ratio:.1f}× | {mem_search[path]:.0f} MiB |"
         )
+        paths[path] = {"search_s": med_s, "arch_step_s": statistics.median(t_arch[path]),
+                       "weight_step_s": statistics.median(t_weight[path]), "search_over_teacher": ratio,
+                       "peak_memory_mib": mem_search[path], "runs_s": t_search}  # fmt: skip
+    headline = "search iteration / teacher step: " + ", ".join(
+        f"{p} {v['search_over_teacher']:.1f}×" for p, v in paths.items()) + f" (target ≤ 6×; {device.type})"
+    payload = {"profile": args.profile, "batch": batch, "crop_hw": list(crop), "layers": cfg.model.num_layers,
+               "iters": args.iters, "threads": torch.get_num_threads(), "teacher_step_s": med_t,
+               "teacher_peak_memory_mib": mem_teacher, "teacher_runs_s": t_teacher, "paths": paths}  # fmt: skip
+    print(f"record: {write_record('search', payload, headline=headline, device=device.type)}")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ the §9.1 transform; seconds per 100 iterations, and the paper's 600 epochs × 1
 to GPU-hours next to the reproduction study's RTX 3080 Ti figures. cuDNN benchmark on, as §9.2. The loader
 runs in the main process (``num_workers=0``), so each iteration includes collating 12 crops (~75 MB) and
 copying them to the GPU: an upper bound for a run whose workers collate in parallel.
+
+Both modes write their record to ``benchmarks/results/train/`` (:func:`fasterseg_core.records.write_record`).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ from fasterseg_core.latency.measure import environment_record
 from fasterseg_core.losses import class_weights
 from fasterseg_core.machine import resolve_device, stable_malloc_env
 from fasterseg_core.models import build_network, init_weights_, published_architecture
+from fasterseg_core.records import write_record
 
 REPO = Path(__file__).resolve().parents[1]
 # variant → (config section, architecture role, with the frozen teacher)
@@ -395,7 +398,8 @@ def gpu_recipe(
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
         "study_gpu": "RTX 3080 Ti 12 GB (reproduction study, 2022)",
     }
-    return {"mode": "gpu-recipe", "environment": environment_record(device), "recipe": recipe, "rows": rows}
+    return {"mode": "gpu-recipe", "profile": "cityscapes-paper", "overrides": over,
+            "environment": environment_record(device), "recipe": recipe, "rows": rows}  # fmt: skip
 
 
 def print_gpu_table(result: dict[str, Any]) -> None:
@@ -411,6 +415,23 @@ def print_gpu_table(result: dict[str, Any]) -> None:
             f"{r['images_per_s']:.1f} | {mem} | {r['gpu_hours_600_epochs']:.1f} | "
             f"{r['study_gpu_hours_600_epochs']:.1f} | {r['speedup_vs_study']:.2f}× |"
         )
+
+
+def headline(result: dict[str, Any]) -> str:
+    """One line for ``python -m fasterseg_core results``: seconds per 100 iterations (``--gpu-recipe``) or
+    training and loader images per second (the default mode)."""
+    if result["mode"] == "gpu-recipe":
+        by_amp: dict[str, list[str]] = {}
+        for r in result["rows"]:
+            by_amp.setdefault("fp32" if r["amp"] == "none" else r["amp"], []).append(
+                f"{r['stage']} {r['s_per_100_iters']:.1f}")
+        return (f"paper recipe, batch {result['recipe']['batch']} at {result['recipe']['crop_hw'][0]}x"
+                f"{result['recipe']['crop_hw'][1]}, s per 100 iterations: "
+                + "; ".join(f"{a} {', '.join(v)}" for a, v in by_amp.items()))  # fmt: skip
+    rows = {r["stage"]: r for r in result["rows"]}
+    return (f"{result['profile']} training img/s " + ", ".join(f"{s} {r['images_per_s']:.1f}" for s, r in rows.items())
+            + "; with the real loader " + ", ".join(f"{r['images_per_s_with_loader']:.1f}" for r in rows.values())
+            + f"; loader alone {result['loader']['images_per_s']:.0f} img/s")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -459,6 +480,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1))
         print(f"wrote {args.json}")
+    device = torch.device(result["environment"]["device"]).type
+    print(f"record: {write_record('train', result, headline=headline(result), device=device)}")
     return result
 
 

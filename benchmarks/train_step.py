@@ -35,6 +35,9 @@ so before and after are compared under the same load.
 ``--profile`` runs ``torch.profiler`` over ``--profile-steps`` steps of each network (after one warm-up
 step) and prints the top operators by self CPU time, separately for the forward (incl. loss), the
 backward and the optimizer step; ``--by-shape`` groups them by input shape too.
+
+A timing run writes its record to ``benchmarks/results/train_step/`` (:func:`fasterseg_core.records.write_record`);
+``--profile`` prints only (a profile is read, not cited).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from torch import nn
 import fasterseg_core.models as fasterseg_models
 from fasterseg_core.latency.measure import environment_record
 from fasterseg_core.machine import stable_malloc_env
+from fasterseg_core.records import write_record
 
 NUM_CLASSES = 19
 PUBLISHED = {"student": 0.80, "teacher": 1.99}  # ours at the earlier commit, × ResNet-18
@@ -174,6 +178,18 @@ def report(times: dict[str, list[float]], reference: str = "resnet18") -> None:
             )
 
 
+def ratios_to(times: dict[str, list[float]], reference: str = "resnet18") -> dict[str, dict[str, object]]:
+    """Per network: the step time's median and × ``reference`` as :func:`report` prints them, for the record."""
+    ref = times[reference]
+    out: dict[str, dict[str, object]] = {}
+    for n, ts in times.items():
+        ratios = [t / r for t, r in zip(ts, ref)]
+        out[n] = {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),
+                  f"x_{reference}": statistics.median(ratios), "range": [min(ratios), max(ratios)],
+                  f"x_{reference}_mins": min(ts) / min(ref)}  # fmt: skip
+    return out
+
+
 def _phase(evt) -> str | None:
     """The labelled phase ("forward", "backward", "optimizer") an event ran under, by its CPU parents."""
     e = evt
@@ -263,7 +279,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             profile(n, step, args.profile_steps, args.top, args.by_shape)
         return
     print(f"{args.rounds} rounds after {args.warmup} warm-up rounds, networks interleaved")
-    report(time_interleaved(steps, args.rounds, args.warmup))
+    times = time_interleaved(steps, args.rounds, args.warmup)
+    report(times)
+    summary = ratios_to(times)
+    headline = "× ResNet-18 per step (median of rounds): " + ", ".join(
+        f"{n} {v['x_resnet18']:.3f}×" for n, v in summary.items() if n != "resnet18")
+    payload = {"rounds": args.rounds, "warmup": args.warmup, "threads": args.threads, "batch": args.batch,
+               "hw": list(args.hw), "aux": not args.no_aux, "seed": args.seed,
+               "baseline": str(args.baseline) if args.baseline else None, "networks": summary,
+               "times_s": times}  # fmt: skip
+    print(f"record: {write_record('train_step', payload, headline=headline)}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ command          what it does
 ``data``         put CamVid under a folder (link a local copy or download), checksums verified
 ``sweep``        the compute stages over seeds as submitit jobs (Slurm or local), with their dependencies
 ``tensorboard``  TensorBoard on a profile's output folder: the live curves of every stage and seed
+``results``      newest benchmark record per benchmark and machine; the README's measured rows
 ===============  ===============================================================================
 
 Every command that reads a profile takes the same ``--profile`` / ``--overrides`` pair. A user error (bad
@@ -50,10 +51,20 @@ from .metrics import format_scores
 from .models.published import published_architecture
 from .pipeline import PipelineInterrupted, build_report, headline, pipeline_lock
 from .predictions import export_cityscapes_submission, save_colour_predictions
+from .records import (
+    load_records,
+    markdown_table,
+    newest_per_benchmark_and_machine,
+    readme_block,
+    readme_rows,
+    results_frame,
+    text_table,
+    update_readme,
+)
 from .report import ReportError
 from .runs import TRAINING_STAGES, get_stage, is_complete, stage_dir, stage_seeds
 from .stages import run_search, train_seeds
-from .storage import ArtifactWriteError, save_json
+from .storage import ArtifactWriteError, save_json, save_text
 from .sweep import DEFAULT_STAGES, EXECUTORS, Resources, prepare_sweep, run_sweep
 
 # What a user can fix from the message alone: the message is the whole story (exit 2).
@@ -300,6 +311,27 @@ def cmd_tensorboard(args: argparse.Namespace) -> int:
     return board.main()
 
 
+def cmd_results(args: argparse.Namespace) -> int:
+    """The newest record per benchmark and machine as one table; or the README's measured rows from the records."""
+    records = load_records(args.root)
+    if args.readme is None:
+        frame = results_frame(newest_per_benchmark_and_machine(records))
+        print(markdown_table(frame) if args.markdown else text_table(frame))
+        return 0
+    text = args.readme.read_text()
+    block = readme_block(records)
+    if readme_rows(text) == block:
+        print(f"{args.readme}: the measured rows match the records")
+        return 0
+    if args.check:
+        print(f"error: {args.readme}: the measured rows differ from the records; rewrite them with "
+              f"python -m fasterseg_core results --readme {args.readme}", file=sys.stderr)  # fmt: skip
+        return 1
+    save_text(update_readme(text, block), args.readme)
+    print(f"{args.readme}: measured rows rewritten from the records")
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Submit the sweep's jobs and wait for them; exit 1 naming each failed job and its log."""
     cfg = load_config(args.profile, _overrides(args.overrides))
@@ -426,6 +458,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-parallel", type=int, default=0, help="local: at most N jobs at once (default 0: no limit)")
     p.add_argument("--poll-seconds", type=float, default=None, help="seconds between looks (1 local, 30 Slurm)")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("results", help="the newest benchmark record per benchmark and machine (make results)")
+    p.add_argument("--root", type=Path, default=None, help="the records folder (default benchmarks/results)")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    p.add_argument("--readme", type=Path, default=None,
+                   help="rewrite this README's measured rows (between its results markers) from the records")
+    p.add_argument("--check", action="store_true", help="with --readme: change nothing; exit 1 when they differ")
+    p.set_defaults(func=cmd_results)
     return parser
 
 

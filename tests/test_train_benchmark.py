@@ -49,6 +49,7 @@ def test_gpu_recipe_mode_runs_and_extrapolates(bench, one_thread, capsys):
         assert r["study_gpu_hours_600_epochs"] == pytest.approx(study * 600 / 3600)
         assert r["speedup_vs_study"] == pytest.approx(study / (1000 * s_it))
     bench.print_gpu_table(result)
+    assert bench.headline(result).startswith("paper recipe, batch 2 at 64x128, s per 100 iterations: fp32 distill")
     table = capsys.readouterr().out
     assert table.count("| student |") == 2 and "| distill | bf16 |" in table
     with pytest.raises(ValueError, match="at least rounds"):
@@ -63,3 +64,4 @@ def test_profile_mode_reports_loader_next_to_training(bench, one_thread, capsys)
             result["loader"]["images_per_s"] / r["images_per_s"]
         )
     assert "loader bottleneck:" in capsys.readouterr().out
+    assert bench.headline(result).startswith("smoke training img/s teacher ")

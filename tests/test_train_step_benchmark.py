@@ -36,6 +36,8 @@ def test_interleaved_steps_report_and_profile(bench, one_thread, capsys):
     times = bench.time_interleaved(steps, rounds=2, warmup=1)
     assert {n: len(t) for n, t in times.items()} == {n: 2 for n in steps}
     bench.report(times)
+    summary = bench.ratios_to(times)  # what the record holds
+    assert summary["resnet18"]["x_resnet18"] == pytest.approx(1.0) and summary["student"]["median_s"] > 0
     bench.profile("student", steps["student"], n_steps=1, top=3, by_shape=False)
     text = capsys.readouterr().out
     assert "student / student@base" in text
