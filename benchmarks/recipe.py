@@ -106,14 +106,20 @@ def _lead(frame: pd.DataFrame, seeds: list[int]) -> dict[str, object] | None:
     return out
 
 
-def headline(stage: str, split: str, table: list[dict[str, Any]], chosen: str) -> str:
-    """One line for ``python -m fasterseg_core results``: the chosen candidate's mean, interval and difference."""
+def headline(stage: str, split: str, table: list[dict[str, Any]], chosen: str, record: dict[str, Any] | None = None) -> str:
+    """One line for ``python -m fasterseg_core results``: the chosen candidate's mean, interval and difference,
+    and for a teacher the settings it ran with (``--set``) and its lead over the scratch students."""
     best = next(r for r in table if r["candidate"] == chosen)
     n = len(best[f"{split} mIoU per seed"])
     vs = f", {best['difference mean']:+.1f} points vs {best['vs']}" if "vs" in best else ""
     among = f"chosen among {len(table)}" if len(table) > 1 else "the only candidate"
-    return (f"{stage}: {chosen} ({among}), {split} mIoU {best['mean']:.1f} "
+    line = (f"{stage}: {chosen} ({among}), {split} mIoU {best['mean']:.1f} "
             f"[{best['ci'][0]:.1f}, {best['ci'][1]:.1f}] over {n} seeds{vs}")  # fmt: skip
+    record = record or {}
+    if record.get("set"):
+        line += " (" + ", ".join(f"{k} {v}" for k, v in record["set"].items()) + ")"
+    lead = (record.get("lead_over_students") or {}).get("by_candidate", {}).get(chosen)
+    return line + (f"; {lead['mean']:+.1f} points over the scratch students" if lead else "")
 
 
 def _parse_set(items: list[str]) -> dict[str, object]:
@@ -192,7 +198,7 @@ def main() -> None:
             print(f"{name}: teacher − scratch student (val, same seeds) {v['per_seed']}, mean {v['mean']:+.2f}")
     print(f"chosen: {chosen} ({'val supports it' if supported else 'val does not support ' + best['candidate']})")
     date = dt.date.today().isoformat()
-    path = write_record("recipe", record, headline=headline(args.stage, "val", table, chosen), date=date,
+    path = write_record("recipe", record, headline=headline(args.stage, "val", table, chosen, record), date=date,
                         name=f"{hardware_tag()}-{date}-{args.stage}")
     print(f"record: {path}")
 

@@ -25,6 +25,17 @@ def headline(stages: dict[str, float], total_s: float) -> str:
     return f"{total_s / 60:.1f} min: {parts}"
 
 
+def latency_seconds(latency_record: Path) -> dict[str, dict[str, float]]:
+    """Where ``05_latency``'s time went, per backend over every network: preparing (export, compile, quantise)
+    and timing (timed loop, warm-up, agreement), in seconds, from the stage's ``latency/<hardware tag>.json``."""
+    out: dict[str, dict[str, float]] = {}
+    for row in json.loads(latency_record.read_text()).get("rows", []):
+        spent = out.setdefault(row["backend"], {"prepare_s": 0.0, "timing_s": 0.0})
+        for key in spent:
+            spent[key] = round(spent[key] + float(row.get(key) or 0.0), 1)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("pipeline", type=Path, help="the run's <output_root>/<profile>/pipeline.json")
@@ -39,6 +50,9 @@ def main() -> None:
     stages = {r["stage"]: r["seconds"] for r in run["stages"]}
     record = {"profile": run["profile"], "overrides": run.get("overrides", {}), "stages": stages,
               "total_s": run["seconds"]}
+    latency = args.pipeline.parent / "latency" / f"{hardware_tag()}.json"
+    if latency.exists():  # what a backend costs the stage (a profile's backends are chosen on it)
+        record["latency_backend_seconds"] = latency_seconds(latency)
     # the record describes the report's run: its command and commit, not this script's
     path = write_record("report", record, headline=headline(stages, run["seconds"]), command=args.command,
                         git=run.get("git") or {"sha": None, "dirty": None}, date=date,

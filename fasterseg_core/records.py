@@ -208,12 +208,15 @@ def load_records(root: Path | None = None) -> list[Record]:
 
 
 def newest_per_benchmark_and_machine(records: Iterable[Record]) -> list[Record]:
-    """The newest record of each (benchmark, machine kind), void ones left out, sorted by benchmark and machine."""
-    newest: dict[tuple[str, tuple[str, ...]], Record] = {}
+    """The newest record of each (benchmark, stage, machine kind), void ones left out, sorted by benchmark and
+    machine. The stage and the fixed settings are ``recipe.py``'s (``--stage``, ``--set``): a teacher's length
+    and a student's recipe are different questions, and so are two teacher lengths."""
+    newest: dict[tuple[str, str, tuple[str, ...]], Record] = {}
     for r in sorted(records, key=lambda r: r.order):
         if not r.data.get("void"):
-            newest[r.benchmark, r.machine_key] = r
-    return sorted(newest.values(), key=lambda r: (r.benchmark, r.machine_key))
+            question = f"{r.data.get('stage', '')} {json.dumps(r.data.get('set') or {}, sort_keys=True)}"
+            newest[r.benchmark, question, r.machine_key] = r
+    return sorted(newest.values(), key=lambda r: (r.benchmark, r.machine_key, str(r.data.get("stage", ""))))
 
 
 def results_frame(records: Iterable[Record]) -> pd.DataFrame:

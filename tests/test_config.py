@@ -4,6 +4,7 @@ YAML round trip."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,14 @@ def test_a_search_table_at_another_resolution_fails_unless_a_table_is_given():
         load_config("smoke", {"search.latency_input_hw": [256, 512]})
     cfg = load_config("smoke", {"search.latency_input_hw": [256, 512], "search.latency_table": "table.json"})
     assert cfg.search.latency_input_hw == (256, 512)  # a given table (the authors') fixes its own resolution
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_record_a_profile_points_to_exists(profile):
+    """A profile's why-lines point to records (issue 27): each benchmarks/results path they name must match files."""
+    text = (REPO / "params" / f"{profile}.yaml").read_text()
+    for ref in re.findall(r"benchmarks/results/[\w./*-]+", text):
+        ref = ref.rstrip(".")
+        matches = list(REPO.glob(ref)) if "*" in ref else [REPO / ref]
+        assert matches and all(m.exists() for m in matches), f"params/{profile}.yaml names {ref}, which is not there"
+        assert all(m.is_file() or any(m.iterdir()) for m in matches), ref
