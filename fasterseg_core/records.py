@@ -33,7 +33,7 @@ import pandas as pd
 
 from .config import project_root
 from .latency.measure import environment_record
-from .machine import git_state, hardware_tag, isa_flags, now
+from .machine import cpu_generation, git_state, hardware_tag, isa_flags, now
 from .storage import save_json
 
 RESULTS = Path("benchmarks") / "results"  # in the project folder
@@ -67,7 +67,8 @@ def command_line(argv: Sequence[str] | None = None) -> str:
 def machine_record(device: str = "cpu") -> dict[str, Any]:
     """This machine as a record names it: :func:`~fasterseg_core.latency.measure.environment_record` (CPU model,
     torch's ISA capability, threads, GPU and driver, versions), the hardware tag and the CPU's ISA flags."""
-    return environment_record(device) | {"hardware_tag": hardware_tag(), "cpu_flags": isa_flags()}
+    return environment_record(device) | {"hardware_tag": hardware_tag(), "cpu_flags": isa_flags(),
+                                         "cpu_generation": cpu_generation()}
 
 
 def record_path(folder: Path, name: str, command: str) -> Path:
@@ -144,16 +145,19 @@ class Record:
         return self.data.get("machine") or {}
 
     @property
-    def machine_key(self) -> tuple[str, str, str, str]:
-        """What tells machine kinds apart: hardware tag, CPU model, torch's ISA capability, GPU."""
+    def machine_key(self) -> tuple[str, str, str, str, str]:
+        """What tells machine kinds apart: hardware tag, CPU model, torch's ISA capability, CPU generation (a
+        Zen 4 and a Zen 5 are both "AMD EPYC" with AVX512), GPU."""
         m = self.machine
-        return (str(m.get("hardware_tag")), str(m.get("cpu_model")), str(m.get("cpu_isa")), str(m.get("gpu_name")))
+        return (str(m.get("hardware_tag")), str(m.get("cpu_model")), str(m.get("cpu_isa")),
+                str(m.get("cpu_generation", "")), str(m.get("gpu_name")))  # fmt: skip
 
     @property
     def cpu(self) -> str:
         """``AMD EPYC (AVX512, avx512_bf16)``: the CPU model, torch's capability and the decisive ISA flags."""
         m = self.machine
         isa = [*filter(None, [m.get("cpu_isa")]), *(f for f in m.get("cpu_flags") or [] if f in SHOWN_FLAGS)]
+        isa += [m["cpu_generation"]] if m.get("cpu_generation") else []
         cpu = f"{m.get('cpu_model') or '?'}" + (f" ({', '.join(isa)})" if isa else "")
         return f"{m['gpu_name']}; {cpu}" if m.get("gpu_name") else cpu
 
