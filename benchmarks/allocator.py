@@ -92,11 +92,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         for v in args.variants:
             for s in SETTINGS if r % 2 == 0 else SETTINGS[::-1]:
                 cmd = [sys.executable, __file__, "--child", v, "--profile", args.profile, "--iters", str(args.iters),
-                       *["--loader"] * args.loader]  # fmt: skip
+                       *["--loader"] * args.loader]
                 out = subprocess.run(cmd, env=environment(s), check=True, capture_output=True, text=True).stdout
                 times[v, s].append(json.loads(out.strip().splitlines()[-1])["s_per_iter"])
             print(f"  round {r + 1}: {v} default {times[v, 'default'][-1]:.3f} s, pinned "
-                  f"{times[v, 'pinned'][-1]:.3f} s per iteration", flush=True)  # fmt: skip
+                  f"{times[v, 'pinned'][-1]:.3f} s per iteration", flush=True)
     print(
         "\n| stage | default s/iteration | pinned s/iteration | pinned / default (median of rounds [range]) |"
     )
@@ -106,14 +106,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         d, q = times[v, "default"], times[v, "pinned"]
         ratios = [b / a for a, b in zip(d, q)]
         print(f"| {v} | {statistics.median(d):.3f} | {statistics.median(q):.3f} | "
-              f"{statistics.median(ratios):.3f} [{min(ratios):.3f}–{max(ratios):.3f}] |")  # fmt: skip
+              f"{statistics.median(ratios):.3f} [{min(ratios):.3f}–{max(ratios):.3f}] |")
         rows.append({"stage": v, "default_s_per_iter": statistics.median(d), "pinned_s_per_iter": statistics.median(q),
                      "pinned_over_default": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)],
-                     "default_runs": d, "pinned_runs": q})  # fmt: skip
+                     "default_runs": d, "pinned_runs": q})
     headline = "pinned / default s per iteration (median of rounds): " + ", ".join(
         f"{r['stage']} {r['pinned_over_default']:.3f}×" for r in rows) + (" (real loader)" if args.loader else "")
     payload = {"profile": args.profile, "iters": args.iters, "rounds": args.rounds, "loader": args.loader,
-               "load_average_before": load, "pinned": STABLE_MALLOC, "rows": rows}  # fmt: skip
+               "load_average_before": load, "pinned": STABLE_MALLOC, "rows": rows}
     print(f"record: {write_record('allocator', payload, headline=headline)}")
 
 

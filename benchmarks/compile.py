@@ -67,7 +67,7 @@ def main() -> None:
         section, _, distilled = VARIANTS[v]
         spec = getattr(cfg, section)
         crops = draw_crops(build_dataset(cfg.data, "train", train=True, crop_hw=tuple(spec.crop_size_hw)),
-                           2 * spec.batch_size)  # fmt: skip
+                           2 * spec.batch_size)
         net, teacher = build_variant(v, crops.num_classes)
         state = {k: t.clone() for k, t in net.state_dict().items()}
 
@@ -89,21 +89,21 @@ def main() -> None:
             losses.append((le, lc))
             print(f"  {v} round {r + 1}: eager {eager_it[-1]:.3f} s/it, compiled {comp_it[-1]:.3f} s/it, "
                   f"compile {compile_s[-1]:.1f} s ({'cold' if r == 0 else 'cache'}), loss {le:.3f} / {lc:.3f}",
-                  flush=True)  # fmt: skip
+                  flush=True)
         e_it, c_it = statistics.median(eager_it), statistics.median(comp_it)
         cold = compile_s[0]
         ratio = (stage_iters * e_it) / (cold + stage_iters * c_it)
         agree = all(abs(a - b) <= 0.05 * abs(a) for a, b in losses)
         print(f"| {v} | {e_it:.3f} | {c_it:.3f} | {e_it / c_it:.2f}× | {cold:.0f} s | {stage_iters} | "
-              f"**{ratio:.2f}×** | {'yes' if agree else 'NO'} |")  # fmt: skip
+              f"**{ratio:.2f}×** | {'yes' if agree else 'NO'} |")
         rows.append({"variant": v, "eager_s_per_iter": e_it, "compiled_s_per_iter": c_it, "cold_compile_s": cold,
                      "stage_iters": stage_iters, "compiled_over_eager_amortised": ratio, "losses_agree": agree,
                      "eager_runs": eager_it, "compiled_runs": comp_it, "compile_s": compile_s,
-                     "losses": losses})  # fmt: skip
+                     "losses": losses})
     headline = "compiled / eager stage it/s, compile amortised: " + ", ".join(
         f"{r['variant']} {r['compiled_over_eager_amortised']:.2f}×" for r in rows)
     payload = {"profile": args.profile, "iters": args.iters, "epochs": args.epochs, "rounds": args.rounds,
-               "compile_teacher": not args.no_compile_teacher, "rows": rows}  # fmt: skip
+               "compile_teacher": not args.no_compile_teacher, "rows": rows}
     print(f"record: {write_record('compile', payload, headline=headline, device=device.type)}")
 
 

@@ -58,9 +58,9 @@ def main() -> None:
                 checks.append(_report(f"  {backend} forward(x{i})", refs[i], pr.forward(xs[i]), ms))
             rows += [{"deploy": deploy, "backend": backend} | c for c in checks]
     bad = [f"{r['check']}{' (deploy)' if r['deploy'] else ''}" for r in rows
-           if r["nan"] or r["argmax_agreement"] < AGREEING]  # fmt: skip
+           if r["nan"] or r["argmax_agreement"] < AGREEING]
     headline = (f"{len(rows) - len(bad)}/{len(rows)} CUDA-graph outputs agree with fp32 eager (argmax ≥ {AGREEING}, "
-                f"no NaN)" + (f"; not: {', '.join(bad)}" if bad else ""))  # fmt: skip
+                f"no NaN)" + (f"; not: {', '.join(bad)}" if bad else ""))
     path = write_record("cudagraph_check", {"size": args.size, "rows": rows}, headline=headline, device="cuda")
     print(f"record: {path}")
 

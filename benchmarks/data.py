@@ -70,10 +70,10 @@ def main() -> None:
         f"| {os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__} |"
     )
     headline = (f"{data.dataset} crops {crop[0]}x{crop[1]}, batch {batch}: {default:.0f} img/s with 0 workers, "
-                f"{results[0, 1]:.0f} with 0 workers and 1 thread, {results[2, 1]:.0f} with 2 workers")  # fmt: skip
+                f"{results[0, 1]:.0f} with 0 workers and 1 thread, {results[2, 1]:.0f} with 2 workers")
     payload = {"profile": args.profile, "dataset": data.dataset, "base_scale": data.base_scale, "crop_hw": list(crop),
                "batch": batch, "batches": args.batches, "load_average_before": load_before,
-               "settings": [{"workers": w, "threads": t, "images_per_s": v} for (w, t), v in results.items()]}  # fmt: skip
+               "settings": [{"workers": w, "threads": t, "images_per_s": v} for (w, t), v in results.items()]}
     print(f"record: {write_record('data', payload, headline=headline)}")
 
 

@@ -154,12 +154,12 @@ def main() -> None:
         best[size_text] = {"fp32": best32["backend"], "fp32_ms": best32["median_ms"],
                            "fp32_over_floor": best32["median_ms"] / best32["floor_ms"], "low": best_low["backend"],
                            "low_ms": best_low["median_ms"], "low_speedup": best32["median_ms"] / best_low["median_ms"],
-                           "low_agreement": best_low.get("argmax_agreement")}  # fmt: skip
+                           "low_agreement": best_low.get("argmax_agreement")}
     size_text, b = next(reversed(best.items()))  # the last (by default the largest) size
     headline = (f"student {size_text}: best fp32 {b['fp32']} {b['fp32_ms']:.0f} ms = {b['fp32_over_floor']:.2f}× "
-                f"the floor; best low precision {b['low']} {b['low_speedup']:.2f}× faster")  # fmt: skip
+                f"the floor; best low precision {b['low']} {b['low_speedup']:.2f}× faster")
     payload = {"threads": args.threads, "timed_seconds": args.timed_seconds, "peak_gflops": {"fp32": peak32,
-               "bf16": peak16}, "best": best, "rows": rows}  # fmt: skip
+               "bf16": peak16}, "best": best, "rows": rows}
     print(f"record: {write_record('latency', payload, headline=headline)}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -78,10 +78,10 @@ def main() -> None:
     for name, ms in largest:
         print(f"    {name[:60]:60s} {ms * scale:7.1f} ms")
     headline = (f"student {args.size} {args.backend}: {total_ms:.0f} ms = {total_ms / floor_ms:.2f}× the floor; "
-                f"convolutions {conv_ms / floor_ms:.2f}× the floor, the rest {rest_ms / floor_ms:.0%} of it")  # fmt: skip
+                f"convolutions {conv_ms / floor_ms:.2f}× the floor, the rest {rest_ms / floor_ms:.0%} of it")
     payload = {"size": args.size, "backend": args.backend, "threads": args.threads, "repeats": args.repeats,
                "conv_macs": macs, "peak_gflops_fp32": peak, "floor_ms": floor_ms, "forward_ms": total_ms,
-               "conv_ms": conv_ms, "rest_ms": rest_ms, "largest_ops_ms": {n: ms * scale for n, ms in largest}}  # fmt: skip
+               "conv_ms": conv_ms, "rest_ms": rest_ms, "largest_ops_ms": {n: ms * scale for n, ms in largest}}
     print(f"record: {write_record('latency_breakdown', payload, headline=headline)}")
 
 

@@ -43,14 +43,14 @@ def main() -> None:
     if args.searched:  # same cost as a real searched pair of this size
         for c in [c for c in candidates if c.name.startswith("published")]:
             copy = type(c)(c.name.replace("published", "searched"), c.net, published_architecture(c.name.split()[1]),
-                           "published architecture standing in for a searched one")  # fmt: skip
+                           "published architecture standing in for a searched one")
             candidates.append(copy)
     images, labels = real_images(val, tuple(lc.input_hw), lc.agreement_images)
     setup_s = time.perf_counter() - start
     start = time.perf_counter()
     record = measure_suite(candidates, lc.backends, tuple(lc.input_hw), torch.device("cpu"), "bench", val.num_classes,
                            images=images, labels=labels, warmup=lc.warmup_iters, min_loop_s=lc.min_loop_seconds,
-                           timed_s=lc.timed_seconds, num_threads=lc.num_threads, progress=True)  # fmt: skip
+                           timed_s=lc.timed_seconds, num_threads=lc.num_threads, progress=True)
     suite_s = time.perf_counter() - start
     rows = pd.DataFrame(record.rows)
     cost = ["complexity_s", "prepare_s", "timing_s", "agreement_s"]
@@ -59,9 +59,9 @@ def main() -> None:
     rows["row_s"] = rows[cost].sum(axis=1)
     pd.set_option("display.width", 160)
     print(f"\n{args.profile}: {len(candidates)} networks x {len(lc.backends)} backends at "
-          f"{lc.input_hw[0]}x{lc.input_hw[1]}, {torch.get_num_threads()} threads")  # fmt: skip
+          f"{lc.input_hw[0]}x{lc.input_hw[1]}, {torch.get_num_threads()} threads")
     print(f"setup (dataset, images) {setup_s:.1f} s; LUT {record.environment['lut_build_s']:.1f} s; "
-          f"suite {suite_s:.1f} s (rows sum {rows.row_s.sum():.1f} s)\n")  # fmt: skip
+          f"suite {suite_s:.1f} s (rows sum {rows.row_s.sum():.1f} s)\n")
     by_backend = rows.groupby("backend")[cost + ["row_s"]].sum().round(1).sort_values("row_s", ascending=False)
     by_network = rows.groupby("network")[cost + ["row_s"]].sum().round(1).sort_values("row_s", ascending=False)
     by_phase = rows[cost].sum().round(1).to_dict()
@@ -71,16 +71,16 @@ def main() -> None:
     print(by_network)
     print("\nby phase (s):", by_phase)
     out = {"profile": args.profile, "setup_s": setup_s, "suite_s": suite_s,
-           "lut_build_s": record.environment["lut_build_s"], "rows": rows.to_dict("records")}  # fmt: skip
+           "lut_build_s": record.environment["lut_build_s"], "rows": rows.to_dict("records")}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=1, default=str))
     headline = (f"{args.profile}: {len(candidates)} networks × {len(lc.backends)} backends, suite {suite_s:.0f} s "
                 f"(prepare {by_phase['prepare_s']:.0f}, timing {by_phase['timing_s']:.0f}, agreement "
-                f"{by_phase['agreement_s']:.0f} s)")  # fmt: skip
+                f"{by_phase['agreement_s']:.0f} s)")
     # the rows hold numpy and config values: recorded as the --json file writes them (str for what JSON lacks)
     extra = {"by_backend_s": by_backend.to_dict("index"), "by_network_s": by_network.to_dict("index"),
-             "by_phase_s": by_phase}  # fmt: skip
+             "by_phase_s": by_phase}
     payload = json.loads(json.dumps(out | extra, default=str))
     print(f"record: {write_record('latency_stage', payload, headline=headline)}")
 

@@ -61,11 +61,11 @@ def main() -> None:
     val = build_dataset(cfg.data, "val", train=False)
     images, labels = real_images(val, size, args.images)
     print(f"{args.stage} best checkpoint ({info['path']}, seed {info['seed']}), {args.size}, "
-          f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
+          f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}", flush=True)
     prepared = {}
     for backend in (*FP32, *LOW):
         prepared[backend] = prepare(net, images[0], backend, "cpu", num_threads=args.threads,
-                                    calibration_images=images[:4])  # fmt: skip
+                                    calibration_images=images[:4])
         print(f"  prepared {backend}: {prepared[backend].info.get('dtype', '')}", flush=True)
     rounds: dict[str, list[float]] = {b: [] for b in prepared}
     for r in range(args.rounds):
@@ -73,7 +73,7 @@ def main() -> None:
             times = time_prepared(prep.run, prep.sync, warmup=2, min_loop_s=0.5, timed_s=args.seconds, min_iters=3)
             rounds[backend].append(statistics.median(times))
         print(f"  round {r + 1}/{args.rounds}: " + ", ".join(f"{b} {v[-1]:.0f}" for b, v in rounds.items()) + " ms",
-              flush=True)  # fmt: skip
+              flush=True)
     median = {b: statistics.median(v) for b, v in rounds.items()}
     best32 = min(FP32, key=median.get)
     per_round = [f / b for f, b in zip(rounds[best32], rounds["bf16"], strict=True)]
@@ -85,7 +85,7 @@ def main() -> None:
         lo, hi = min(rounds[b]), max(rounds[b])
         ag = f"{agree[b]['pixel_agreement']:.4f}" if b in agree else ""
         print(f"| {b}{' (best fp32)' if b == best32 else ''} | {median[b]:.1f} | {lo:.1f}-{hi:.1f} | "
-              f"{median[best32] / median[b]:.2f}x | {ag} |")  # fmt: skip
+              f"{median[best32] / median[b]:.2f}x | {ag} |")
     print(f"\nbf16 vs best fp32 ({best32}) per round: median {statistics.median(per_round):.2f}x, "
           f"min {min(per_round):.2f}x, max {max(per_round):.2f}x; agreement "
           f"{agree['bf16']['pixel_agreement']:.4f}, mIoU change {agree['bf16'].get('miou_change', float('nan')):+.4f}")
@@ -94,14 +94,14 @@ def main() -> None:
         args.json.write_text(json.dumps({"environment": environment_record(torch.device("cpu")), "size": args.size,
                                          "checkpoint": str(info["path"]), "rounds": rounds, "median_ms": median,
                                          "best_fp32": best32, "bf16_ratio_per_round": per_round,
-                                         "agreement": agree}, indent=1, default=str))  # fmt: skip
+                                         "agreement": agree}, indent=1, default=str))
     ratio = statistics.median(per_round)
     headline = (f"bf16 {ratio:.2f}× as fast as the best fp32 path ({best32}; rounds {min(per_round):.2f}–"
-                f"{max(per_round):.2f}×), argmax agreement {agree['bf16']['pixel_agreement']:.3f}")  # fmt: skip
+                f"{max(per_round):.2f}×), argmax agreement {agree['bf16']['pixel_agreement']:.3f}")
     payload = {"profile": args.profile, "stage": args.stage, "checkpoint": str(info["path"]), "seed": info["seed"],
                "size": args.size, "rounds": args.rounds, "seconds": args.seconds, "images": args.images,
                "threads": args.threads, "round_medians_ms": rounds, "median_ms": median, "best_fp32": best32,
-               "bf16_ratio_per_round": per_round, "agreement": json.loads(json.dumps(agree, default=str))}  # fmt: skip
+               "bf16_ratio_per_round": per_round, "agreement": json.loads(json.dumps(agree, default=str))}
     print(f"record: {write_record('low_precision', payload, headline=headline)}")
 
 

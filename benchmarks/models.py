@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
             json.dump(result, f, indent=1)
     ratios = list(result["ratios"].values())
     headline = (f"student / LR-ASPP {ratios[0]:.2f} (target ≤ 0.9), fused / unfused {ratios[1]:.2f} (target ≤ 0.75)"
-                + (f"; busy machine: {', '.join(disturbed)}" if disturbed else ""))  # fmt: skip
+                + (f"; busy machine: {', '.join(disturbed)}" if disturbed else ""))
     print(f"record: {write_record('models', result, headline=headline)}")
     return result
 

@@ -81,7 +81,7 @@ def _student_runs(seeds: list[int]) -> tuple[str, str, dict[int, float]] | None:
     """The newest val 04_student record's chosen candidate's val mIoU on these seeds: (record, candidate, {seed:
     mIoU}). Records of the test split (comparisons made before selection moved to val) never count."""
     records = [r for r in load_records() if r.benchmark == "recipe" and r.data.get("stage") == "04_student"
-               and r.data.get("split") == "val"]  # fmt: skip
+               and r.data.get("split") == "val"]
     for rec in reversed(records):
         record = rec.data
         runs = {r["seed"]: r["val_miou"] for r in record["runs"] if r["candidate"] == record["chosen"]}
@@ -114,7 +114,7 @@ def headline(stage: str, split: str, table: list[dict[str, Any]], chosen: str, r
     vs = f", {best['difference mean']:+.1f} points vs {best['vs']}" if "vs" in best else ""
     among = f"chosen among {len(table)}" if len(table) > 1 else "the only candidate"
     line = (f"{stage}: {chosen} ({among}), {split} mIoU {best['mean']:.1f} "
-            f"[{best['ci'][0]:.1f}, {best['ci'][1]:.1f}] over {n} seeds{vs}")  # fmt: skip
+            f"[{best['ci'][0]:.1f}, {best['ci'][1]:.1f}] over {n} seeds{vs}")
     record = record or {}
     if record.get("set"):
         line += " (" + ", ".join(f"{k} {v}" for k, v in record["set"].items()) + ")"

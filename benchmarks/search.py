@@ -118,11 +118,11 @@ def main() -> None:
     torch.manual_seed(0)
     net = build_supernet(cfg.model, NUM_CLASSES).to(device).train()
     lut = LatencyTable({e.key: 1.0 for e in lut_entries(tuple(sc.latency_input_hw), num_classes=NUM_CLASSES)},
-                       tuple(sc.latency_input_hw), "constant", "none")  # fmt: skip
+                       tuple(sc.latency_input_hw), "constant", "none")
     latency = SupernetLatency(net, lut, faithful_quirks=sc.faithful_quirks, weights=sc.latency_weights)
     crit = OhemCrossEntropy(ohem_min_kept(batch, crop, loss_stride=8), sc.ohem_thresh)
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=sc.search_lr, momentum=sc.momentum,
-                            weight_decay=sc.weight_decay)  # fmt: skip
+                            weight_decay=sc.weight_decay)
     a_opts = [
         torch.optim.Adam(net.arch_parameters(k), lr=sc.arch_lr, betas=tuple(sc.arch_betas)) for k in (0, 1)
     ]
@@ -168,12 +168,12 @@ def main() -> None:
         )
         paths[path] = {"search_s": med_s, "arch_step_s": statistics.median(t_arch[path]),
                        "weight_step_s": statistics.median(t_weight[path]), "search_over_teacher": ratio,
-                       "peak_memory_mib": mem_search[path], "runs_s": t_search}  # fmt: skip
+                       "peak_memory_mib": mem_search[path], "runs_s": t_search}
     headline = "search iteration / teacher step: " + ", ".join(
         f"{p} {v['search_over_teacher']:.1f}×" for p, v in paths.items()) + f" (target ≤ 6×; {device.type})"
     payload = {"profile": args.profile, "batch": batch, "crop_hw": list(crop), "layers": cfg.model.num_layers,
                "iters": args.iters, "threads": torch.get_num_threads(), "teacher_step_s": med_t,
-               "teacher_peak_memory_mib": mem_teacher, "teacher_runs_s": t_teacher, "paths": paths}  # fmt: skip
+               "teacher_peak_memory_mib": mem_teacher, "teacher_runs_s": t_teacher, "paths": paths}
     print(f"record: {write_record('search', payload, headline=headline, device=device.type)}")
 
 

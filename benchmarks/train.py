@@ -206,7 +206,7 @@ def cpu_profile(profile: str, iters: int, rounds: int, loader_batches: int) -> d
         engine_seconds(specs[v], net, crops[tuple(specs[v].crop_size_hw)], device, 1, teacher, class_weight=weight)
     loader_seconds(loader_set, teacher_spec, 0, 1, epoch=0)
     keys = (*VARIANTS, *(f"{v}+loader" for v in VARIANTS), *(f"{v}+cached" for v in VARIANTS), "loader",
-            "loader_0", "loader_cached")  # fmt: skip
+            "loader_0", "loader_cached")
     times: dict[str, list[float]] = {k: [] for k in keys}
     for r in range(rounds):
         for v, (net, teacher) in models.items():
@@ -218,7 +218,7 @@ def cpu_profile(profile: str, iters: int, rounds: int, loader_batches: int) -> d
             s = engine_seconds(specs[v], net, real_cached[hw], device, iters, teacher, workers, class_weight=weight)
             times[f"{v}+cached"].append(iters * specs[v].batch_size / s)
         for key, w, dataset in (("loader", workers, loader_set), ("loader_0", 0, loader_set),
-                                ("loader_cached", workers, loader_cached_set)):  # fmt: skip
+                                ("loader_cached", workers, loader_cached_set)):
             s = loader_seconds(dataset, teacher_spec, w, loader_batches, epoch=r + 1)
             times[key].append(loader_batches * teacher_spec.batch_size / s)
         print(
@@ -399,7 +399,7 @@ def gpu_recipe(
         "study_gpu": "RTX 3080 Ti 12 GB (reproduction study, 2022)",
     }
     return {"mode": "gpu-recipe", "profile": "cityscapes-paper", "overrides": over,
-            "environment": environment_record(device), "recipe": recipe, "rows": rows}  # fmt: skip
+            "environment": environment_record(device), "recipe": recipe, "rows": rows}
 
 
 def print_gpu_table(result: dict[str, Any]) -> None:
@@ -427,11 +427,11 @@ def headline(result: dict[str, Any]) -> str:
                 f"{r['stage']} {r['s_per_100_iters']:.1f}")
         return (f"paper recipe, batch {result['recipe']['batch']} at {result['recipe']['crop_hw'][0]}x"
                 f"{result['recipe']['crop_hw'][1]}, s per 100 iterations: "
-                + "; ".join(f"{a} {', '.join(v)}" for a, v in by_amp.items()))  # fmt: skip
+                + "; ".join(f"{a} {', '.join(v)}" for a, v in by_amp.items()))
     rows = {r["stage"]: r for r in result["rows"]}
     return (f"{result['profile']} training img/s " + ", ".join(f"{s} {r['images_per_s']:.1f}" for s, r in rows.items())
             + "; with the real loader " + ", ".join(f"{r['images_per_s_with_loader']:.1f}" for r in rows.values())
-            + f"; loader alone {result['loader']['images_per_s']:.0f} img/s")  # fmt: skip
+            + f"; loader alone {result['loader']['images_per_s']:.0f} img/s")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

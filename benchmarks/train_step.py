@@ -186,7 +186,7 @@ def ratios_to(times: dict[str, list[float]], reference: str = "resnet18") -> dic
         ratios = [t / r for t, r in zip(ts, ref)]
         out[n] = {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),
                   f"x_{reference}": statistics.median(ratios), "range": [min(ratios), max(ratios)],
-                  f"x_{reference}_mins": min(ts) / min(ref)}  # fmt: skip
+                  f"x_{reference}_mins": min(ts) / min(ref)}
     return out
 
 
@@ -287,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     payload = {"rounds": args.rounds, "warmup": args.warmup, "threads": args.threads, "batch": args.batch,
                "hw": list(args.hw), "aux": not args.no_aux, "seed": args.seed,
                "baseline": str(args.baseline) if args.baseline else None, "networks": summary,
-               "times_s": times}  # fmt: skip
+               "times_s": times}
     print(f"record: {write_record('train_step', payload, headline=headline)}")
 
 

@@ -75,7 +75,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 # ---- save / load -----------------------------------------------------------------------------------
 def save_checkpoint(path: str | Path, kind: str, key: str, epoch: int, model: Mapping[str, Any],
-                    **entries: Any) -> Path:  # fmt: skip
+                    **entries: Any) -> Path:
     """Write a checkpoint atomically (a kill mid-write leaves the previous file intact).
 
     Args:
@@ -88,7 +88,7 @@ def save_checkpoint(path: str | Path, kind: str, key: str, epoch: int, model: Ma
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
     return save_torch({"format": FORMAT, "kind": kind, "key": key, "epoch": epoch, "model": model, **entries},
-                      path)  # fmt: skip
+                      path)
 
 
 def _load_file(path: Path, mmap: bool = False) -> Any:
@@ -163,7 +163,7 @@ def _strip_prefix(sd: Mapping[str, Any], prefix: str) -> Mapping[str, Any]:
 
 
 def _build_and_load(arch: Architecture, num_classes: int, state_dict: Mapping[str, Any], path: Path,
-                    what: str) -> FasterSegNetwork:  # fmt: skip
+                    what: str) -> FasterSegNetwork:
     """Build ``arch`` (aux heads only when the weights have them) and load ``state_dict`` strictly."""
     # torch.compile wraps the module as ``_orig_mod``; DistributedDataParallel's ``module.`` is handled
     # by load_official_state_dict.
@@ -183,7 +183,7 @@ def _build_and_load(arch: Architecture, num_classes: int, state_dict: Mapping[st
 def _network_from_training_checkpoint(
     ckpt: Mapping[str, Any], path: Path, arch: str | Path | Architecture | None = None,
     num_classes: int | None = None,
-) -> tuple[FasterSegNetwork, dict[str, Any]]:  # fmt: skip
+) -> tuple[FasterSegNetwork, dict[str, Any]]:
     missing = [k for k in ("model", "arch", "num_classes") if k not in ckpt]
     if missing:
         raise ValueError(f"{path}: a training checkpoint without {missing}; it was not written by the engine")
@@ -217,7 +217,7 @@ def stage_checkpoint_path(cfg: RunConfig, stage: str, which: str = "best", seed:
 
 
 def load_stage_model(cfg: RunConfig, stage: str, which: str = "best", device: torch.device | str = "cpu",
-                     seed: int | None = None) -> tuple[FasterSegNetwork, dict]:  # fmt: skip
+                     seed: int | None = None) -> tuple[FasterSegNetwork, dict]:
     """The network a training stage saved, ready for evaluation (the stage need not be complete).
 
     Args:
@@ -252,7 +252,7 @@ def load_stage_model(cfg: RunConfig, stage: str, which: str = "best", device: to
 def load_checkpoint_model(
     path: str | Path, arch: str | Path | Architecture | None = None, num_classes: int | None = None,
     official: bool | None = None, device: torch.device | str = "cpu",
-) -> tuple[FasterSegNetwork, dict]:  # fmt: skip
+) -> tuple[FasterSegNetwork, dict]:
     """A network from any checkpoint file: one of our training checkpoints or the authors' state dict.
 
     Args:

@@ -69,7 +69,7 @@ from .sweep import DEFAULT_STAGES, EXECUTORS, Resources, prepare_sweep, run_swee
 
 # What a user can fix from the message alone: the message is the whole story (exit 2).
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DatasetError, FileNotFoundError, ValueError,
-                                                TypeError, PermissionError, ReportError, FetchError, RunLocked)  # fmt: skip
+                                                TypeError, PermissionError, ReportError, FetchError, RunLocked)
 # A run that started and stopped for a stated reason (exit 1, no traceback).
 RUN_FAILURES: tuple[type[BaseException], ...] = (TrainingDiverged, ArtifactWriteError)
 # The commands that train or time networks run under glibc's pinned allocator settings (faster training
@@ -102,7 +102,7 @@ def _size(text: str) -> tuple[int, int]:
 def _config_args(default_profile: str | None = "camvid-cpu") -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("--profile", default=default_profile, required=default_profile is None,
-                        help=f"params/<profile>.yaml or a YAML path (default {default_profile})")  # fmt: skip
+                        help=f"params/<profile>.yaml or a YAML path (default {default_profile})")
     parent.add_argument("--overrides", default="", help='JSON object of dotted keys, e.g. \'{"teacher.epochs": 2}\'')
     parent.add_argument("--hardware-tag", default="", help="name for this machine in latency results")
     return parent
@@ -113,7 +113,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Every stage in order, then the report; exit 1 when a stage failed, 128 + the signal when stopped."""
     try:
         record = build_report(args.profile, _overrides(args.overrides), args.hardware_tag, args.force,
-                              not args.no_pdf, args.notebooks)  # fmt: skip
+                              not args.no_pdf, args.notebooks)
     except PipelineInterrupted as e:
         print(f"error: {e}", file=sys.stderr)
         return 128 + e.signum
@@ -138,14 +138,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     unknown = sorted(set(args.seed or ()) - set(seeds))
     if unknown:
         raise UsageError(f"--seed {unknown}: {stage.name} runs the seeds {list(seeds)} of this profile; add them "
-                         f"to the profile's seeds (--overrides '{{\"seeds\": [...]}}')")  # fmt: skip
+                         f"to the profile's seeds (--overrides '{{\"seeds\": [...]}}')")
     rank = int(os.environ.get("RANK", "0"))
 
     def start(seed: int) -> Run:
         return _rank_run(cfg, stage.name, args, seed, per_seed=True)
 
     train_seeds(cfg, stage.name, args.seed or seeds, start, fresh=args.force,
-                progress=not args.no_progress and rank == 0)  # fmt: skip
+                progress=not args.no_progress and rank == 0)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return 0
@@ -160,7 +160,7 @@ def _rank_run(cfg: RunConfig, stage: str, args: argparse.Namespace, seed: int, *
     seed_everything(seed)
     folder = stage_dir(cfg, stage, seed) if per_seed else stage_dir(cfg, stage)
     return Run(cfg, stage, folder, resolve_device(cfg.device), resolve_hardware_tag(cfg, args.hardware_tag),
-               {"seed": seed}, seed=seed if per_seed else None)  # fmt: skip
+               {"seed": seed}, seed=seed if per_seed else None)
 
 
 @contextlib.contextmanager
@@ -189,7 +189,7 @@ def _train_search(cfg: RunConfig, args: argparse.Namespace) -> int:
         run.finish(result.metrics)
         m = result.metrics["student"]
         print(f"01_search: student {m['latency_ms']:.2f} ms on the table, branches {m['lasts']}, λ "
-              f"{result.metrics['lambda_final']:.3g} ({world} process{'es' if world > 1 else ''})")  # fmt: skip
+              f"{result.metrics['lambda_final']:.3g} ({world} process{'es' if world > 1 else ''})")
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return 0
@@ -208,11 +208,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     # would only cost a full pass over 1525 images.
     unlabelled = cfg.data.dataset == "cityscapes" and args.split == "test"
     cm = None if unlabelled else evaluate(net, dataset, device, flip=args.flip, max_images=args.max_images,
-                                          progress=True)  # fmt: skip
+                                          progress=True)
     label = info.get("stage", info["path"]) + (f" ({info['which']})" if "which" in info else "")
     evaluated = args.max_images if 0 < args.max_images < len(dataset) else len(dataset)
     print(f"{label} on {cfg.data.dataset} {args.split}: {len(dataset)} images"
-          + (f", {evaluated} evaluated" if evaluated < len(dataset) else "") + (", flip" if args.flip else ""))  # fmt: skip
+          + (f", {evaluated} evaluated" if evaluated < len(dataset) else "") + (", flip" if args.flip else ""))
     recorded = info.get("metrics")
     if isinstance(recorded, dict) and isinstance(recorded.get("miou"), float):
         print(f"recorded at training time (val, epoch {info.get('epoch')}): mIoU {recorded['miou'] * 100:.2f} %")
@@ -229,12 +229,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluation_outputs(args: argparse.Namespace, cfg: Any, net: Any, info: dict[str, Any], dataset: Any,
-                        device: Any, scores: dict[str, Any], evaluated: int) -> None:  # fmt: skip
+                        device: Any, scores: dict[str, Any], evaluated: int) -> None:
     if args.json:
         save_json({"checkpoint": info["path"], "source": info["source"], "stage": info.get("stage"),
                    "which": info.get("which"), "epoch": info.get("epoch"), "profile": cfg.profile,
                    "dataset": cfg.data.dataset, "split": args.split, "flip": args.flip, "images": evaluated,
-                   "class_names": list(dataset.class_names), **scores}, args.json)  # fmt: skip
+                   "class_names": list(dataset.class_names), **scores}, args.json)
         print(f"wrote {args.json}")
     if args.colour_dir:
         n = len(dataset)
@@ -244,7 +244,7 @@ def _evaluation_outputs(args: argparse.Namespace, cfg: Any, net: Any, info: dict
         print(f"wrote {len(paths)} colour PNGs to {args.colour_dir}")
     if args.submission:
         zip_path = export_cityscapes_submission(net, dataset, args.submission.with_suffix(""), device,
-                                                zip_path=args.submission, flip=args.flip)  # fmt: skip
+                                                zip_path=args.submission, flip=args.flip)
         print(f"wrote {zip_path} ({len(dataset)} label-ID PNGs in {args.submission.with_suffix('')})")
 
 
@@ -268,9 +268,9 @@ def cmd_latency(args: argparse.Namespace) -> int:
         for backend in backends:
             calib = [torch.randn(1, 3, *args.size, generator=torch.Generator().manual_seed(i)) for i in range(2)]
             r = measure(net, (1, 3, *args.size), device, backend, name=name, num_threads=args.threads,
-                        timed_s=args.timed_seconds, calibration_images=calib)  # fmt: skip
+                        timed_s=args.timed_seconds, calibration_images=calib)
             d = r.to_dict() | {"params": cx.params, "conv_macs": cx.conv_macs, "thop_macs": cx.thop_macs,
-                               "hardware_tag": args.hardware_tag}  # fmt: skip
+                               "hardware_tag": args.hardware_tag}
             if args.agreement and r.status == "ok" and backend != "eager":
                 d["argmax_agreement"] = random_agreement(net, backend, args.size, device, args.agreement)
             if lut is not None and name in ("student", "teacher"):
@@ -283,7 +283,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
             if "argmax_agreement" in d:
                 figure += f"  agreement {d['argmax_agreement']:.4f}"
             print(f"{name:30s} {backend:14s} {figure}  ({cx.params / 1e6:.2f} M params, "
-                  f"{cx.thop_macs / 1e9:.2f} G MACs thop)")  # fmt: skip
+                  f"{cx.thop_macs / 1e9:.2f} G MACs thop)")
     return 0
 
 
@@ -293,7 +293,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     dest = fetch_camvid(args.dest, source, copy=args.copy, verify=args.verify)
     how = f"from {source}" if source else "downloaded"
     print(f"CamVid ready in {dest} ({how}, {sum(SPLIT_SIZES.values())} image/label pairs, checksums verified)"
-          if args.verify else f"CamVid in {dest} ({how}; not verified)")  # fmt: skip
+          if args.verify else f"CamVid in {dest} ({how}; not verified)")
     return 0
 
 
@@ -307,7 +307,7 @@ def cmd_tensorboard(args: argparse.Namespace) -> int:
     # in this process (not a child), so that stopping the command stops the server
     board = program.TensorBoard(plugins=default.get_plugins())
     board.configure(argv=[sys.argv[0], "--logdir", str(logdir), "--host", args.host,
-                          "--port", str(args.port)])  # fmt: skip
+                          "--port", str(args.port)])
     return board.main()
 
 
@@ -325,7 +325,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         return 0
     if args.check:
         print(f"error: {args.readme}: the measured rows differ from the records; rewrite them with "
-              f"python -m fasterseg_core results --readme {args.readme}", file=sys.stderr)  # fmt: skip
+              f"python -m fasterseg_core results --readme {args.readme}", file=sys.stderr)
         return 1
     save_text(update_readme(text, block), args.readme)
     print(f"{args.readme}: measured rows rewritten from the records")
@@ -338,12 +338,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     gpus = args.gpus_per_job if args.gpus_per_job is not None else (0 if cfg.device == "cpu" else 1)
     resources = Resources(partition=args.partition, gpus_per_job=gpus, time_min=args.time_min,
                           cpus_per_task=args.cpus_per_task,
-                          slurm_parameters=_slurm_parameters(args.slurm_parameters))  # fmt: skip
+                          slurm_parameters=_slurm_parameters(args.slurm_parameters))
 
     def plan() -> Any:
         return prepare_sweep(args.profile, _overrides(args.overrides), seeds=args.seeds, executor=args.executor,
                              stages=args.stages, resources=resources, folder=args.folder,
-                             hardware_tag=args.hardware_tag, max_parallel=args.max_parallel)  # fmt: skip
+                             hardware_tag=args.hardware_tag, max_parallel=args.max_parallel)
 
     plan()  # bad settings fail here, before the lock (or anything else) is written
     with pipeline_lock(cfg, "sweep"):  # a report on the same outputs meanwhile would overwrite what jobs write
@@ -354,7 +354,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         result = run_sweep(sweep, poll_s=args.poll_seconds)
     for job in result.failed:
         print(f"error: job {job.job.name} (job id {job.handle.job_id if job.handle else '?'}) failed: {job.error}; "
-              f"log: {job.log}", file=sys.stderr)  # fmt: skip
+              f"log: {job.log}", file=sys.stderr)
     return 1 if result.failed else 0
 
 
@@ -363,10 +363,10 @@ def _slurm_parameters(text: str) -> dict[str, Any]:
         value = json.loads(text) if text else {}
     except json.JSONDecodeError as e:
         raise UsageError(f"--slurm-parameters is not JSON ({e.msg} at column {e.colno}); "
-                         "e.g. '{\"account\": \"proj\"}'")  # fmt: skip
+                         "e.g. '{\"account\": \"proj\"}'")
     if not isinstance(value, dict):
         raise UsageError(f"--slurm-parameters must be a JSON object of sbatch options, got {text!r}; "
-                         "e.g. '{\"account\": \"proj\"}'")  # fmt: skip
+                         "e.g. '{\"account\": \"proj\"}'")
     return value
 
 

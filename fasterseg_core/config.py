@@ -391,7 +391,7 @@ def check_rules(cfg: RunConfig) -> None:
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError(f"seeds: {list(cfg.seeds)} must be distinct (a repeated seed repeats a run); e.g. [0, 1, 2]")
     if sc.target_fps_window and (len(sc.target_fps_window) != 2 or not 0 < sc.target_fps_window[0] <
-                                 sc.target_fps_window[1]):  # fmt: skip
+                                 sc.target_fps_window[1]):
         raise ConfigError(
             f"search.target_fps_window: {list(sc.target_fps_window)} must be [low, high] FPS with "
             "0 < low < high, or [] for the default window; e.g. search.target_fps_window: [155, 175]"
@@ -417,7 +417,7 @@ def check_rules(cfg: RunConfig) -> None:
             )
         if spec.warmup_iters and spec.lr_schedule == "exponential":
             raise ConfigError(f"{name}.warmup_iters: {spec.warmup_iters} needs a per-iteration schedule; set "
-                              f"{name}.lr_schedule: poly or cosine, or warmup_iters: 0")  # fmt: skip
+                              f"{name}.lr_schedule: poly or cosine, or warmup_iters: 0")
     chis = mc.width_choices_chi
     if list(chis) != sorted(set(chis)):
         raise ConfigError(

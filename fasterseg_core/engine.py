@@ -105,7 +105,7 @@ def freeze(module: nn.Module, device: torch.device, channels_last: bool = False)
 
 
 def training_loss(spec: TrainConfig, teacher: nn.Module | None = None, device: torch.device | str = "cpu",
-                  world: int = 1, class_weight: torch.Tensor | None = None) -> LossFn:  # fmt: skip
+                  world: int = 1, class_weight: torch.Tensor | None = None) -> LossFn:
     """The stage's objective (§9.3): the segmentation loss, plus the KL term when a teacher is given.
 
     Args:
@@ -117,10 +117,10 @@ def training_loss(spec: TrainConfig, teacher: nn.Module | None = None, device: t
     """
     if class_weight is None and spec.class_weighting != "none":
         raise ValueError(f"class_weighting: {spec.class_weighting} needs the training split's class weights; "
-                         "pass class_weight=losses.class_weights(pixel_counts, spec.class_weighting)")  # fmt: skip
+                         "pass class_weight=losses.class_weights(pixel_counts, spec.class_weighting)")
     weight = None if class_weight is None else class_weight.to(device)
     seg = SegmentationLoss(ohem_min_kept(spec.batch_size // world, spec.crop_size_hw), spec.ohem_thresh,
-                           spec.aux_weight, weight)  # fmt: skip
+                           spec.aux_weight, weight)
     if teacher is None:
         return seg
     if not isinstance(spec, DistillConfig):
@@ -129,7 +129,7 @@ def training_loss(spec: TrainConfig, teacher: nn.Module | None = None, device: t
     fast = spec.compile and spec.compile_teacher
     dtype = AMP_DTYPES[resolve_amp(spec.amp, torch.device(device))]
     return DistillationLoss(seg, compiled(frozen) if fast else frozen, spec.kd_weight, spec.kd_temperature,
-                            spec.kd_reduction, dtype)  # fmt: skip
+                            spec.kd_reduction, dtype)
 
 
 # ---- one epoch -----------------------------------------------------------------------------------------
@@ -137,7 +137,7 @@ def train_one_epoch(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Op
                     device: torch.device, spec: TrainConfig, *, scaler: torch.amp.GradScaler, num_classes: int,
                     epoch: int, where: str = "", bar: Any = None, ceiling: float = math.inf,
                     per_iteration: Any = None, scalars: Scalars | None = None
-                    ) -> tuple[dict[str, float], ConfusionMatrix]:  # fmt: skip
+                    ) -> tuple[dict[str, float], ConfusionMatrix]:
     """One epoch of SGD over ``loader``.
 
     Args:
@@ -189,7 +189,7 @@ def train_one_epoch(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Op
         first_over = first_over or (it if value > ceiling else 0)
         if scalars is not None:
             scalars.add(iteration_tags(value, {n: float(v.detach()) for n, v in parts.items()}, step_lr),
-                        (epoch - 1) * spec.iters_per_epoch + it)  # fmt: skip
+                        (epoch - 1) * spec.iters_per_epoch + it)
         for name, value in parts.items():
             sums[name] = sums.get(name, 0.0) + float(value.detach())
         train_cm.update(outputs["out"].detach().argmax(1), labels)
@@ -202,7 +202,7 @@ def train_one_epoch(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Op
 # ---- evaluation ----------------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(net: nn.Module, dataset: Dataset, device: torch.device | str, *, flip: bool = False,
-             max_images: int = 0, progress: bool = False, desc: str = "eval") -> ConfusionMatrix:  # fmt: skip
+             max_images: int = 0, progress: bool = False, desc: str = "eval") -> ConfusionMatrix:
     """Confusion matrix of the network over a split, whole images at batch 1 (§9.4).
 
     Args:
@@ -271,7 +271,7 @@ def fit(spec: TrainConfig, net: nn.Module, loss_fn: LossFn, train_set: Dataset, 
         device: torch.device, out_dir: Path, *, seed: int = 12345, key: str = "",
         extra_state: dict[str, Any] | None = None,
         num_workers: int = 0, eval_max_images: int = 0, progress: bool = True,
-        on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:  # fmt: skip
+        on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Train ``net`` for ``spec.epochs`` epochs of ``spec.iters_per_epoch`` iterations, resuming if possible.
 
     Args:
@@ -325,20 +325,20 @@ def fit(spec: TrainConfig, net: nn.Module, loss_fn: LossFn, train_set: Dataset, 
                                                  num_classes=num_classes, epoch=epoch, where=Path(out_dir).name,
                                                  bar=bar, ceiling=spec.divergence_factor * best_mean,
                                                  per_iteration=None if spec.lr_schedule == "exponential"
-                                                 else scheduler, scalars=scalars)  # fmt: skip
+                                                 else scheduler, scalars=scalars)
             except TrainingDiverged as e:
                 raise TrainingDiverged(f"{e}; {kept}. Lower the learning rate, check the labels, or try "
-                                       "amp='none'.") from None  # fmt: skip
+                                       "amp='none'.") from None
             if spec.lr_schedule == "exponential":
                 scheduler.step()  # §9.2: lr × 0.992 after every epoch
             # log the global batch's loss (DDP averages the ranks' shard gradients)
             first_over = sums.pop("first_over")
             sums = dict(zip(sums, mean_over_ranks(list(sums.values()), info, device)))
             _check_divergence(sums["loss"] / spec.iters_per_epoch, best_mean, spec, epoch, first_over,
-                              Path(out_dir).name, kept)  # fmt: skip
+                              Path(out_dir).name, kept)
             train_cm.all_reduce()
             row = _epoch_row(epoch, spec.iters_per_epoch, sums, getattr(loss_fn, "parts", ()), lr,
-                             time.perf_counter() - t0, train_cm)  # fmt: skip
+                             time.perf_counter() - t0, train_cm)
             new_best = False
             if val_set is not None and _evaluation_due(epoch, spec):
                 val = _validate(model, val_set, device, spec, eval_max_images, info, row)
@@ -346,7 +346,7 @@ def fit(spec: TrainConfig, net: nn.Module, loss_fn: LossFn, train_set: Dataset, 
                     state.best, new_best = {"epoch": epoch, "val": val}, True
                     if info.main:  # published as best.pt once last.pt (the commit point) records it
                         save_checkpoint(best_next, "train", key, epoch, unwrap(model).state_dict(), metrics=val,
-                                        **extra)  # fmt: skip
+                                        **extra)
             state.history.append(row)
             state.seconds_total += time.perf_counter() - t0
             if info.main:
@@ -355,7 +355,7 @@ def fit(spec: TrainConfig, net: nn.Module, loss_fn: LossFn, train_set: Dataset, 
                 save_checkpoint(last_path, "train", key, epoch, unwrap(model).state_dict(),
                                 optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=rng_state(),
                                 history=state.history, best=state.best, seconds_total=state.seconds_total,
-                                **extra)  # fmt: skip
+                                **extra)
                 if new_best:
                     os.replace(best_next, best_path)
                 _report_epoch(row, bar, on_epoch)
@@ -369,11 +369,11 @@ def fit(spec: TrainConfig, net: nn.Module, loss_fn: LossFn, train_set: Dataset, 
         save_checkpoint(best_path, "train", key, spec.epochs, unwrap(model).state_dict(), metrics={}, **extra)
     barrier(info)
     return TrainResult(state.history, state.best, spec.epochs, state.seconds_total, state.start_epoch - 1,
-                       ckpt_dir)  # fmt: skip
+                       ckpt_dir)
 
 
 def _check_divergence(mean: float, best_mean: float, spec: TrainConfig, epoch: int, first_over: int,
-                      where: str, kept: str) -> None:  # fmt: skip
+                      where: str, kept: str) -> None:
     """A finite blow-up: the epoch's mean loss above ``divergence_factor`` × the best epoch mean so far."""
     if mean > spec.divergence_factor * best_mean:
         at = f" (the loss first exceeded {spec.divergence_factor:g}× at iteration {first_over})" if first_over else ""
@@ -385,7 +385,7 @@ def _check_divergence(mean: float, best_mean: float, spec: TrainConfig, epoch: i
 
 
 def _optimised(spec: TrainConfig, net: nn.Module, device: torch.device, info: DistInfo
-               ) -> tuple[nn.Module, torch.optim.Optimizer, Any]:  # fmt: skip
+               ) -> tuple[nn.Module, torch.optim.Optimizer, Any]:
     """The network on its device and layout (SyncBN when asked), its SGD and its lr schedule."""
     net = net.to(device)
     if spec.channels_last:
@@ -419,7 +419,7 @@ def _report_epoch(row: dict[str, Any], bar: Any, on_epoch: Callable[[dict[str, A
 
 
 def _epoch_row(epoch: int, iters: int, sums: dict[str, float], parts: tuple[str, ...], lr: float,
-               seconds: float, train_cm: ConfusionMatrix) -> dict[str, Any]:  # fmt: skip
+               seconds: float, train_cm: ConfusionMatrix) -> dict[str, Any]:
     """One ``history.csv`` row: mean losses (a part the loss function lacks is NaN, e.g. ``kd_loss`` without
     a teacher), lr, time, running train mIoU; val columns NaN until an evaluation fills them."""
     row: dict[str, Any] = {"epoch": epoch, "iters": iters, "loss": sums["loss"] / iters}
@@ -434,7 +434,7 @@ def _evaluation_due(epoch: int, spec: TrainConfig) -> bool:
 
 
 def _validate(model: nn.Module, val_set: Dataset, device: torch.device, spec: TrainConfig, max_images: int,
-              info: DistInfo, row: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+              info: DistInfo, row: dict[str, Any]) -> dict[str, Any]:
     """Evaluate on the validation split and fill the row's val columns; returns the scores."""
     t1 = time.perf_counter()
     broadcast_buffers(unwrap(model), info)  # every rank evaluates rank 0's (the checkpointed) model
@@ -480,7 +480,7 @@ def _reconcile_best(best_path: Path, best_next: Path, state: _State) -> None:
 
 
 def _resume(path: Path, key: str, info: DistInfo, net: nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: Any, epochs: int) -> _State:  # fmt: skip
+            scheduler: Any, epochs: int) -> _State:
     """Continue from ``last.pt`` when it exists (it must have been trained from ``key``, for at most ``epochs``:
     a shorter run never reports a longer one's weights)."""
     if not path.exists():

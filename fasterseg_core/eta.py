@@ -46,7 +46,7 @@ def stage_estimates(cfg: RunConfig) -> tuple[dict[str, float], str]:
             estimates |= missing
             machine = record.get("machine", {})
             sources.append(f"{records[-1].relative_to(project_root())} ({machine.get('cpu_model', '?')}, "
-                           f"{machine.get('cpu_isa', '?')}, {machine.get('cpu_count', '?')} cores)")  # fmt: skip
+                           f"{machine.get('cpu_isa', '?')}, {machine.get('cpu_count', '?')} cores)")
     return estimates, " and ".join(sources)
 
 

@@ -236,7 +236,7 @@ def _settle_previous(folder: Path, key: str, *, epochs: int | None = None, fresh
             save_json(old, path)
     if old is not None:
         found.update({k: old.get(k) for k in ("status", "identity", "started_at", "finished_at", "error")
-                      if old.get(k) is not None})  # fmt: skip
+                      if old.get(k) is not None})
     ckpt_key, trained = _checkpoint_state(folder)
     old_key = (old or {}).get("resume_key") or ckpt_key or ("unknown" if run_files(folder) else None)
     if old_key is not None and run_files(folder):
@@ -250,7 +250,7 @@ def _settle_previous(folder: Path, key: str, *, epochs: int | None = None, fresh
         elif old is not None and old.get("status") == "complete" and (problems := check_artifacts(folder, old)):
             found["unverified"] = problems
             changed = [folder / rel for rel in old["artifacts"] if (folder / rel).is_file()
-                       and any(p.startswith(f"{folder / rel} ") for p in problems)]  # fmt: skip
+                       and any(p.startswith(f"{folder / rel} ") for p in problems)]
             if any(p.startswith(f"{folder / 'checkpoints'}/") for p in problems):
                 changed = None  # the state to resume from is gone: everything is recomputed
             found["set_aside"] = str(_set_aside(folder, f"{old_key}-unverified-{stamp}", changed))
@@ -313,17 +313,17 @@ def _describe(stage: str, found: dict[str, Any]) -> str:
         parts.append(f"{found['kept']}; its complete predecessor is kept as it was")
     elif status in said:
         parts.append(f"the previous run (started {found.get('started_at')}) {said[status]}"
-                     + (f": {found['error']}" if found.get("error") else "") + "; it resumes from its checkpoints")  # fmt: skip
+                     + (f": {found['error']}" if found.get("error") else "") + "; it resumes from its checkpoints")
     if found.get("unverified"):
         parts.append(f"{'; '.join(found['unverified'])}: set aside to {found['set_aside']} and recomputed")
     elif "longer" in found:
         parts.append(f"a run of {found['longer']} epochs, past this run's end, set aside to {found['set_aside']} "
-                     "(asking for its epochs again brings it back)")  # fmt: skip
+                     "(asking for its epochs again brings it back)")
     elif "forced-" in found.get("set_aside", ""):
         parts.append(f"--force: its results set aside to {found['set_aside']}, recomputed from scratch")
     elif "set_aside" in found:
         parts.append(f"results of other settings set aside to {found['set_aside']} (rerunning those settings "
-                     "brings them back)")  # fmt: skip
+                     "brings them back)")
     if "restored" in found:
         parts.append(f"results of these settings brought back from {found['restored']}")
     if found.get("temp_files_removed"):
@@ -388,12 +388,12 @@ class Run:
         if not self.open or self.manifest.get("pid") != os.getpid():
             return  # closed already, or a forked worker that inherited the object
         self.manifest.update(status=status, finished_at=now(), seconds=round(time.monotonic() - self._started, 1),
-                             **extra)  # fmt: skip
+                             **extra)
         try:
             if status != "complete" and _unchanged(self.dir, self.manifest):
                 _put_back(self.dir, self.manifest)  # stopped before it changed anything: the folder as it was
                 say(f"{self.stage}: stopped ({extra.get('error', status)}) before it changed anything; the "
-                    f"complete run in {self.dir} is kept as it was")  # fmt: skip
+                    f"complete run in {self.dir} is kept as it was")
             else:
                 save_json(self.manifest, self.dir / MANIFEST)
         except OSError as e:  # e.g. a full disk: say it here, and leave the cause where the next run looks
@@ -403,7 +403,7 @@ class Run:
                     _write_lock(self._lock_fd, _read_lock(self._lock_fd) | {"ended": ended})
             print(f"error: could not record the run's end in {self.dir / MANIFEST} ({e}); it was {status}"
                   + (f": {ended['error']}" if ended["error"] else "") + ". The next run reports this and resumes "
-                  "from the last checkpoint", file=sys.stderr, flush=True)  # fmt: skip
+                  "from the last checkpoint", file=sys.stderr, flush=True)
         finally:
             if self._restore_signals is not None:
                 self._restore_signals()
@@ -443,7 +443,7 @@ def _on_signals(run: Run) -> Callable[[], None] | None:
 
 
 def start_run(cfg: RunConfig, stage: str, hardware_tag: str = "", seed: int | None = None, *,
-              per_seed: bool = False, fresh: bool = False) -> Run:  # fmt: skip
+              per_seed: bool = False, fresh: bool = False) -> Run:
     """Open the stage's run folder: lock it, settle what the previous run left, write ``config.yaml`` and a
     ``running`` manifest, seed if asked.
 
@@ -497,7 +497,7 @@ def start_run(cfg: RunConfig, stage: str, hardware_tag: str = "", seed: int | No
             "seed": seed, "git": git_state(), "versions": package_versions(), "pid": os.getpid(),
             "started_at": now(), "started_unix": time.time(), "finished_at": None, "previous_run": found or None,
             **({"replaces": replaces, "replaces_config": config_before} if replaces else {}),
-        }  # fmt: skip
+        }
         save_json(manifest, folder / "manifest.json")
     except BaseException:
         _unlock(fd)
@@ -505,7 +505,7 @@ def start_run(cfg: RunConfig, stage: str, hardware_tag: str = "", seed: int | No
     if seed is not None:
         seed_everything(seed)
     run = Run(cfg=cfg, stage=stage, dir=folder, device=device, hardware=manifest["hardware"], manifest=manifest,
-              fresh=fresh, seed=seed if per_seed else None, _lock_fd=fd)  # fmt: skip
+              fresh=fresh, seed=seed if per_seed else None, _lock_fd=fd)
     run._restore_signals = _on_signals(run)
     atexit.register(run.interrupt, "the process ended before the run finished")
     _OPEN_RUNS[folder.resolve()] = run

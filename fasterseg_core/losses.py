@@ -139,7 +139,7 @@ class OhemCrossEntropy:
     """
 
     def __init__(self, min_kept: int, thresh: float = 0.7, ignore_index: int = IGNORE_INDEX,
-                 weight: torch.Tensor | None = None) -> None:  # fmt: skip
+                 weight: torch.Tensor | None = None) -> None:
         self.min_kept, self.thresh, self.ignore_index = int(min_kept), float(thresh), int(ignore_index)
         self.weight = weight
 
@@ -250,12 +250,12 @@ class SegmentationLoss:
     parts = ("seg_loss",)  # what __call__ reports beside the total (history.csv columns)
 
     def __init__(self, min_kept: int, thresh: float, aux_weight: float,
-                 class_weight: torch.Tensor | None = None) -> None:  # fmt: skip
+                 class_weight: torch.Tensor | None = None) -> None:
         self.criterion = OhemCrossEntropy(min_kept, thresh, weight=class_weight)
         self.aux_weight = aux_weight
 
     def __call__(self, outputs: Mapping[str, Any], target: torch.Tensor, images: torch.Tensor
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of one batch.
 
         Args:
@@ -285,19 +285,19 @@ class DistillationLoss:
     parts = ("seg_loss", "kd_loss")
 
     def __init__(self, segmentation: SegmentationLoss, teacher: nn.Module, weight: float, temperature: float,
-                 reduction: str, amp_dtype: torch.dtype | None = None) -> None:  # fmt: skip
+                 reduction: str, amp_dtype: torch.dtype | None = None) -> None:
         self.segmentation, self.teacher = segmentation, teacher
         self.weight, self.temperature, self.reduction, self.amp_dtype = weight, temperature, reduction, amp_dtype
 
     def __call__(self, outputs: Mapping[str, Any], target: torch.Tensor, images: torch.Tensor
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of one batch: (total, {"seg_loss", "kd_loss"}); shapes as :class:`SegmentationLoss`."""
         with torch.no_grad(), torch.autocast(images.device.type, dtype=self.amp_dtype,
-                                             enabled=self.amp_dtype is not None):  # fmt: skip
+                                             enabled=self.amp_dtype is not None):
             t_out = self.teacher(images)["out"]
         seg, parts = self.segmentation(outputs, target, images)
         kd = self.weight * distillation_kl(outputs["out"].float(), t_out.float(), temperature=self.temperature,
-                                           reduction=self.reduction)  # fmt: skip
+                                           reduction=self.reduction)
         return seg + kd, parts | {"kd_loss": kd}
 
 

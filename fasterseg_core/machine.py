@@ -20,7 +20,7 @@ from .config import RunConfig, project_root
 
 # Packages whose versions go into every manifest (the ones that change numbers or rendering).
 _VERSIONED_PACKAGES = ("fasterseg-core", "torch", "torchvision", "numpy", "pillow", "pandas", "matplotlib",
-                       "onnx", "onnxruntime", "papermill", "nbconvert")  # fmt: skip
+                       "onnx", "onnxruntime", "papermill", "nbconvert")
 
 
 def hardware_tag() -> str:

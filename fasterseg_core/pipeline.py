@@ -238,7 +238,7 @@ class _Watch:
 
 
 def _execute(source: Path, executed: Path, parameters: dict[str, Any], folder: Path, label: str,
-             stop: _Stop | None = None, eta: Eta | None = None) -> StageResult:  # fmt: skip
+             stop: _Stop | None = None, eta: Eta | None = None) -> StageResult:
     """Run one stage notebook in a kernel of our own (``stop`` can interrupt it), into ``executed``."""
     import papermill  # slow import (~1.3 s); only the driver needs it
     from jupyter_client.manager import KernelManager
@@ -259,7 +259,7 @@ def _execute(source: Path, executed: Path, parameters: dict[str, Any], folder: P
         env = {"FASTERSEG_ROOT": str(project_root()), progress.ENV: str(watch), **STABLE_MALLOC}
         with _kernel_env(**env), _Watch(watch, label, eta, stage):
             papermill.execute_notebook(str(source), str(executed), parameters=parameters, kernel_name="python3",
-                                       cwd=str(folder), progress_bar=False, km=km)  # fmt: skip
+                                       cwd=str(folder), progress_bar=False, km=km)
         result = StageResult(stage, "ok", notebook=str(executed))
     except Exception as err:  # noqa: BLE001 - a failed cell or a dead kernel: both stop the pipeline
         if isinstance(err, papermill.PapermillExecutionError):
@@ -281,7 +281,7 @@ def _execute(source: Path, executed: Path, parameters: dict[str, Any], folder: P
 
 
 def run_stages(cfg: RunConfig, parameters: dict[str, Any], force: bool = False, folder: Path | None = None,
-               record: dict[str, Any] | None = None, stop: _Stop | None = None) -> list[StageResult]:  # fmt: skip
+               record: dict[str, Any] | None = None, stop: _Stop | None = None) -> list[StageResult]:
     """Execute the stage notebooks in order, skipping complete ones, stopping at the first failure or signal.
 
     Args:
@@ -375,7 +375,7 @@ def run_stage(cfg: RunConfig, parameters: dict[str, Any], stage: str, folder: Pa
 
 
 def build_report(profile: str, overrides: dict[str, Any] | None = None, hardware_tag: str = "",
-                 force: bool = False, pdf: bool = True, folder: Path | None = None) -> dict[str, Any]:  # fmt: skip
+                 force: bool = False, pdf: bool = True, folder: Path | None = None) -> dict[str, Any]:
     """Run the pipeline for a profile, then render its report; the library form of ``make report``.
 
     Returns:
@@ -397,22 +397,22 @@ def build_report(profile: str, overrides: dict[str, Any] | None = None, hardware
 
 
 def _build_report(cfg: RunConfig, profile: str, overrides: dict[str, Any], hardware_tag: str, force: bool,
-                  pdf: bool, folder: Path | None, stop: _Stop) -> dict[str, Any]:  # fmt: skip
+                  pdf: bool, folder: Path | None, stop: _Stop) -> dict[str, Any]:
     start = time.perf_counter()
     record: dict[str, Any] = {
         "profile": cfg.profile, "overrides": overrides, "hardware_tag": resolve_hardware_tag(cfg, hardware_tag),
         "force": force, "git": git_state(), "stages": [],
         "started_at": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-    }  # fmt: skip
+    }
     parameters = {"profile": profile, "overrides": overrides, "hardware_tag": hardware_tag}
     results = run_stages(cfg, parameters, force=force, folder=folder, record=record, stop=stop)
     if stop.signum is not None:  # no report: a scheduler's grace period is short, and a rerun renders it
         record.update(status="interrupted", seconds=round(time.perf_counter() - start, 1))
         save_json(record, cfg.output_dir / "pipeline.json")
         where = next((f"{r.stage} recorded 'interrupted'" for r in results if r.status == "interrupted"),
-                     "no stage was running")  # fmt: skip
+                     "no stage was running")
         raise PipelineInterrupted(f"interrupted by {stop.name}: {where}; `make report` (the same command) resumes "
-                                  "from the last checkpoints", stop.signum)  # fmt: skip
+                                  "from the last checkpoints", stop.signum)
     try:
         render_report(cfg, [asdict(r) for r in results], record, pdf=pdf)
     finally:

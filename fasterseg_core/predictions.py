@@ -318,7 +318,7 @@ class ImageView:
 
 @torch.no_grad()
 def explore_image(net: nn.Module, dataset: Dataset, index: int, device: torch.device | str, title: str
-                  ) -> ImageView:  # fmt: skip
+                  ) -> ImageView:
     """Predict one image of an evaluation dataset and score it.
 
     Args:

@@ -57,7 +57,7 @@ class _Bar(tqdm):  # type: ignore[misc]  # tqdm.auto resolves to the notebook or
 
 
 def bar(iterable: Iterable | None = None, *, total: float | None = None, desc: str = "", disable: bool = False,
-        **kwargs: Any) -> tqdm:  # fmt: skip
+        **kwargs: Any) -> tqdm:
     """A tqdm bar (same arguments) that also reports to ``$FASTERSEG_PROGRESS`` when the driver set it."""
     path = os.environ.get(ENV) if not disable else None
     return _Bar(iterable, total=total, desc=desc, disable=disable, progress_file=path, **kwargs)

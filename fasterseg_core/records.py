@@ -121,7 +121,7 @@ def write_record(
     machine = machine_record(device)
     record = {"benchmark": benchmark, "headline": headline, "date": date, "command": command,
               "git": dict(git) if git is not None else git_state(), "machine": machine, "recorded_at": now(),
-              **payload}  # fmt: skip
+              **payload}
     folder = (root or results_root()) / benchmark
     path = record_path(folder, name or f"{machine['hardware_tag']}-{date}", command)
     save_json(record, path)
@@ -150,7 +150,7 @@ class Record:
         Zen 4 and a Zen 5 are both "AMD EPYC" with AVX512), GPU."""
         m = self.machine
         return (str(m.get("hardware_tag")), str(m.get("cpu_model")), str(m.get("cpu_isa")),
-                str(m.get("cpu_generation", "")), str(m.get("gpu_name")))  # fmt: skip
+                str(m.get("cpu_generation", "")), str(m.get("gpu_name")))
 
     @property
     def cpu(self) -> str:
@@ -227,7 +227,7 @@ def results_frame(records: Iterable[Record]) -> pd.DataFrame:
     """One row per record: benchmark, machine (hardware tag), CPU (ISA), date, commit, headline, record."""
     rows = [{"benchmark": r.benchmark, "machine": r.machine.get("hardware_tag", "?"), "CPU (ISA)": r.cpu,
              "date": r.data.get("date", "?"), "commit": r.commit, "headline": r.headline, "record": r.shown}
-            for r in records]  # fmt: skip
+            for r in records]
     columns = ["benchmark", "machine", "CPU (ISA)", "date", "commit", "headline", "record"]
     return pd.DataFrame(rows, columns=columns)
 

@@ -56,7 +56,7 @@ CHROMIUM_ARGS = (
 def install_hint() -> str:
     """How to get headless Chromium and poppler."""
     return ("`make setup` installs it when run as root; otherwise: "
-            "sudo apt-get install -y --no-install-recommends chromium poppler-utils fonts-liberation")  # fmt: skip
+            "sudo apt-get install -y --no-install-recommends chromium poppler-utils fonts-liberation")
 
 
 def js_modules_dir() -> Path:
@@ -131,7 +131,7 @@ def merge_notebooks(results: list[dict[str, Any]], show_code: bool) -> nbformat.
             appendix = True
             merged.cells.append(nbformat.v4.new_markdown_cell(
                 "# Appendix: the stage notebooks\n\nEach stage as it ran, in pipeline order: its configuration, "
-                "progress, tables and figures. The results above are built from their artifacts."))  # fmt: skip
+                "progress, tables and figures. The results above are built from their artifacts."))
         empty = set() if show_code else _empty_headings(nb.cells)
         for i, cell in enumerate(nb.cells):
             if not show_code and (_PARAMETER_TAGS & set(cell.metadata.get("tags", [])) or i in empty):
@@ -250,7 +250,7 @@ def _front_page(cfg: RunConfig, record: dict[str, Any], results: list[dict[str, 
     summary = cfg.output_dir / "06_analysis" / "summary.html"
     analysed = any(r["stage"] == "06_analysis" and r["status"] in ("ok", "skipped") for r in results)
     first_page = (summary.read_text(encoding="utf-8") if analysed and summary.exists() else
-                  '<p class="report-missing">No Reproducibility Summary: 06_analysis did not run.</p>')  # fmt: skip
+                  '<p class="report-missing">No Reproducibility Summary: 06_analysis did not run.</p>')
     return (
         f'<section class="report-front"><h1>{esc(cfg.report.title)}</h1>'
         f'<div class="report-meta">{meta}</div>{first_page}'

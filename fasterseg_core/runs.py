@@ -92,7 +92,7 @@ STAGES: dict[str, Stage] = {
         Stage("06_analysis", "Analysis", ("report",), ("00_data", "01_search", "02_teacher", "03_distill",
                                                         "04_student", "05_latency")),
     )
-}  # fmt: skip
+}
 TRAINING_STAGES = tuple(name for name, s in STAGES.items() if s.section is not None)
 
 
@@ -284,7 +284,7 @@ def check_artifacts(folder: Path, manifest: dict[str, Any]) -> list[str]:
 
 
 def is_complete(cfg: RunConfig, stage: str, hardware: str = "", *, any_hardware: bool = False,
-                seed: int | None = None) -> bool:  # fmt: skip
+                seed: int | None = None) -> bool:
     """Whether the stage (or one seed's run of it) finished for this config on this hardware tag, its artifacts
     as it left them and, for a seeded stage, each of its seed runs complete.
 
@@ -294,7 +294,7 @@ def is_complete(cfg: RunConfig, stage: str, hardware: str = "", *, any_hardware:
 
 
 def incomplete_because(cfg: RunConfig, stage: str, hardware: str = "", *, any_hardware: bool = False,
-                       seed: int | None = None) -> str:  # fmt: skip
+                       seed: int | None = None) -> str:
     """Why the stage (or one seed's run) is not complete for this config, in words; ``""`` when it is."""
     manifest = load_manifest(cfg, stage, seed)
     folder = stage_dir(cfg, stage, seed)

@@ -52,7 +52,7 @@ class Scalars:
     """
 
     def __init__(self, run_dir: str | Path, *, info: DistInfo | None = None,
-                 flush_secs: int = FLUSH_SECS) -> None:  # fmt: skip
+                 flush_secs: int = FLUSH_SECS) -> None:
         self.folder = Path(run_dir) / FOLDER
         self.enabled = (info if info is not None else current_dist()).main
         self.flush_secs = flush_secs
@@ -94,7 +94,7 @@ class Scalars:
 def _numbers(row: Mapping[str, Any], skip: tuple[str, ...]) -> dict[str, float]:
     """The numeric fields of a history row (strings, lists and booleans are not curves)."""
     return {k: float(v) for k, v in row.items()
-            if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)}  # fmt: skip
+            if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def training_tags(row: Mapping[str, Any]) -> dict[str, float]:
@@ -104,7 +104,7 @@ def training_tags(row: Mapping[str, Any]) -> dict[str, float]:
     ``seg_loss``, ``kd_loss``, ``lr``, ``train_miou``, ``seconds``). ``epoch`` and ``iters`` give the step.
     """
     return {(f"val/{k}" if k.startswith("val_") or k == "eval_seconds" else f"train/{k}"): v
-            for k, v in _numbers(row, ("epoch", "iters")).items()}  # fmt: skip
+            for k, v in _numbers(row, ("epoch", "iters")).items()}
 
 
 def iteration_tags(loss: float, parts: Mapping[str, float], lr: float) -> dict[str, float]:
@@ -147,4 +147,4 @@ SEARCH_LAYOUT = {
             "Margin", ["latency/student_latency_ms", "latency/target_ms_low", "latency/target_ms_high"]
         ]
     }
-}  # fmt: skip
+}

@@ -87,7 +87,7 @@ class DataStageResult:
         """``run.finish``'s summary: images per split, classes, training images/s per worker count."""
         return {"images": {split: s["images"] for split, s in self.summaries.items()},
                 "num_classes": len(self.datasets["train"].class_names),
-                "train_images_per_s": {t["num_workers"]: t["images_per_s"] for t in self.throughput}}  # fmt: skip
+                "train_images_per_s": {t["num_workers"]: t["images_per_s"] for t in self.throughput}}
 
 
 def run_data(cfg: RunConfig, run: Run) -> DataStageResult:
@@ -99,7 +99,7 @@ def run_data(cfg: RunConfig, run: Run) -> DataStageResult:
     sizes = data_stats.image_size_table(summaries, cfg.data.base_scale)
     train_crops = build_dataset(cfg.data, "train", train=True, crop_hw=cfg.teacher.crop_size_hw)
     throughput = [data_stats.measure_loader_throughput(train_crops, cfg.teacher.batch_size, w)
-                  for w in sorted({0, cfg.data.num_workers})]  # fmt: skip
+                  for w in sorted({0, cfg.data.num_workers})]
     record = {"summaries": summaries, "class_frequencies": frequencies.to_dict(), "throughput": throughput}
     save_json(record | {"sizes": sizes.to_dict("records")}, run.path("stats.json"))
     return DataStageResult(datasets, summaries, frequencies, sizes, throughput)
@@ -223,7 +223,7 @@ def run_training(cfg: RunConfig, run: Run, *, progress: bool = True) -> TrainSta
 
 
 def train_seeds(cfg: RunConfig, stage: str, seeds: Sequence[int], start: Callable[[int], Run], *, fresh: bool,
-                progress: bool = True) -> dict[int, SeedResult]:  # fmt: skip
+                progress: bool = True) -> dict[int, SeedResult]:
     """The one seed loop of a training stage (the notebook's :func:`run_training` and ``train --stage``).
 
     Args:
@@ -252,7 +252,7 @@ def train_seeds(cfg: RunConfig, stage: str, seeds: Sequence[int], start: Callabl
             best = out[seed].metrics["best"]
             world = current_dist().world
             print(f"{stage} seed {seed}: best epoch {best['epoch']}, val mIoU {best['val']['miou']:.4f} "
-                  f"({world} process{'es' if world > 1 else ''})", flush=True)  # fmt: skip
+                  f"({world} process{'es' if world > 1 else ''})", flush=True)
     return out
 
 
@@ -260,9 +260,9 @@ def load_seed_result(cfg: RunConfig, stage: str, seed: int) -> SeedResult:
     """A finished seed run of a training stage, read back from its folder."""
     folder = stage_dir(cfg, stage, seed)
     files = {"history": folder / "history.csv", "per_class": folder / "per_class_iou.csv",
-             "predictions": folder / "predictions"}  # fmt: skip
+             "predictions": folder / "predictions"}
     return SeedResult(seed, load_json(folder / "metrics.json"), pd.read_csv(files["history"]),
-                      pd.read_csv(files["per_class"]), files)  # fmt: skip
+                      pd.read_csv(files["per_class"]), files)
 
 
 def aggregate_seeds(stage: str, seeds: dict[int, SeedResult]) -> TrainStageResult:
@@ -277,9 +277,9 @@ def aggregate_seeds(stage: str, seeds: dict[int, SeedResult]) -> TrainStageResul
                 if all(v is not None for v in values):
                     summary.setdefault(split, {}).setdefault(which, {})[key] = asdict(summarize(values))
     common = {k: first[k] for k in ("role", "distilled", "arch_source", "num_classes", "class_names", "dataset",
-                                    "epochs", "iters_per_epoch", "batch_size", "crop_hw", "params")}  # fmt: skip
+                                    "epochs", "iters_per_epoch", "batch_size", "crop_hw", "params")}
     metrics = {"stage": stage, **common, "seeds": list(seeds), "per_seed": {s: r.metrics for s, r in seeds.items()},
-               "summary": summary}  # fmt: skip
+               "summary": summary}
     history = pd.concat([r.history.assign(seed=s) for s, r in seeds.items()], ignore_index=True)
     per_class = pd.concat([r.per_class.assign(seed=s) for s, r in seeds.items()], ignore_index=True)
     return TrainStageResult(metrics, history, per_class, seeds)
@@ -319,7 +319,7 @@ def train_seed(cfg: RunConfig, run: Run, *, progress: bool = True) -> SeedResult
         arch.to_json(run.path("arch.json"))
     extra = {"arch": arch.to_dict(), "num_classes": num_classes, "role": stage.role}
     result = fit(spec, net, loss_fn, train_set, val_set, device, run.dir, seed=seed, extra_state=extra,
-                 key=resume_key(cfg, stage.name, seed), num_workers=cfg.data.num_workers, progress=progress)  # fmt: skip
+                 key=resume_key(cfg, stage.name, seed), num_workers=cfg.data.num_workers, progress=progress)
     history = pd.DataFrame(result.history)
     splits = {"val": val_set}
     if cfg.data.dataset != "cityscapes" and cfg.data.score_test:  # Cityscapes withholds its test labels
@@ -327,7 +327,7 @@ def train_seed(cfg: RunConfig, run: Run, *, progress: bool = True) -> SeedResult
     # every rank scores its share of the images (all-reduced inside evaluate); rank 0 writes
     files: dict[str, Path] = {}
     scores, per_class = _score_checkpoints(run, result, arch, splits, device, spec.eval_flip, progress,
-                                           files if info.main else None)  # fmt: skip
+                                           files if info.main else None)
     if not info.main:
         return SeedResult(seed, {}, history, per_class)
     files["history"] = save_csv(history, run.path("history.csv"), index=False)
@@ -348,14 +348,14 @@ def train_seed(cfg: RunConfig, run: Run, *, progress: bool = True) -> SeedResult
         **({"test": scores["test"]} if "test" in scores else {}),
         **({"teacher_source": teacher_source} if teacher_source else {}),
         **({"class_weights": weight.tolist()} if weight is not None else {}),
-    }  # fmt: skip
+    }
     save_json(metrics, run.path("metrics.json"))
     return SeedResult(seed, metrics, history, per_class, files)
 
 
 def _score_checkpoints(run: Run, result: TrainResult, arch: Architecture, splits: dict[str, Any],
                        device: torch.device, flip: bool, progress: bool, files: dict[str, Path] | None
-                       ) -> tuple[dict[str, dict[str, Any]], pd.DataFrame]:  # fmt: skip
+                       ) -> tuple[dict[str, dict[str, Any]], pd.DataFrame]:
     """Scores of the best and last checkpoints on every split and per-class IoU rows; with ``files`` (rank 0)
     the best checkpoint's confusion matrices and coloured predictions are written into the run folder."""
     names = list(splits["val"].class_names)
@@ -372,13 +372,13 @@ def _score_checkpoints(run: Run, result: TrainResult, arch: Architecture, splits
             break
         for split, dataset in splits.items():
             cm: ConfusionMatrix = evaluate(model, dataset, device, flip=flip, progress=progress,
-                                           desc=f"{which} on {split}")  # fmt: skip
+                                           desc=f"{which} on {split}")
             s = cm.compute()
             scores[split][which] = _null_nan({k: s[k] for k in (*SCORE_KEYS, "iou")} | {"epoch": ckpt["epoch"]})
             rows += [{"split": split, "checkpoint": which, "class": n, "iou": v} for n, v in zip(names, s["iou"])]
             if which == "best" and files is not None:
                 files[f"confusion_{split}"] = save_csv(pd.DataFrame(cm.mat.numpy(), index=names, columns=names),
-                                                       run.path(f"confusion_{split}_best.csv"))  # fmt: skip
+                                                       run.path(f"confusion_{split}_best.csv"))
         if which == "best" and files is not None:
             ds = splits["test" if "test" in splits else "val"]
             picks = sorted({i * len(ds) // 4 for i in range(min(4, len(ds)))})
@@ -415,7 +415,7 @@ def scores_table(metrics: dict[str, Any]) -> pd.DataFrame:
                 if same[seed] and which == "last":
                     continue
                 rows.append({"split": split, "checkpoint": "best = last" if same[seed] else which, "seed": str(seed),
-                             "epoch": sc["epoch"]} | {k: None if sc[k] is None else 100 * sc[k] for k in SCORE_KEYS})  # fmt: skip
+                             "epoch": sc["epoch"]} | {k: None if sc[k] is None else 100 * sc[k] for k in SCORE_KEYS})
     all_same = bool(same) and all(same.values())
     for split, by in metrics.get("summary", {}).items():
         for which, keys in by.items():
@@ -426,7 +426,7 @@ def scores_table(metrics: dict[str, Any]) -> pd.DataFrame:
                          "seed": f"mean of {miou.get('n')}"}
                         | {k: 100 * v["mean"] for k, v in keys.items()}
                         | {"mIoU low": 100 * miou.get("ci_low", float("nan")),
-                           "mIoU high": 100 * miou.get("ci_high", float("nan"))})  # fmt: skip
+                           "mIoU high": 100 * miou.get("ci_high", float("nan"))})
     return pd.DataFrame(rows).set_index(["split", "checkpoint", "seed"]).sort_index().round(2)
 
 
@@ -479,9 +479,9 @@ def run_latency(cfg: RunConfig, run: Run, *, progress: bool = True) -> LatencySt
     record = measure_suite(candidates, lc.backends, tuple(lc.input_hw), run.device, run.hardware, val.num_classes,
                            images=images, labels=labels, warmup=lc.warmup_iters, min_loop_s=lc.min_loop_seconds,
                            timed_s=lc.timed_seconds, num_threads=lc.num_threads, progress=progress,
-                           table=table)  # fmt: skip
+                           table=table)
     path = record.save(cfg.output_dir / "latency" / f"{run.hardware}.json")
     frame = record.frame()
     student = frame[(frame.network == "published student") & (frame.backend == "eager")].median_ms
     return LatencyStageResult(record, path, load_records(path.parent),
-                              float(student.iloc[0]) if len(student) and student.iloc[0] else None)  # fmt: skip
+                              float(student.iloc[0]) if len(student) and student.iloc[0] else None)

@@ -46,7 +46,7 @@ def _write_error(err: OSError, path: Path) -> ArtifactWriteError:
            errno.EDQUOT: "raise the quota or free space there, then rerun: the run resumes from its last checkpoint",
            errno.EACCES: f"make {path.parent} writable, or set output_root to a folder you can write",
            errno.EPERM: f"make {path.parent} writable, or set output_root to a folder you can write",
-           errno.EROFS: "set output_root to a writable folder"}.get(err.errno, "check the folder, then rerun")  # fmt: skip
+           errno.EROFS: "set output_root to a writable folder"}.get(err.errno, "check the folder, then rerun")
     return ArtifactWriteError(err.errno, f"cannot write {path}: {err.strerror or err}; {fix}")
 
 

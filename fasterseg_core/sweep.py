@@ -84,7 +84,7 @@ class SweepJob:
 
 
 def plan_sweep(cfg: RunConfig, stages: Sequence[str] = DEFAULT_STAGES, hardware_tag: str = ""
-               ) -> tuple[list[SweepJob], list[str]]:  # fmt: skip
+               ) -> tuple[list[SweepJob], list[str]]:
     """The jobs of a sweep over ``stages``, each after the jobs it waits for.
 
     Args:
@@ -133,7 +133,7 @@ def _waits_for(cfg: RunConfig, name: str, seed: int | None, planned: dict[str, S
         elif seed is not None and not is_complete(cfg, upstream, any_hardware=True, seed=target.seed):
             # a training run cannot start without it (05_latency and 06_analysis do without what is missing)
             raise SweepError(f"{name} seed {seed} reads {target.name}, which is not complete for this config; "
-                             f"add {upstream} to --stages")  # fmt: skip
+                             f"add {upstream} to --stages")
     return tuple(after)
 
 
@@ -147,16 +147,16 @@ def _complete(cfg: RunConfig, stage: str, seed: int | None, hardware_tag: str) -
 
 # ---- what each job runs ------------------------------------------------------------------------------------
 def train_command(profile: str, overrides: dict[str, Any], stage: str, seed: int, hardware_tag: str = "",
-                  gpus: int = 0) -> list[str]:  # fmt: skip
+                  gpus: int = 0) -> list[str]:
     """The command line of a seed job: ``python -m fasterseg_core train``, under ``torchrun`` (one process per
     GPU) when the job has several GPUs."""
     launcher = [sys.executable, "-m", "fasterseg_core"]
     if gpus > 1:  # torch.distributed.run is the module behind the torchrun script (no PATH lookup)
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
-                    "-m", "fasterseg_core"]  # fmt: skip
+                    "-m", "fasterseg_core"]
     tag = ["--hardware-tag", hardware_tag] if hardware_tag else []
     return [*launcher, "--debug", "train", "--profile", profile, "--overrides", json.dumps(overrides),
-            "--stage", stage, "--seed", str(seed), "--no-progress", *tag]  # fmt: skip
+            "--stage", stage, "--seed", str(seed), "--no-progress", *tag]
 
 
 def run_stage_job(root: str, profile: str, overrides: dict[str, Any], hardware_tag: str, stage: str) -> str:
@@ -213,7 +213,7 @@ class Sweep:
 def prepare_sweep(profile: str, overrides: dict[str, Any], *, seeds: Sequence[int] | None = None,
                   executor: str = "local", stages: Sequence[str] = DEFAULT_STAGES,
                   resources: Resources | None = None, folder: Path | None = None, hardware_tag: str = "",
-                  max_parallel: int = 0) -> Sweep:  # fmt: skip
+                  max_parallel: int = 0) -> Sweep:
     """Check the sweep's settings and plan its jobs; nothing is written.
 
     Raises:
@@ -225,7 +225,7 @@ def prepare_sweep(profile: str, overrides: dict[str, Any], *, seeds: Sequence[in
     if seeds:
         if "seeds" in overrides and list(overrides["seeds"]) != list(seeds):
             raise SweepError(f"--seeds {list(seeds)} and the seeds {overrides['seeds']} of --overrides differ; "
-                             "give the seeds once, with --seeds")  # fmt: skip
+                             "give the seeds once, with --seeds")
         if list(load_config(profile, overrides).seeds) != list(seeds):  # the stage identities name the seeds
             overrides["seeds"] = list(seeds)
     cfg = load_config(profile, overrides)
@@ -235,7 +235,7 @@ def prepare_sweep(profile: str, overrides: dict[str, Any], *, seeds: Sequence[in
     jobs, complete = plan_sweep(cfg, stages, hardware_tag)
     folder = (folder or cfg.output_dir / "sweep").expanduser().resolve()
     return Sweep(profile, overrides, cfg, executor, resources, folder, tuple(jobs), tuple(complete), hardware_tag,
-                 max_parallel)  # fmt: skip
+                 max_parallel)
 
 
 def _check_resources(executor: str, r: Resources, max_parallel: int) -> None:
@@ -244,15 +244,15 @@ def _check_resources(executor: str, r: Resources, max_parallel: int) -> None:
     if r.gpus_per_job < 0 or r.cpus_per_task < 0 or r.time_min < 1 or max_parallel < 0:
         raise SweepError(f"--gpus-per-job {r.gpus_per_job}, --cpus-per-task {r.cpus_per_task}, --time-min "
                          f"{r.time_min}, --max-parallel {max_parallel}: counts are >= 0 and the time limit at "
-                         "least 1 minute, e.g. --gpus-per-job 1 --time-min 720")  # fmt: skip
+                         "least 1 minute, e.g. --gpus-per-job 1 --time-min 720")
     if executor == "slurm":
         if not r.partition:
             raise SweepError("--executor slurm needs --partition, the Slurm partition the jobs run in "
-                             "(`sinfo -s` lists them), e.g. --partition gpu")  # fmt: skip
+                             "(`sinfo -s` lists them), e.g. --partition gpu")
         missing = [cmd for cmd in ("sbatch", "srun") if shutil.which(cmd) is None]  # submitit needs both
         if missing:
             raise SweepError(f"--executor slurm: {' and '.join(missing)} not on PATH; run the sweep where Slurm's "
-                             "commands are (the cluster's login node), or use --executor local")  # fmt: skip
+                             "commands are (the cluster's login node), or use --executor local")
     elif r.partition or r.slurm_parameters:
         raise SweepError("--partition and --slurm-parameters are Slurm's; drop them or use --executor slurm")
 
@@ -278,7 +278,7 @@ class JobState:
         return {"name": self.job.name, "stage": self.job.stage, "seed": self.job.seed, "after": list(self.job.after),
                 "state": self.state, "job_id": self.handle.job_id if self.handle else None,
                 "submitted_at": self.submitted_at, "finished_at": self.finished_at, "error": self.error,
-                "stderr": self.log, "stdout": str(self.handle.paths.stdout) if self.handle else ""}  # fmt: skip
+                "stderr": self.log, "stdout": str(self.handle.paths.stdout) if self.handle else ""}
 
 
 def _executor(sweep: Sweep, job: SweepJob, after_ids: Sequence[str]) -> submitit.Executor:
@@ -287,7 +287,7 @@ def _executor(sweep: Sweep, job: SweepJob, after_ids: Sequence[str]) -> submitit
     r = sweep.resources
     ex = submitit.AutoExecutor(folder=sweep.folder, cluster=sweep.executor)
     params: dict[str, Any] = {"name": f"fasterseg-{job.name.replace('/', '-')}", "timeout_min": r.time_min,
-                              "gpus_per_node": r.gpus_per_job, "nodes": 1, "tasks_per_node": 1}  # fmt: skip
+                              "gpus_per_node": r.gpus_per_job, "nodes": 1, "tasks_per_node": 1}
     if r.cpus_per_task:
         params["cpus_per_task"] = r.cpus_per_task
     if sweep.executor == "slurm":
@@ -306,11 +306,11 @@ def _submit(sweep: Sweep, state: JobState, states: dict[str, JobState]) -> None:
     ex = _executor(sweep, job, after_ids)
     if job.seed is not None:
         command = train_command(sweep.profile, sweep.overrides, job.stage, job.seed, sweep.hardware_tag,
-                                sweep.resources.gpus_per_job)  # fmt: skip
+                                sweep.resources.gpus_per_job)
         state.handle = ex.submit(submitit.helpers.CommandFunction(command, cwd=project_root()))
     else:
         state.handle = ex.submit(run_stage_job, str(project_root()), sweep.profile, sweep.overrides,
-                                 sweep.hardware_tag, job.stage)  # fmt: skip
+                                 sweep.hardware_tag, job.stage)
     # a local job is a process started right away; Slurm's waits in the queue
     state.state, state.submitted_at = ("running" if sweep.executor == "local" else "queued"), now()
 
@@ -359,7 +359,7 @@ def run_sweep(sweep: Sweep, poll_s: float | None = None, say: Callable[[str], No
         "profile": sweep.cfg.profile, "overrides": sweep.overrides, "executor": sweep.executor,
         "resources": vars(sweep.resources), "hardware_tag": sweep.hardware_tag, "complete": list(sweep.complete),
         "started_at": now(), "jobs": [],
-    }  # fmt: skip
+    }
     path = sweep.folder / "sweep.json"
     sweep.folder.mkdir(parents=True, exist_ok=True)
     if sweep.complete:
@@ -401,9 +401,9 @@ def submit_jobs(sweep: Sweep, states: dict[str, JobState], say: Callable[[str], 
                 if s.handle is not None:
                     s.handle.cancel(check=False)
             raise SweepError(f"submitting {state.job.name} failed ({type(e).__name__}: {str(e).strip()[:500]}); "
-                             "the jobs submitted before it were cancelled") from e  # fmt: skip
+                             "the jobs submitted before it were cancelled") from e
         say(f"sweep: {state.job.name} submitted as job {state.handle.job_id}"  # type: ignore[union-attr]
-            + (f", after {', '.join(state.job.after)}" if state.job.after else ""))  # fmt: skip
+            + (f", after {', '.join(state.job.after)}" if state.job.after else ""))
 
 
 def _update(sweep: Sweep, states: dict[str, JobState], say: Callable[[str], None]) -> bool:
@@ -452,7 +452,7 @@ def _say_state(s: JobState, states: dict[str, JobState], say: Callable[[str], No
     job_id = f" (job {s.handle.job_id})" if s.handle is not None else ""
     what = what or {"failed": f"FAILED: {s.error}; log: {s.log}", "not-run": s.error}.get(s.state, s.state)
     say(f"sweep: {s.job.name}{job_id} {what} · {counts['done']}/{len(states)} done, {counts['running']} running, "
-        f"{counts['queued']} queued, {counts['failed']} failed" + (f", {left} waiting" if left else ""))  # fmt: skip
+        f"{counts['queued']} queued, {counts['failed']} failed" + (f", {left} waiting" if left else ""))
 
 
 def _interrupted(sweep: Sweep, states: dict[str, JobState], say: Callable[[str], None]) -> None:
@@ -464,7 +464,7 @@ def _interrupted(sweep: Sweep, states: dict[str, JobState], say: Callable[[str],
     elif live:
         ids = " ".join(s.handle.job_id for s in live)  # type: ignore[union-attr]
         say(f"sweep: interrupted; the Slurm jobs keep running (scancel {ids} stops them; the sweep run again "
-            "leaves out what completed)")  # fmt: skip
+            "leaves out what completed)")
 
 
 def report_command(sweep: Sweep) -> str:

@@ -64,6 +64,6 @@ def smoke_pipeline(tmp_path_factory) -> SmokePipeline:
     fingerprinted = (REFERENCE / "fasterseg_latency_lookup_table.json").exists()
     overrides = {"output_root": str(out), **(FIDELITY_OVERRIDES if fingerprinted else {})}
     cmd = [sys.executable, "-m", "fasterseg_core", "report", "--profile", "smoke", "--overrides",
-           json.dumps(overrides)]  # fmt: skip
+           json.dumps(overrides)]
     done = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True)
     return SmokePipeline(out, overrides, done.returncode, done.stdout, done.stderr, fingerprinted)

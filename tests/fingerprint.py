@@ -88,7 +88,7 @@ def environment() -> dict[str, Any]:
 
     # isa: the kernel level ATen dispatches to (AVX2, AVX512, …): two CPUs of one name can differ in it
     return {"torch": torch.__version__, "cpu": cpu_model(), "threads": torch.get_num_threads(),
-            "machine": platform.machine(), "isa": torch.backends.cpu.get_cpu_capability()}  # fmt: skip
+            "machine": platform.machine(), "isa": torch.backends.cpu.get_cpu_capability()}
 
 
 def _number(value: Any) -> Any:
@@ -102,7 +102,7 @@ def _number(value: Any) -> Any:
 
 
 def differences(expected: Any, actual: Any, where: str = "", rel: float = 0.0,
-                loose: dict[str, float] | None = None) -> list[str]:  # fmt: skip
+                loose: dict[str, float] | None = None) -> list[str]:
     """Where two fingerprints differ: exactly when ``rel`` is 0, else floats (CSV cells too) within ``rel``
     relative, or within ``loose[word]`` where the path contains ``word``. Everything else (keys, lengths,
     integers, strings, architectures) must be equal in every mode."""
@@ -116,7 +116,7 @@ def differences(expected: Any, actual: Any, where: str = "", rel: float = 0.0,
         if len(expected) != len(actual):
             return [f"{where}: {len(expected)} items expected, {len(actual)} found"]
         return [d for i, (e, a) in enumerate(zip(expected, actual))
-                for d in differences(e, a, f"{where}[{i}]", rel, loose)]  # fmt: skip
+                for d in differences(e, a, f"{where}[{i}]", rel, loose)]
     both_nan = isinstance(expected, float) and isinstance(actual, float) and math.isnan(expected) and math.isnan(actual)
     if both_nan or expected == actual:
         return []
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", type=Path, help="compare with a stored fingerprint")
     args = parser.parse_args(argv)
     record = {"environment": environment(), "overrides": FIDELITY_OVERRIDES,
-              "fingerprint": fingerprint(args.profile_dir)}  # fmt: skip
+              "fingerprint": fingerprint(args.profile_dir)}
     if args.write:
         args.write.parent.mkdir(parents=True, exist_ok=True)
         args.write.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")

@@ -30,7 +30,7 @@ def _manifest(cfg, stage: str, status: str = "complete", key: str | None = None,
         "versions": {"python": "3.11.7", "torch": "2.14.1"}, "started_at": "2026-01-01T00:00:00+00:00",
         "finished_at": "2026-01-01T00:01:00+00:00", "seconds": 60.0,
         "precision": "none" if stage in ("02_teacher", "03_distill", "04_student") else None,
-    }  # fmt: skip
+    }
 
 
 def _scores(miou: float, iou: list[float | None]) -> dict:
@@ -38,7 +38,7 @@ def _scores(miou: float, iou: list[float | None]) -> dict:
 
 
 def write_training_stage(cfg, stage: str, iou: list[float | None], arch_source: str = "published",
-                         seeds: tuple[int, ...] = SEEDS, shift: float = 0.02) -> None:  # fmt: skip
+                         seeds: tuple[int, ...] = SEEDS, shift: float = 0.02) -> None:
     """A finished training stage as ``stages.run_training`` leaves it: one run per seed (seed k's scores
     ``k · shift`` lower), then the stage's aggregate."""
     results = {}
@@ -56,15 +56,15 @@ def write_training_stage(cfg, stage: str, iou: list[float | None], arch_source: 
             "last": {"epoch": 4, "val": {k: v for k, v in last.items() if k != "iou"}},
             "val": {"best": best | {"epoch": 3}, "last": last | {"epoch": 4}},
             "test": {"best": best | {"epoch": 3}, "last": last | {"epoch": 4}},
-        }  # fmt: skip
+        }
         save_json(metrics, folder / "metrics.json")
         save_json(_manifest(cfg, stage, seed=seed), folder / "manifest.json")
         pd.DataFrame({"epoch": [1, 2, 3, 4], "iters": [10, 20, 30, 40], "loss": [2.0, 1.5, 1.2, 1.1],
                       "kd_loss": np.nan, "lr": 0.01, "seconds": 8.0, "train_miou": [0.1, 0.2, 0.3, 0.35],
                       "val_miou": [0.2, np.nan, 0.5 - d, 0.45 - d], "val_miou_no_back": np.nan,
-                      "val_pixel_acc": np.nan}).to_csv(folder / "history.csv", index=False)  # fmt: skip
+                      "val_pixel_acc": np.nan}).to_csv(folder / "history.csv", index=False)
         rows = [{"split": split, "checkpoint": which, "class": c, "iou": v} for split in ("val", "test")
-                for which, s in (("best", best), ("last", last)) for c, v in zip(CLASSES, s["iou"])]  # fmt: skip
+                for which, s in (("best", best), ("last", last)) for c, v in zip(CLASSES, s["iou"])]
         pd.DataFrame(rows).to_csv(folder / "per_class_iou.csv", index=False)
         results[seed] = load_seed_result(cfg, stage, seed)
     save_json(aggregate_seeds(stage, results).metrics, cfg.output_dir / stage / "metrics.json")
@@ -78,9 +78,9 @@ def write_latency(cfg, tag: str = "cpu-test") -> None:
         for backend, factor in (("eager", 1.0), ("ort", 0.8)):
             rows.append({"hardware_tag": tag, "network": net, "source": "", "backend": backend, "status": "ok",
                          "input_hw": "128x256", "median_ms": ms * factor, "fps": 1000 / (ms * factor), "reason": "",
-                         "params_M": 4.41, "thop_GMACs": 0.5, "thop_GMACs_1024x2048": 27.9})  # fmt: skip
+                         "params_M": 4.41, "thop_GMACs": 0.5, "thop_GMACs_1024x2048": 27.9})
     rows.append(rows[0] | {"backend": "tensorrt", "status": "unavailable", "median_ms": None, "fps": None,
-                           "reason": "no TensorRT"})  # fmt: skip
+                           "reason": "no TensorRT"})
     env = {"device": "cpu", "cpu_model": "Test CPU", "cpu_count": 2, "torch_threads": 1, "torch_version": "2"}
     save_json({"hardware_tag": tag, "environment": env, "rows": rows}, cfg.output_dir / "latency" / f"{tag}.json")
 
@@ -93,7 +93,7 @@ def write_search(cfg) -> None:
         published_architecture(role).to_json(folder / f"arch_{role}.json")
     history = [{"phase": "search", "epoch": e, "student_latency_ms": 5.0 - e, "student_latency02_ms": 5.5 - e,
                 "student_latency12_ms": 4.8 - e, "lambda": 0.01 * 2 ** (e - 1), "lambda_next": 0.01 * 2**e}
-               for e in (1, 2)]  # fmt: skip
+               for e in (1, 2)]
     rng = np.random.default_rng(0)
 
     def tensors(k: int) -> dict:
@@ -103,12 +103,12 @@ def write_search(cfg) -> None:
 
     save_json(history, folder / "history.json")
     save_json([{"epoch": e, "teacher": tensors(0), "student": tensors(1)} for e in (0, 1, 2)],
-              folder / "arch_history.json")  # fmt: skip
+              folder / "arch_history.json")
     role_metrics = {"latency_ms": 3.0, "fps": 333.3, "arch_max_shift": 0.01}
     save_json({"latency_table": {"hardware_tag": "cpu-test", "backend": "eager", "input_hw": [128, 256]},
                "target_fps": [300.0, 340.0], "lambda_final": 0.04, "arch_steps": 2, "student_in_window": True,
                "published_student_ms": 3.1, "teacher": role_metrics, "student": role_metrics},
-              folder / "metrics.json")  # fmt: skip
+              folder / "metrics.json")
     save_json(_manifest(cfg, "01_search"), folder / "manifest.json")
 
 
@@ -148,7 +148,7 @@ def test_stage_status_distinguishes_missing_incomplete_and_other_config(cfg):
     art = analysis.load_artifacts(cfg)
     status = {k: s.status for k, s in art.stages.items()}
     assert status == {"00_data": "not run", "01_search": "not run", "02_teacher": "complete",
-                      "03_distill": "incomplete", "04_student": "other config", "05_latency": "not run"}  # fmt: skip
+                      "03_distill": "incomplete", "04_student": "other config", "05_latency": "not run"}
     assert art.trained("02_teacher") and art.trained("04_student") and art.trained("03_distill") is None
     assert art.seed_values("04_student", "test", "best") == pytest.approx({12345: 0.5, 12346: 0.48})
     assert art.latency.empty and art.pipeline is None
@@ -162,7 +162,7 @@ def test_nothing_ran_gives_not_run_rows_and_missing_panels_without_errors(cfg, p
     assert "Published numbers" in t1.caption  # the package carries them: no empty columns
     assert analysis.table2(art, pub).table.network.tolist()[0] == "05_latency not run"
     for exhibit in (analysis.figure1(art, pub), analysis.distillation_gain(art, pub), analysis.accuracy_latency(art),
-                    *analysis.search_story(art)):  # fmt: skip
+                    *analysis.search_story(art)):
         assert exhibit.missing and not exhibit.png
         assert "Not available" in exhibit.to_html()
     compute = analysis.compute_table(art, pub)
@@ -353,7 +353,7 @@ def test_exhibit_saves_and_renders_in_a_notebook(full, pub, tmp_path):
     assert "image/png" in fig._repr_mimebundle_()
     paths = [*t1.save(tmp_path / "run"), *fig.save(tmp_path / "run")]
     assert sorted(p.relative_to(tmp_path / "run").as_posix() for p in paths) == [
-        "figures/figure_1.png", "tables/figure_1.csv", "tables/table_1.csv"]  # fmt: skip
+        "figures/figure_1.png", "tables/figure_1.csv", "tables/table_1.csv"]
     assert len(pd.read_csv(tmp_path / "run" / "tables" / "table_1.csv")) == len(t1.table)
     summary = analysis.run_metrics(analysis.load_artifacts(full), [t1, fig])
     assert summary["02_teacher"]["best_val_miou"] == {"12345": 0.5}
@@ -401,7 +401,7 @@ def test_the_summary_says_how_each_recipe_was_chosen(tmp_path, monkeypatch):
                       {f"{sec}.{k}": v for sec in ("distill", "student") for k, v in students.items()})
     shared, other = (load_config("camvid-cpu", {"teacher.epochs": epochs} | {f"{sec}.{k}": v for k, v in students.items()
                                                                             for sec in ("teacher", "distill", "student")})
-                     for epochs in (60, 40))  # fmt: skip
+                     for epochs in (60, 40))
     monkeypatch.setenv("FASTERSEG_ROOT", str(tmp_path))  # where the records are looked for
     lines = analysis.summary.recipe_provenance(cfg)
     assert lines[0] == "Teacher: the paper's recipe (lr 0.01, exponential schedule)."
@@ -440,7 +440,7 @@ def test_the_summary_says_how_each_recipe_was_chosen(tmp_path, monkeypatch):
     # a shorter length measured the same way is cited beside it: why the teacher is not shorter
     short = teacher | {"set": {"teacher.epochs": 30},
                        "lead_over_students": {"by_candidate": {"cosine-02-enet": {"per_seed": [-0.2, 0.4], "mean": 0.1,
-                                                                                   "ci": [-3.7, 3.9]}}}}  # fmt: skip
+                                                                                   "ci": [-3.7, 3.9]}}}}
     (folder / "cpu-2core-2026-12-08-02_teacher.json").write_text(json.dumps(short))
     line = analysis.summary.recipe_provenance(shared)[0]
     assert line.endswith("(per seed +4.3, +5.1; benchmarks/results/recipe/cpu-2core-2026-12-07-02_teacher.json). "

@@ -134,7 +134,7 @@ def test_camvid_training_crops_through_build_dataset(camvid_root):
 def test_cached_camvid_items_equal_uncached_ones_bit_for_bit(camvid_root):
     # data.cache_decoded is a speed option only: same items, same random draws, cached or not.
     cfg = DataConfig(dataset="camvid", root=str(camvid_root), base_scale=0.5, max_train_images=3,
-                     max_eval_images=2)  # fmt: skip
+                     max_eval_images=2)
     cached_cfg = dataclasses.replace(cfg, cache_decoded=True)
     for split, train in (("train", True), ("val", False)):
         plain = build_dataset(cfg, split, train=train, crop_hw=(160, 224))

@@ -44,7 +44,7 @@ def test_size_tables(scenes):
     sizes = stats.image_size_table(summaries, base_scale=0.5)
     assert sizes.to_dict("records")[0] | {"ignored_pixel_share": 0} == {
         "split": "train", "height": 32, "width": 64, "images": 4, "loaded_hw": "16x32", "ignored_pixel_share": 0,
-    }  # fmt: skip
+    }
     overview = stats.size_overview(summaries, 0.5, {"crop": (8, 16)})
     assert overview == {"native (4 images)": (32, 64), "loaded (base_scale 0.5)": (16, 32), "crop": (8, 16)}
     assert "loaded (base_scale 1)" not in stats.size_overview(summaries, 1.0, {})

@@ -74,7 +74,7 @@ def test_architecture_matches_built_network(role: str) -> None:
                 "layer": layer, "op": branch.ops[layer], "op_index": OP_NAMES.index(branch.ops[layer]),
                 "C_in": c_in, "C_out": c_out, "stride": 1 + down, "in_stride": s_in,
                 "out_stride": s_in * (1 + down),
-            }  # fmt: skip
+            }
             assert got == {k: cell[k] for k in got}
 
 
@@ -131,7 +131,7 @@ def _uniform(k: int = 1, n_w: int = 5) -> dict[str, torch.Tensor]:
     shapes = {
         "alpha_0": (L, 5), "alpha_1": (L - 1, 5), "alpha_2": (L - 2, 5), "beta_1": (L - 2, 2),
         "beta_2": (L - 3, 2), "ratio_0": (L - 1, n_w), "ratio_1": (L - 1, n_w), "ratio_2": (L - 2, n_w),
-    }  # fmt: skip
+    }
     return {f"{n.split('_')[0]}_{k}_{n.split('_')[1]}": torch.zeros(s) for n, s in shapes.items()}
 
 

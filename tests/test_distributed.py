@@ -154,13 +154,13 @@ def _reference(
     )
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=spec.lr_decay_per_epoch)
     seg_loss = SegmentationLoss(ohem_min_kept(spec.batch_size // WORLD, spec.crop_size_hw), spec.ohem_thresh,
-                                spec.aux_weight)  # fmt: skip
+                                spec.aux_weight)
     rows, states = [], []
     for epoch in range(1, spec.epochs + 1):
         net.train()
         # each rank's whole epoch, drawn in the order a rank draws it (its loader reseeds the global RNG)
         shards = [list(epoch_loader(train_set, spec.batch_size, spec.iters_per_epoch, seed, epoch,
-                                    DistInfo(r, WORLD), 0)) for r in range(WORLD)]  # fmt: skip
+                                    DistInfo(r, WORLD), 0)) for r in range(WORLD)]
         sums = {"loss": 0.0, "seg_loss": 0.0, "kd_loss": 0.0}
         train_cm = ConfusionMatrix(train_set.num_classes)
         for it in range(spec.iters_per_epoch):

@@ -118,7 +118,7 @@ def test_kill_and_resume_gives_the_uninterrupted_weights(tmp_path, one_thread):
 
     with pytest.raises(Killed):
         train(spec, _student(data.num_classes), data, val, torch.device("cpu"), tmp_path / "cut", key="k",
-              progress=False, on_epoch=kill_after_first)  # fmt: skip
+              progress=False, on_epoch=kill_after_first)
     assert load_torch(tmp_path / "cut" / "checkpoints" / "last.pt")["epoch"] == 1
     resumed_net = _student(data.num_classes)
     torch.manual_seed(999)  # a resumed process starts with other RNG states; the checkpoint restores them
@@ -161,7 +161,7 @@ def test_nan_loss_stops_naming_the_iteration_and_keeps_the_last_checkpoint(tmp_p
 
     with pytest.raises(TrainingDiverged, match=r"epoch 2, iteration 1 .*last good checkpoint"):
         train(spec, _student(data.num_classes), poisonable, None, torch.device("cpu"), out, progress=False,
-              on_epoch=poison)  # fmt: skip
+              on_epoch=poison)
     ckpt = load_torch(out / "checkpoints" / "last.pt")
     assert ckpt["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())

@@ -202,7 +202,7 @@ def test_cli_stage_checkpoint_end_to_end(tmp_path, capsys, one_thread):
     rc = main(
         ["--profile", "smoke", "--overrides", overrides, "--stage", "03_distill", "--split", "val",
          "--json", str(out_json), "--colour-dir", str(colours), "--colour-count", "2", "--device", "cpu"]
-    )  # fmt: skip
+    )
     printed = capsys.readouterr().out
     assert rc == 0
     assert "mIoU no back" in printed and "pixel acc" in printed and "traffic light" in printed
@@ -236,7 +236,7 @@ def test_cli_module_on_real_camvid_with_the_authors_format(tmp_path):
     overrides = json.dumps({"data.root": str(root), "data.base_scale": 0.25})
     cmd = [sys.executable, "-m", "fasterseg_core", "evaluate", "--profile", "camvid-cpu", "--overrides", overrides,
            "--checkpoint", str(path), "--arch", "student", "--split", "test", "--max-images", "2", "--flip",
-           "--json", str(tmp_path / "s.json")]  # fmt: skip
+           "--json", str(tmp_path / "s.json")]
     env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     done = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -89,10 +89,10 @@ def lab(tmp_path_factory) -> Iterator[Lab]:
     env = {k: v for k, v in os.environ.items() if k != "FASTERSEG_ROOT"}  # each project is found from its cwd
     env |= {"JUPYTER_CONFIG_DIR": str(home / "config"), "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
             "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"), "JUPYTERLAB_WORKSPACES_DIR": str(home / "ws"),
-            "PYTHONUNBUFFERED": "1"}  # fmt: skip
+            "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
            f"--ServerApp.token={token}", "--allow-root", f"--ServerApp.root_dir={root}",
-           "--ServerApp.port_retries=0"]  # fmt: skip
+           "--ServerApp.port_retries=0"]
     log = (root / "jupyter.log").open("w")
     server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -243,7 +243,7 @@ class Notebook:
             kernel = self.page.locator(".jp-StatusBar-TextItem", has_text="|").all_inner_texts()
             dialogs = self.page.locator(".jp-Dialog").all_inner_texts()
             raise AssertionError(f"the notebook did not run to its end: cells {now}, kernel {kernel}, "
-                                 f"dialogs {dialogs}")  # fmt: skip
+                                 f"dialogs {dialogs}")
 
 
 def _json(text: str) -> Any:
@@ -280,13 +280,13 @@ def test_control_panel_tunes_runs_and_completes_a_stage(lab, browser, artifacts)
 
     # the form: the student's epochs and λ's initial value; one iteration and one seed keep it short
     edits = {("student", "student.epochs"): "1", ("student", "student.iters_per_epoch"): "1",
-             ("search", "search.latency_lambda_init"): "0.02", ("run", "seeds"): "12345"}  # fmt: skip
+             ("search", "search.latency_lambda_init"): "0.02", ("run", "seeds"): "12345"}
     for (tab, key), value in edits.items():
         box = _field(panel, tab, key)
         box.fill(value)
         box.press("Tab")  # number and text boxes send their value when they lose focus
     expected = {"seeds": [12345], "search.latency_lambda_init": 0.02, "student.epochs": 1,
-                "student.iters_per_epoch": 1}  # fmt: skip
+                "student.iters_per_epoch": 1}
     overrides = panel.locator("pre").first  # the live override dict, above the log
     _until(lambda: _json(overrides.inner_text()) == expected, f"the overrides {expected}")
     _field(panel, "student", "student.epochs")  # back on the student tab for the picture
@@ -356,7 +356,7 @@ def test_analysis_explorer_shows_another_image(lab, browser, artifacts, smoke_pi
     explorer.locator(".widget-slider .noUi-handle").focus()
     page.keyboard.press("ArrowRight")  # the next image
     page.wait_for_function("([el, src]) => el.querySelector('img') && el.querySelector('img').src !== src",
-                           arg=[explorer.element_handle(), before], timeout=60_000)  # fmt: skip
+                           arg=[explorer.element_handle(), before], timeout=60_000)
     after = explorer.locator("img").first.get_attribute("src")
     assert after != before and after.startswith("data:image/png")
     assert "image 1" in explorer.inner_text()

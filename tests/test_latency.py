@@ -102,7 +102,7 @@ def test_cudagraph_fp16_is_checked_for_agreement():
         {"network": "n", "backend": b, "status": "ok", "median_ms": ms, "agreement_pixel_agreement": agree,
          "agreement_logit_rel_error": 0.01, "agreement_reference_classes": 3.0}
         for b, ms, agree in (("eager", 2.0, None), ("cudagraph_fp16", 1.0, 0.999))
-    ])  # fmt: skip
+    ])
     assert ("n", "cudagraph_fp16") in low_precision_table(frame).index
 
 
@@ -243,7 +243,7 @@ def test_the_latency_stage_prices_a_network_on_the_searchs_table():
     keys = {k for f in (True, False) for k in network_entries(arch, (64, 128), 11, faithful_quirks=f)}
     search_table = LatencyTable({k: 0.5 for k in keys}, (64, 128), "t", "eager")
     table = _table_for([Candidate("published student", None, arch)], torch.device("cpu"), (64, 128), "t", 11,
-                       search_table)  # fmt: skip
+                       search_table)
     assert table.entries == search_table.entries  # nothing timed again
     assert estimate_latency(arch, table, 11) == estimate_latency(arch, search_table, 11)
     assert any(k.startswith("head") and k.endswith("Cout11") for k in keys), "the head is priced for the run's classes"

@@ -176,7 +176,7 @@ def test_a_weighted_stage_needs_its_weights_and_records_them(tmp_path) -> None:
     with pytest.raises(ValueError, match="class_weighting: median_frequency needs the training split"):
         training_loss(cfg.student)
     args = ["train", "--profile", "smoke", "--stage", "04_student", "--seed", "12345", "--overrides",
-            json.dumps({"student.class_weighting": "median_frequency", "output_root": str(tmp_path)})]  # fmt: skip
+            json.dumps({"student.class_weighting": "median_frequency", "output_root": str(tmp_path)})]
     assert cli_main(args) == 0
     metrics = json.loads((stage_dir(cfg, "04_student", 12345) / "metrics.json").read_text())
     train_set = build_dataset(cfg.data, "train", train=True, crop_hw=tuple(cfg.student.crop_size_hw))

@@ -163,11 +163,11 @@ def test_cli_writes_a_submission_zip(tmp_path, capsys, one_thread):
     root = data_root("cityscapes_sample")
     net = varied_network("student", 19)
     ckpt = {"format": FORMAT, "kind": "train", "key": "", "epoch": 1, "model": net.state_dict(), "arch": net.arch.to_dict(),
-            "num_classes": 19}  # fmt: skip
+            "num_classes": 19}
     save_torch(ckpt, tmp_path / "best.pt")
     overrides = {"data.dataset": "cityscapes", "data.root": str(root), "data.base_scale": 0.5}
     rc = cli_main(["evaluate", "--profile", "smoke", "--overrides", json.dumps(overrides), "--checkpoint", str(tmp_path / "best.pt"),
-               "--split", "val", "--submission", str(tmp_path / "out" / "sub.zip"), "--device", "cpu"])  # fmt: skip
+               "--split", "val", "--submission", str(tmp_path / "out" / "sub.zip"), "--device", "cpu"])
     assert rc == 0, capsys.readouterr().err
     assert "wrote" in capsys.readouterr().out
     with zipfile.ZipFile(tmp_path / "out" / "sub.zip") as zf:

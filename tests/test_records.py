@@ -40,7 +40,7 @@ def test_a_record_carries_its_provenance_and_never_replaces_another_commands(tmp
     assert {"cpu_model", "cpu_isa", "torch_threads", "torch_version", "hardware_tag"} <= set(machine)
     assert machine["cpu_flags"] == isa_flags() and set(machine["cpu_flags"]) <= set(ISA_FLAGS)
     other = write_record("data", {"images_per_s": 11.0}, ["benchmarks/data.py", "--batches", "3"],
-                         headline="11 img/s", root=tmp_path)  # fmt: skip
+                         headline="11 img/s", root=tmp_path)
     assert other.name == path.name.replace(".json", "-2.json")
     assert json.loads(path.read_text())["images_per_s"] == 61.0  # the first command's record stands
     again = write_record("data", {"images_per_s": 62.0}, ["benchmarks/data.py"], headline="62 img/s", root=tmp_path)
@@ -60,7 +60,7 @@ def test_a_record_needs_a_one_line_headline_and_keeps_provenance_its_own(tmp_pat
 def _record(root: Path, benchmark: str, name: str, date: str, cpu: str, **extra) -> None:
     machine = {"hardware_tag": "cpu-2core", "cpu_model": cpu, "cpu_isa": "AVX2"}
     data = {"benchmark": benchmark, "headline": f"{benchmark} {name}", "date": date, "command": f"python {name}",
-            "git": {"sha": "0123456789abcdef", "dirty": False}, "machine": machine, **extra}  # fmt: skip
+            "git": {"sha": "0123456789abcdef", "dirty": False}, "machine": machine, **extra}
     (root / benchmark).mkdir(parents=True, exist_ok=True)
     (root / benchmark / f"{name}.json").write_text(json.dumps(data))
 
@@ -121,9 +121,9 @@ BENCHMARKS = sorted((REPO / "benchmarks").glob("*.py"))
 def test_every_benchmark_writes_a_record(script):
     tree = ast.parse(script.read_text())
     imports = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-               and node.module == "fasterseg_core.records" for alias in node.names}  # fmt: skip
+               and node.module == "fasterseg_core.records" for alias in node.names}
     calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-             and node.func.id == "write_record"]  # fmt: skip
+             and node.func.id == "write_record"]
     assert "write_record" in imports and calls, f"{script.name} does not write its result with records.write_record"
     for call in calls:
         assert call.args and isinstance(call.args[0], ast.Constant), f"{script.name}: name the benchmark literally"
@@ -146,7 +146,7 @@ def test_the_results_command_lists_the_newest_record_per_benchmark_and_machine(t
         ("| search | cpu-2core | Intel Xeon (AVX2) | 2026-11-27 | 0123456 | search cpu-2core-2026-11-27 | "
          "benchmarks/results/search/cpu-2core-2026-11-27.json |"),
         ("| train | cpu-2core | AMD EPYC (AVX2) | 2026-12-06 | 0123456 | train cpu-2core-2026-12-06 | "
-         "benchmarks/results/train/cpu-2core-2026-12-06.json |")]  # fmt: skip
+         "benchmarks/results/train/cpu-2core-2026-12-06.json |")]
     assert main(["results", "--root", str(root)]) == 0
     text = capsys.readouterr().out
     assert "train cpu-2core-2026-12-06" in text and "2026-12-03" not in text

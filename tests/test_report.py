@@ -73,7 +73,7 @@ def test_render_merges_stages_with_unique_anchors_and_marks_failures(tmp_path):
         StageResult("00_data", "skipped", notebook=_executed_notebook(tmp_path / "a.ipynb", "Data")),
         StageResult("01_search", "failed", 2.0, "ZeroDivisionError: x", _executed_notebook(tmp_path / "b.ipynb", "Search", True)),
         StageResult("02_teacher", "not-run", error="an earlier stage failed"),
-    ]  # fmt: skip
+    ]
     record = {"hardware_tag": "cpu-test", "overrides": {}, "git": {"sha": None, "dirty": None}}
     folder = render_report(cfg, [asdict(r) for r in results], record, pdf=False)
     html = (folder / "report.html").read_text()
@@ -115,7 +115,7 @@ def test_failed_stage_stops_the_pipeline_and_complete_stages_are_skipped(tmp_pat
     record = build_report("smoke", overrides, pdf=False, folder=notebooks)
     assert [(s["stage"], s["status"]) for s in record["stages"]] == [
         ("00_data", "ok"), ("01_search", "failed"), ("02_teacher", "not-run"),
-    ]  # fmt: skip
+    ]
     assert record["stages"][1]["error"] == "ZeroDivisionError: division by zero"
     manifest = json.loads((tmp_path / "out" / "smoke" / "01_search" / "manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest["error"] == "ZeroDivisionError: division by zero"

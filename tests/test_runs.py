@@ -138,7 +138,7 @@ def test_run_lifecycle_and_completeness(cfg):
     assert not runs.is_complete(cfg, "00_data", hardware="other-machine")
     # report settings and the output root do not change what a stage computes
     assert runs.stage_identity(cfg, "00_data") == runs.stage_identity(load_config("smoke", {"report.title": "x"}),
-                                                                      "00_data")  # fmt: skip
+                                                                      "00_data")
 
 
 def test_hardware_tag_override_is_recorded(cfg):

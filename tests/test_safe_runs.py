@@ -59,10 +59,10 @@ def _child(tmp_path: Path, body: str, seed: int | None = None) -> subprocess.Pop
         cfg = load_config("smoke", {{"output_root": {str(tmp_path)!r}}})
         run = start_run(cfg, "04_student", seed={seed}, per_seed={seed is not None})
         print("ready", flush=True)
-    """) + textwrap.dedent(body)  # fmt: skip
+    """) + textwrap.dedent(body)
     env = dict(os.environ, FASTERSEG_ROOT=str(REPO), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=REPO)  # fmt: skip
+                            env=env, cwd=REPO)
     assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
     return proc
 
@@ -82,7 +82,7 @@ def test_an_invalid_override_leaves_a_finished_stage_untouched(tmp_path, capsys,
     cfg = _cfg(tmp_path)
     before = _finished(cfg, "04_student")
     args = ["train", "--profile", "smoke", "--stage", "04_student", "--overrides",
-            json.dumps({"output_root": str(tmp_path), **override})]  # fmt: skip
+            json.dumps({"output_root": str(tmp_path), **override})]
     assert cli_main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("error: "), err  # one line, no traceback
@@ -125,7 +125,7 @@ def test_one_seed_cannot_be_trained_twice_at_once(tmp_path, capsys):
     proc = _child(tmp_path, "time.sleep(60)", seed=12345)
     try:
         args = ["train", "--profile", "smoke", "--stage", "04_student", "--seed", "12345", "--overrides",
-                json.dumps({"output_root": str(tmp_path)})]  # fmt: skip
+                json.dumps({"output_root": str(tmp_path)})]
         assert cli_main(args) == 2
         err = capsys.readouterr().err
         assert f"pid {proc.pid}" in err and "04_student is already running" in err and err.count("\n") == 1
@@ -241,7 +241,7 @@ def test_a_foreign_checkpoint_is_never_trained_over(tmp_path, one_thread):
     data = build_dataset(cfg.data, "train", train=True, crop_hw=spec.crop_size_hw)
     out = tmp_path / "run"
     save_torch({"format": "fasterseg-checkpoint/1", "kind": "train", "key": "other", "epoch": 1, "model": {}},
-               out / "checkpoints" / "last.pt")  # fmt: skip
+               out / "checkpoints" / "last.pt")
     before = (out / "checkpoints" / "last.pt").read_bytes()
     net = build_network(published_architecture("student"), data.num_classes)
     with pytest.raises(ValueError, match="trained from other settings"):

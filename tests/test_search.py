@@ -217,7 +217,7 @@ def test_arch_step_moves_only_architecture_and_weight_step_does_not_leak(tiny_ne
     for model in (net, clean):
         opt = torch.optim.SGD(model.weight_parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         loss = weight_step(model, xw, yw, crit, opt, SEARCH_PASSES, clip_norm=5.0,
-                           generator=torch.Generator().manual_seed(3))  # fmt: skip
+                           generator=torch.Generator().manual_seed(3))
         results.append(loss)
     assert results[0] == results[1]
     for a, b in zip(net.parameters(), clean.parameters()):
@@ -235,7 +235,7 @@ def test_sampled_path_steps_train_alpha_beta_and_only_the_sampled_operators(tiny
     opts = [torch.optim.Adam(net.arch_parameters(k), lr=3e-4, betas=(0.5, 0.999)) for k in (0, 1)]
     x, y = _batch(1)
     arch_step(net, x, y, crit, opts, SupernetLatency(net, fake_lut()), 0.01,
-              generator=torch.Generator().manual_seed(0), path="sample")  # fmt: skip
+              generator=torch.Generator().manual_seed(0), path="sample")
     for k in (0, 1):
         assert not torch.equal(net.arch[f"alpha_{k}_0"], arch_before[f"alpha_{k}_0"])
         assert not torch.equal(net.arch[f"beta_{k}_1"], arch_before[f"beta_{k}_1"])
@@ -245,7 +245,7 @@ def test_sampled_path_steps_train_alpha_beta_and_only_the_sampled_operators(tiny
     before = [[p.detach().clone() for p in op.parameters()] for op in ops]
     opt = torch.optim.SGD(net.weight_parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     weight_step(net, *_batch(2), crit, opt, SEARCH_PASSES, clip_norm=5.0,
-                generator=torch.Generator().manual_seed(3), path="sample")  # fmt: skip
+                generator=torch.Generator().manual_seed(3), path="sample")
     changed = [
         any(not torch.equal(a, b) for a, b in zip(old, op.parameters())) for old, op in zip(before, ops)
     ]
@@ -292,7 +292,7 @@ def _tiny_overrides(root: Path, lut_path: Path) -> dict:
         "search.pretrain_epochs": 2, "search.search_epochs": 2, "search.iters_per_epoch": 1,
         "search.pretrain_crop_hw": [64, 64], "search.search_crop_hw": [64, 64], "search.base_scale": 1.0,
         "search.latency_input_hw": list(HW), "search.latency_table": str(lut_path),
-    }  # fmt: skip
+    }
 
 
 def test_a_table_that_does_not_fit_fails_before_training(tmp_path: Path) -> None:
@@ -307,7 +307,7 @@ def test_search_with_path_sampling_runs_end_to_end(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     lut_path = fake_lut().save(tmp_path / "lut.json")
     cfg = load_config("smoke", {**_tiny_overrides(tmp_path, lut_path), "search.path_sampling": True,
-                                "search.pretrain_epochs": 1, "search.search_epochs": 1})  # fmt: skip
+                                "search.pretrain_epochs": 1, "search.search_epochs": 1})
     result = run_search(cfg, start_run(cfg, "01_search"), progress=False)
     assert [h["phase"] for h in result.history] == ["pretrain", "search"]
     for role in ("teacher", "student"):

@@ -75,7 +75,7 @@ def _overrides(root: Path, lut_path: Path, **extra: Any) -> dict[str, Any]:
         "search.pretrain_crop_hw": [64, 64], "search.search_crop_hw": [64, 64], "search.base_scale": 1.0,
         "search.latency_input_hw": list(HW), "search.latency_table": str(lut_path), "search.eval_max_images": 0,
         **extra,
-    }  # fmt: skip
+    }
 
 
 def _phase(sc, world: int, n_images: int, batch: int, crop_hw, lr: float, weights):
@@ -88,7 +88,7 @@ def _phase(sc, world: int, n_images: int, batch: int, crop_hw, lr: float, weight
 
 
 def _on_each_rank(net: Supernet, gen: torch.Generator, params: list[torch.nn.Parameter], world: int,
-                  loss_of: Callable[[int], float]) -> float:  # fmt: skip
+                  loss_of: Callable[[int], float]) -> float:
     """Run ``loss_of(rank)`` (a backward into ``params``) as each of ``world`` ranks would: from the same
     generator state and starting buffers; leave the ranks' mean gradient in ``params`` (summed in rank order
     and divided, as the all-reduce), rank 0's buffers and the generator where every rank leaves it.
@@ -136,7 +136,7 @@ def _reference(cfg: RunConfig, world: int) -> dict[str, Any]:
     arch_start = {k: v.clone() for k, v in net.state_dict().items() if k.startswith("arch.")}
 
     def passes(images: torch.Tensor, labels: torch.Tensor, crit: OhemCrossEntropy, which: tuple,
-               inputs: list[torch.nn.Parameter], gen: torch.Generator) -> Callable[[int], float]:  # fmt: skip
+               inputs: list[torch.nn.Parameter], gen: torch.Generator) -> Callable[[int], float]:
         def loss_of(r: int) -> float:
             x, y = rank_slice(images, DistInfo(r, world)), rank_slice(labels, DistInfo(r, world))
             return supernet_loss_backward(net, x, y, crit, which, inputs=inputs, generator=gen, path=path)
@@ -146,7 +146,7 @@ def _reference(cfg: RunConfig, world: int) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     # ---- pretraining (§3.2) ----
     iters, crit, opt, sched = _phase(sc, world, len(data.pretrain), sc.pretrain_batch_size, sc.pretrain_crop_hw,
-                                     sc.pretrain_lr, weights)  # fmt: skip
+                                     sc.pretrain_lr, weights)
     for epoch in range(sc.pretrain_epochs):
         seed = epoch_seed(sc.seed, "pretrain", epoch)
         seed_everything(seed)
@@ -161,9 +161,9 @@ def _reference(cfg: RunConfig, world: int) -> dict[str, Any]:
         sched.step()
     # ---- search (§3.2-3.5) ----
     iters, crit, w_opt, sched = _phase(sc, world, len(data.search), sc.search_batch_size, sc.search_crop_hw,
-                                       sc.search_lr, weights)  # fmt: skip
+                                       sc.search_lr, weights)
     a_opts = [torch.optim.Adam(net.arch_parameters(k), lr=sc.arch_lr, betas=tuple(sc.arch_betas),
-                               weight_decay=sc.arch_weight_decay) for k in range(len(ROLES))]  # fmt: skip
+                               weight_decay=sc.arch_weight_decay) for k in range(len(ROLES))]
     lam = sc.latency_lambda_init
     derived: dict[str, Any] = {}
     for epoch in range(sc.search_epochs):
@@ -171,7 +171,7 @@ def _reference(cfg: RunConfig, world: int) -> dict[str, Any]:
         seed_everything(seed)
         gen = torch.Generator().manual_seed(seed + 1)
         loaders = [epoch_loader(data.search, half, sc.search_batch_size, iters, seed + 2 + i, 0)
-                   for i, half in enumerate((data.weight_half, data.arch_half))]  # fmt: skip
+                   for i, half in enumerate((data.weight_half, data.arch_half))]
         sums = {"loss_arch": 0.0, "loss_weights": 0.0}
         for (wx, wy), (ax, ay) in zip(*loaders):
             for o in a_opts:  # architecture step: the passes' mean gradient plus the (rank-free) latency term
@@ -183,20 +183,20 @@ def _reference(cfg: RunConfig, world: int) -> dict[str, Any]:
                 o.step()
             net.zero_grad(set_to_none=True)  # weight step
             sums["loss_weights"] += _on_each_rank(net, gen, weights, world,
-                                                  passes(wx, wy, crit, SEARCH_PASSES, weights, gen))  # fmt: skip
+                                                  passes(wx, wy, crit, SEARCH_PASSES, weights, gen))
             torch.nn.utils.clip_grad_norm_(weights, sc.grad_clip_norm)
             w_opt.step()
         sched.step()
         val = DataLoader(data.val, sc.search_batch_size, shuffle=False)
         miou = {role: {h: cm.compute()["miou"] for h, cm in
                        evaluate_heads(net, val, k, EVAL_WIDTHS[k], CPU, eval_path(path)).items()}
-                for k, role in enumerate(ROLES)}  # fmt: skip
+                for k, role in enumerate(ROLES)}
         derived = derive_networks(net, cfg, lut, data.num_classes, pair_miou(miou))
         fps = [1000.0 / ms for ms in derived["student"].candidates_ms.values() if ms is not None]
         lam_next = adapt_lambda(lam, fps or [1000.0 / derived["student"].latency_ms], objective.window)
         rows.append({"phase": "search", "epoch": epoch + 1, "lambda": lam, "lambda_next": lam_next,
                      **{k: v / iters for k, v in sums.items()},
-                     **{f"miou_{r}_{h}": v for r in ROLES for h, v in miou[r].items()}})  # fmt: skip
+                     **{f"miou_{r}_{h}": v for r in ROLES for h, v in miou[r].items()}})
         lam = lam_next
     return {"model": net.state_dict(), "arch_start": arch_start, "lambda": lam, "derived": {r: derived[r].arch for r in ROLES}, "rows": rows}
 
@@ -246,7 +246,7 @@ def test_the_reference_with_one_slice_is_the_search(tmp_path: Path, one_thread) 
 @pytest.mark.slow
 @pytest.mark.parametrize("path_sampling", [False, True], ids=["mix", "sampled"])
 def test_torchrun_two_processes_search_what_one_process_computes(tmp_path: Path, one_thread,
-                                                                 path_sampling: bool) -> None:  # fmt: skip
+                                                                 path_sampling: bool) -> None:
     # sampled paths: every rank must draw the same operators and leave the same gradients None
     lut_path = fake_lut().save(tmp_path / "lut.json")
     overrides = _overrides(tmp_path / "outputs", lut_path, **{"search.path_sampling": path_sampling})
@@ -286,6 +286,6 @@ def test_torchrun_two_processes_search_what_one_process_computes(tmp_path: Path,
     assert not writes.get("agent"), f"the torchrun agent wrote: {writes.get('agent')}"
     written = {Path(p).name for _, p in writes.get("0", [])}
     for name in ("arch_teacher.json", "arch_student.json", "arch_params.json", "history.json", "metrics.json",
-                 "search.pt", "manifest.json"):  # fmt: skip
+                 "search.pt", "manifest.json"):
         assert name in written, f"rank 0 did not write {name} (wrote {sorted(written)})"
     assert stdout.count("01_search: student") == 1 and f"({WORLD} processes)" in stdout

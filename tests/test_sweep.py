@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 # A few seconds of training per job: the sweep's plumbing is under test, not the networks.
 TINY = {"data.synthetic_train_images": 4, "data.synthetic_eval_images": 2, "data.synthetic_hw": [64, 128],
         "model.arch_source": "published", "teacher.epochs": 1, "teacher.iters_per_epoch": 1,
-        "distill.epochs": 1, "distill.iters_per_epoch": 1}  # fmt: skip
+        "distill.epochs": 1, "distill.iters_per_epoch": 1}
 
 
 def _graph(cfg, stages=None) -> dict[str, tuple[str, ...]]:
@@ -61,14 +61,14 @@ def test_the_graph_follows_the_stage_table(tmp_path):
         "05_latency": ("01_search", "02_teacher", "03_distill"),  # times the trained teacher and student
     }
     per_seed = load_config("smoke", {"output_root": str(tmp_path), "seeds": [0, 1], "teacher_per_seed": True,
-                                     "model.arch_source": "published"})  # fmt: skip
+                                     "model.arch_source": "published"})
     graph = _graph(per_seed, ["teacher", "distill"])
     assert graph == {
         "02_teacher/seed-0": (), "02_teacher/seed-1": (),  # published networks: no wait for the search
         "02_teacher": ("02_teacher/seed-0", "02_teacher/seed-1"),
         "03_distill/seed-0": ("02_teacher/seed-0",), "03_distill/seed-1": ("02_teacher/seed-1",),
         "03_distill": ("03_distill/seed-0", "03_distill/seed-1"),
-    }  # fmt: skip
+    }
 
 
 def test_the_graph_asks_for_what_a_training_reads(tmp_path):
@@ -123,7 +123,7 @@ def test_slurm_jobs_wait_with_afterok(tmp_path, monkeypatch):
     bin_dir, recorded = tmp_path / "bin", tmp_path / "sbatch"
     bin_dir.mkdir(), recorded.mkdir()
     (bin_dir / "sbatch").write_text('#!/bin/sh\nid=$((1001 + $(ls "$RECORDED" | wc -l)))\n'
-                                    'cp "$1" "$RECORDED/$id.sh"\necho "Submitted batch job $id"\n')  # fmt: skip
+                                    'cp "$1" "$RECORDED/$id.sh"\necho "Submitted batch job $id"\n')
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit looks for it; never run here
     for f in bin_dir.iterdir():
         f.chmod(f.stat().st_mode | stat.S_IXUSR)
@@ -132,7 +132,7 @@ def test_slurm_jobs_wait_with_afterok(tmp_path, monkeypatch):
     overrides = {"output_root": str(tmp_path / "outputs")}
     sweep = prepare_sweep("smoke", overrides, seeds=[0, 1], executor="slurm", stages=["02_teacher", "03_distill"],
                           resources=Resources(partition="gpu", gpus_per_job=1, time_min=90, cpus_per_task=8,
-                                              slurm_parameters={"account": "proj"}))  # fmt: skip
+                                              slurm_parameters={"account": "proj"}))
     states = {job.name: JobState(job) for job in sweep.jobs}
     submit_jobs(sweep, states, lambda line: None)
     ids = {name: s.handle.job_id for name, s in states.items()}
@@ -159,7 +159,7 @@ def test_local_sweep_runs_seeds_at_once_and_in_dependency_order(tmp_path, monkey
     overrides = {"output_root": str(tmp_path / "outputs"), "teacher_per_seed": True, **TINY}
     rc = main(["sweep", "--profile", "smoke", "--overrides", json.dumps(overrides), "--seeds", "0", "1",
                "--executor", "local", "--stages", "02_teacher", "03_distill", "--max-parallel", "2",
-               "--hardware-tag", "sweep-test", "--folder", str(tmp_path / "sweep")])  # fmt: skip
+               "--hardware-tag", "sweep-test", "--folder", str(tmp_path / "sweep")])
     printed = capsys.readouterr()
     assert rc == 0, printed.out[-3000:] + printed.err[-3000:]
     cfg = load_config("smoke", {**overrides, "seeds": [0, 1]})
@@ -200,7 +200,7 @@ def test_a_failed_job_is_named_with_its_log(tmp_path, monkeypatch, capsys):
     bad.write_text("not a checkpoint")
     overrides = {"output_root": str(tmp_path / "outputs"), "seeds": [0], "distill.teacher_checkpoint": str(bad), **TINY}
     rc = main(["sweep", "--profile", "smoke", "--overrides", json.dumps(overrides), "--executor", "local",
-               "--stages", "03_distill", "--folder", str(tmp_path / "sweep")])  # fmt: skip
+               "--stages", "03_distill", "--folder", str(tmp_path / "sweep")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1, err
     assert err[0].startswith("error: job 03_distill/seed-0 (job id ") and f"cannot read checkpoint {bad}" in err[0]

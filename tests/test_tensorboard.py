@@ -33,7 +33,7 @@ from fasterseg_core.storage import load_torch
 REPO = Path(__file__).resolve().parents[1]
 SEED = 12345
 TINY_DATA = {"seeds": [SEED], "data.synthetic_train_images": 8, "data.synthetic_eval_images": 2,
-             "data.synthetic_hw": [64, 128]}  # fmt: skip
+             "data.synthetic_hw": [64, 128]}
 
 
 def curves(folder: Path) -> dict[str, list[tuple[int, float]]]:
@@ -60,7 +60,7 @@ def test_training_stage_writes_its_history_as_curves(tmp_path, one_thread):
     """04_student through its stage function: iterations, epochs and evaluations, equal to history.csv."""
     epochs, iters = 3, 2
     cfg = load_config("smoke", {"output_root": str(tmp_path), **TINY_DATA, "student.epochs": epochs,
-                                "student.iters_per_epoch": iters, "student.eval_every_epochs": 3})  # fmt: skip
+                                "student.iters_per_epoch": iters, "student.eval_every_epochs": 3})
     run = start_run(cfg, "04_student")
     run_training(cfg, run, progress=False)
     run.finish()
@@ -72,7 +72,7 @@ def test_training_stage_writes_its_history_as_curves(tmp_path, one_thread):
     # no teacher: no kd_loss curve (history.csv has the column, NaN); validation after epochs 1 and 3 only
     assert set(got) == {"iteration/loss", "iteration/seg_loss", "iteration/lr", "train/loss", "train/seg_loss",
                         "train/lr", "train/train_miou", "train/seconds", "val/val_miou", "val/val_miou_no_back",
-                        "val/val_pixel_acc", "val/eval_seconds"}  # fmt: skip
+                        "val/val_pixel_acc", "val/eval_seconds"}
     assert history["kd_loss"].isna().all()
     for tag, points in got.items():
         assert all(math.isfinite(v) for _, v in points), tag
@@ -127,7 +127,7 @@ def test_a_resumed_run_continues_its_curves_without_doubled_points(tmp_path, one
     train_set = build_dataset(cfg.data, "train", train=True, crop_hw=(64, 128))
     val_set = build_dataset(cfg.data, "val", train=False)
     spec = replace(DistillConfig(), epochs=3, iters_per_epoch=2, batch_size=2, crop_size_hw=(64, 128),
-                   eval_every_epochs=1)  # fmt: skip
+                   eval_every_epochs=1)
     teacher = _net(train_set.num_classes, seed=1)
     out = tmp_path / "run"
     cpu = torch.device("cpu")
@@ -136,13 +136,13 @@ def test_a_resumed_run_continues_its_curves_without_doubled_points(tmp_path, one
     killed = _KilledAt(train_set, at=7)
     with pytest.raises(_Killed):
         fit(spec, _net(train_set.num_classes), training_loss(spec, teacher), killed, val_set, cpu, out, key="k",
-            progress=False)  # fmt: skip
+            progress=False)
     assert load_torch(out / "checkpoints" / "last.pt")["epoch"] == 1
     before = curves(out / FOLDER)
     assert [s for s, _ in before["iteration/loss"]] == [1, 2, 3]  # step 3: epoch 2, never checkpointed
 
     result = fit(spec, _net(train_set.num_classes), training_loss(spec, teacher), train_set, val_set, cpu, out,
-                 key="k", progress=False)  # fmt: skip
+                 key="k", progress=False)
     assert result.resumed_from == 1 and len(event_files(out / FOLDER)) == 2
     got = curves(out / FOLDER)
     for tag in ("iteration/loss", "iteration/seg_loss", "iteration/kd_loss", "iteration/lr"):
@@ -157,7 +157,7 @@ def test_a_resumed_run_continues_its_curves_without_doubled_points(tmp_path, one
 
     # a rerun with nothing left to train opens no event file
     fit(spec, _net(train_set.num_classes), training_loss(spec, teacher), train_set, val_set, cpu, out, key="k",
-        progress=False)  # fmt: skip
+        progress=False)
     assert len(event_files(out / FOLDER)) == 2
 
 
@@ -178,7 +178,7 @@ def test_search_writes_losses_lambda_latency_and_entropies(tmp_path):
     lut_path = fake_lut().save(tmp_path / "lut.json")
     # path sampling: the fast search (what is logged does not depend on it)
     cfg = load_config("smoke", {**_tiny_overrides(tmp_path, lut_path), "search.pretrain_epochs": 1,
-                                "search.search_epochs": 2, "search.path_sampling": True})  # fmt: skip
+                                "search.search_epochs": 2, "search.path_sampling": True})
     result = run_search(cfg, start_run(cfg, "01_search"), progress=False)
     folder = tmp_path / "smoke" / "01_search"
     got = curves(folder / FOLDER)
@@ -195,7 +195,7 @@ def test_search_writes_losses_lambda_latency_and_entropies(tmp_path):
                 "latency/student_latency_ms", "latency/student_fps", "latency/teacher_latency_ms",
                 "latency/target_ms_low", "latency/target_ms_high", "miou/miou_student_8s_32s",
                 "miou/miou_teacher_16s_32s", "entropy/student_alpha", "entropy/student_beta",
-                "entropy/student_gamma", "entropy/teacher_alpha", "entropy/teacher_beta"):  # fmt: skip
+                "entropy/student_gamma", "entropy/teacher_alpha", "entropy/teacher_beta"):
         assert [s for s, _ in got[tag]] == steps, tag
         assert all(math.isfinite(v) for _, v in got[tag]), tag
     assert "entropy/teacher_gamma" not in got  # the teacher has one width: nothing to choose
@@ -244,7 +244,7 @@ def test_the_tensorboard_command_serves_a_profiles_runs_with_restarts_purged(tmp
             resumed.add({"iteration/loss": 20.0 + step}, step)
     port = _free_port()
     cmd = [sys.executable, "-m", "fasterseg_core", "tensorboard", "--profile", "smoke", "--overrides",
-           json.dumps({"output_root": str(tmp_path)}), "--port", str(port)]  # fmt: skip
+           json.dumps({"output_root": str(tmp_path)}), "--port", str(port)]
     server = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run = f"04_student/seed-{SEED}/{FOLDER}"
     query = urllib.parse.urlencode({"run": run, "tag": "iteration/loss"})
@@ -255,7 +255,7 @@ def test_the_tensorboard_command_serves_a_profiles_runs_with_restarts_purged(tmp
             time.sleep(0.5)
             try:  # the server loads the folder in the background: poll until it has read both files
                 points = [(step, value) for _, step, value in
-                          _get(f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?{query}")]  # fmt: skip
+                          _get(f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?{query}")]
             except OSError:
                 pass
         assert server.poll() is None, server.stdout.read()

@@ -105,7 +105,7 @@ def test_the_bar_counts_papermills_cells_with_an_eta_and_ignores_training_bars()
     launcher = widgets.Launcher(log, bar, status, eta)
     # the real lines, then a pause so that the position can be read before the clean exit fills the bar
     script = f"import sys, time; sys.stderr.write({chr(10).join(PAPERMILL_LINES)!r} + '\\n'); sys.stderr.flush(); " \
-             "time.sleep(30)"  # fmt: skip
+             "time.sleep(30)"
     launcher.start([sys.executable, "-c", script], "cells")
     try:
         _wait_for(lambda: "ETA" in eta.value)
@@ -126,7 +126,7 @@ def test_stop_ends_the_whole_process_group(tmp_path):
     log, bar, status = w.HTML(), w.IntProgress(), w.HTML()
     launcher = widgets.Launcher(log, bar, status)
     script = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
-              "print('started', flush=True); time.sleep(60)")  # fmt: skip
+              "print('started', flush=True); time.sleep(60)")
     launcher.start([sys.executable, "-c", script], "sleeper")
     _wait_for(lambda: "started" in log.value)
     family = [psutil.Process(launcher.proc.pid), *psutil.Process(launcher.proc.pid).children(recursive=True)]
@@ -160,7 +160,7 @@ def test_every_config_key_has_a_widget_of_its_kind():
     assert list(form.fields) == [k for k in keys if k != "profile"]  # the profile has its own dropdown
     kind = {k: type(f.widget) for k, f in form.fields.items()}
     assert kind["data.dataset"] is w.Dropdown and form.fields["data.dataset"].widget.options == (
-        "cityscapes", "camvid", "synthetic")  # fmt: skip
+        "cityscapes", "camvid", "synthetic")
     assert kind["student.channels_last"] is w.Checkbox
     assert kind["student.epochs"] is w.BoundedIntText and form.fields["student.epochs"].widget.min == 1
     assert kind["student.momentum"] is w.BoundedFloatText and form.fields["student.momentum"].widget.max == 1.0
@@ -179,7 +179,7 @@ def test_an_edit_becomes_an_override_shown_live():
     form.fields["student.crop_size_hw"].widget.value = "96, 192"
     form.fields["latency.backends"].widget.value = "eager, ort"
     expected = {"search.latency_lambda_init": 0.02, "student.epochs": 5, "student.crop_size_hw": [96, 192],
-                "latency.backends": ["eager", "ort"]}  # fmt: skip
+                "latency.backends": ["eager", "ort"]}
     assert form.overrides() == expected
     assert form.cfg == load_config("smoke", expected) and form.cfg.student.crop_size_hw == (96, 192)
     assert json.loads(html.unescape(form.overrides_view.value.split("<pre", 1)[1].split(">", 1)[1][:-6])) == expected
@@ -325,7 +325,7 @@ def test_stop_interrupts_a_real_stage_and_its_kernel(tmp_path):
 
     overrides = {"output_root": str(tmp_path), "data.synthetic_hw": [64, 128], "data.synthetic_train_images": 4,
                  "data.synthetic_eval_images": 2, "student.epochs": 500, "student.iters_per_epoch": 1,
-                 "student.batch_size": 2, "student.crop_size_hw": [64, 128], "seeds": [1]}  # fmt: skip
+                 "student.batch_size": 2, "student.crop_size_hw": [64, 128], "seeds": [1]}
     cfg = load_config("smoke", overrides)
     log, bar, status, eta = w.HTML(), w.IntProgress(), w.HTML(), w.HTML()
     launcher = widgets.Launcher(log, bar, status, eta)

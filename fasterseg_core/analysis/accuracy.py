@@ -26,9 +26,9 @@ STUDY_RUNS = {
     "03_distill": ("100epoch_distilled_student_from_100epoch_teacher",
                    "100epoch_distilled_student_from_pretrain_teacher"),
     "04_student": ("100epoch_trainscratch_student", "300epoch_trainscratch_student"),
-}  # fmt: skip
+}
 _T1_METRICS = (("miou_no_back", "Mean IU no back (%)"), ("pixel_acc", "Mean pixel acc (%)"),
-               ("miou", "Validation mIoU (%)"))  # fmt: skip
+               ("miou", "Validation mIoU (%)"))
 
 
 def ci_text(values: list[float], scale: float = 100.0) -> str:
@@ -60,18 +60,18 @@ def table1(art: Artifacts, pub: Published) -> Exhibit:
                 "at epoch": _epochs_text([m["val"][which]["epoch"] for m in s.per_seed.values()]),
                 **{label: 100 * float(np.mean(per[key])) for key, label in _T1_METRICS},
                 "mIoU 95 % CI": ci_text(per["miou"]), "note": "" if s.status == "complete" else s.status,
-            })  # fmt: skip
+            })
     for r in pub.study_table1():
         rows.append({"source": f"study, {r.column_group}", "model": r.column_label, "split": "Cityscapes val",
                      "epochs": r.epochs, "seeds": 1, "Mean IU no back (%)": r.mean_iu_no_back,
                      "Mean pixel acc (%)": r.mean_pixel_acc, "Validation mIoU (%)": r.validation_miou,
-                     "note": "authors' released weights" if "released" in r.weights else ""})  # fmt: skip
+                     "note": "authors' released weights" if "released" in r.weights else ""})
     paper = pub.paper_value("cityscapes_val_miou")
     rows.append({"source": pub.cite("paper.cityscapes_val_miou"), "model": "FasterSeg (student)",
                  "split": "Cityscapes val", "epochs": PAPER_EPOCHS, "seeds": 1, "Validation mIoU (%)": paper.value,
-                 "note": "best val during training"})  # fmt: skip
+                 "note": "best val during training"})
     cols = ["source", "model", "split", "epochs", "seeds", "at epoch", *(m[1] for m in _T1_METRICS), "mIoU 95 % CI",
-            "note"]  # fmt: skip
+            "note"]
     epochs = {m["epochs"] for st in TRAINED if (m := art.trained(st))}
     cap = (
         f"Validation scores (%) of this run's networks at their best checkpoint (highest val mIoU, at the epoch "
@@ -110,7 +110,7 @@ def study_test_iou(pub: Published) -> pd.DataFrame:
     """The study's four Cityscapes test-server submissions: long frame of class (normalised name),
     submission and IoU (%)."""
     rows = [{"key": norm_class(c), "model": f"study: {s.figure_label}", "iou": v}
-            for s in pub.study_figure1().submissions for c, v in s.class_iou.items()]  # fmt: skip
+            for s in pub.study_figure1().submissions for c, v in s.class_iou.items()]
     return pd.DataFrame(rows)
 
 
@@ -132,7 +132,7 @@ def figure1(art: Artifacts, pub: Published, which: str = "best") -> Exhibit:
         bars = pd.concat([ours, study.drop(columns="key")], ignore_index=True)
         figure_means = pub.study_figure1().bar_values
         means = pd.concat([means, pd.DataFrame([{"model": f"study: {k}", "seed": 0, "iou": v}
-                                                for k, v in figure_means.items() if "published" not in k])])  # fmt: skip
+                                                for k, v in figure_means.items() if "published" not in k])])
         study_note = " Study bars: its Cityscapes test-server results (one submission each)."
     ref_key = "cityscapes_test_miou" if dataset == "cityscapes" else "camvid_miou" if dataset == "camvid" else ""
     reference = None
@@ -152,7 +152,7 @@ def figure1(art: Artifacts, pub: Published, which: str = "best") -> Exhibit:
     )
     table = bars.pivot_table(index="class", columns="model", values="iou", aggfunc="mean", sort=False)
     table = table.reindex(pd.unique(ours["class"])).reset_index().rename(columns=lambda c: c if c == "class"
-                                                                         else f"{c} (%)")  # fmt: skip
+                                                                         else f"{c} (%)")
     return Exhibit("Figure 1", title, cap, table=table, figure=fig)
 
 
@@ -180,7 +180,7 @@ def distillation_gain(art: Artifacts, pub: Published, which: str = "best") -> Ex
     for cls, g in gain.groupby("class", sort=False):
         s = summarize(g.gain.to_numpy())
         rows.append({"class": cls, "seeds": s.n, "mean gain (points)": s.mean, "95 % CI low": s.ci_low,
-                     "95 % CI high": s.ci_high, "per seed": ", ".join(f"{v:+.1f}" for v in g.gain)})  # fmt: skip
+                     "95 % CI high": s.ci_high, "per seed": ", ".join(f"{v:+.1f}" for v in g.gain)})
     fig = plot_class_gain(gain, title=f"{split} split, {which} checkpoints: distilled − trained student")
     mean_iou = gain.groupby("seed").gain.mean()
     overall = paired_difference(mean_iou.to_numpy(), np.zeros(len(mean_iou)))
@@ -194,7 +194,7 @@ def distillation_gain(art: Artifacts, pub: Published, which: str = "best") -> Ex
         + (f" (95 % interval [{overall.ci_low:+.1f}, {overall.ci_high:+.1f}], n = {overall.n})." if overall.n > 1
            else " (one seed: no interval).")
         + f" The study's test mIoU at 100 epochs: distilled {d} vs trained {t} ({d - t:+.2f} points, one run)."
-    )  # fmt: skip
+    )
     fmts = {"seeds": "{:.0f}", "mean gain (points)": "{:+.1f}", "95 % CI low": "{:+.1f}", "95 % CI high": "{:+.1f}"}
     return Exhibit("Figure 5", title, cap, pd.DataFrame(rows), fig, formats=fmts)
 
@@ -211,7 +211,7 @@ def training_curves(art: Artifacts, pub: Published) -> Exhibit:
         for kind, col in (("val", "val_miou"), ("train", "train_miou")):
             h = hist[["epoch", "seed", col]].dropna()
             rows += [{"panel": model, "series": f"this run, {kind}", "kind": kind, "source": "ours", "seed": s,
-                      "x": e * scale, "miou": 100 * v} for e, s, v in zip(h.epoch, h.seed, h[col])]  # fmt: skip
+                      "x": e * scale, "miou": 100 * v} for e, s, v in zip(h.epoch, h.seed, h[col])]
     curves = pub.study_curves()
     for stage, names in STUDY_RUNS.items():
         role = TRAINED[stage][1]
@@ -221,7 +221,7 @@ def training_curves(art: Artifacts, pub: Published) -> Exhibit:
                 for kind, values in (("val", p.valid_miou), ("train", p.train_miou)):
                     if (v := values.get(role)) is not None:
                         rows.append({"panel": TRAINED[stage][0], "series": f"{label}, {kind}", "kind": kind,
-                                     "source": "study", "seed": 0, "x": p.epoch, "miou": 100 * v})  # fmt: skip
+                                     "source": "study", "seed": 0, "x": p.epoch, "miou": 100 * v})
     frame = pd.DataFrame(rows)
     fig = plot_study_curves(frame, [TRAINED[s][0] for s in TRAINED])
     ours = ", ".join(s for s in TRAINED if art.trained(s) is None)
@@ -232,5 +232,5 @@ def training_curves(art: Artifacts, pub: Published) -> Exhibit:
         f"(iterations × batch / {PAPER_ITERS * PAPER_BATCH:,}), log scale, so a short run sits at the left of the "
         "study's. Datasets differ unless this is a Cityscapes run."
         + (f" Not run: {ours}." if ours else "") + f" {pub.note}"
-    )  # fmt: skip
+    )
     return Exhibit("Figure 2", "Training curves", cap, figure=fig)

@@ -68,7 +68,7 @@ class StageArtifacts:
     def seed_table(self, name: str) -> pd.DataFrame | None:
         """A CSV every seed run wrote (``history.csv``, ``per_class_iou.csv``), with a ``seed`` column."""
         frames = [pd.read_csv(p).assign(seed=s) for s in self.per_seed
-                  if (p := self.folder / f"seed-{s}" / name).exists()]  # fmt: skip
+                  if (p := self.folder / f"seed-{s}" / name).exists()]
         return pd.concat(frames, ignore_index=True) if frames else None
 
 

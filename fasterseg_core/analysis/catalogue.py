@@ -91,6 +91,6 @@ def contents(exhibits: dict[str, list[Exhibit]]) -> Exhibit:
     """The list of exhibits, in order: label, title and section (unnumbered: it lists the numbered ones)."""
     heading = {s.key: s.heading for s in CATALOGUE}
     rows = [{"exhibit": e.label, "title": e.title, "section": heading[key]}
-            for key, group in exhibits.items() for e in group]  # fmt: skip
+            for key, group in exhibits.items() for e in group]
     return Exhibit("Contents", "Tables and figures", "In the order they follow; numbered from one catalogue "
-                   "(fasterseg_core/analysis/catalogue.py).", pd.DataFrame(rows))  # fmt: skip
+                   "(fasterseg_core/analysis/catalogue.py).", pd.DataFrame(rows))

@@ -51,7 +51,7 @@ PUBLISHED_DIFFERENCES: dict[tuple[str, str], tuple[str, str]] = {
                                                       "study.figure1.bar_values.Trained Student (100 epochs)"),
     ("study_distilled_above_teacher_val", "val"): ("study.table1.models.distilled_student_100ep.validation_miou",
                                                    "study.table1.models.teacher_100ep.validation_miou"),
-}  # fmt: skip
+}
 
 
 def published_difference(pub: Published, claim: str, split: str) -> tuple[float, str] | None:
@@ -128,7 +128,7 @@ def scale_note(art: Artifacts) -> str:
     dataset = m["dataset"]
     length = f"{schedule} (paper: 600 × 1000 of 12 at 512×1024; study: 100–300 epochs)"
     parts = [f"{dataset} ({'the study: Cityscapes' if dataset != 'cityscapes' else 'as the study'})", length,
-             f"device {art.cfg.device}"]  # fmt: skip
+             f"device {art.cfg.device}"]
     return "At this scale: " + "; ".join(parts) + ". A verdict says what holds here, not at the paper's scale."
 
 
@@ -168,10 +168,10 @@ def _paired_claim(a: str, b: str, splits: tuple[str, ...], expect: str, label: s
             d = _paired(art, a, b, split, teacher=teacher)
             metric = f"{split} mIoU, {label} (points{', paired by seed' if not teacher else ''})"
             extra = "" if not teacher or art.cfg.teacher_per_seed else \
-                " One teacher serves every seed: its own spread is not counted."  # fmt: skip
+                " One teacher serves every seed: its own spread is not counted."
             out.append(_entry(c, pub, metric, d, verdict(list(d.values()), expect, MARGIN_POINTS), note + extra,
                               MARGIN_POINTS, paired=True)
-                       if d else _missing(c, pub, metric, f"needs {b} and {a}"))  # fmt: skip
+                       if d else _missing(c, pub, metric, f"needs {b} and {a}"))
             out[-1].analogue = analogue(art)
         return out
 
@@ -189,7 +189,7 @@ CLAIMS: dict[str, Tester] = {
     "paper_student_meets_latency_target": lambda art, pub, c, note: [_latency_target(art, pub, c)],
     "study_student_much_faster_than_teacher": lambda art, pub, c, note: [_faster(art, pub, c)],
     "paper_student_params_flops": lambda art, pub, c, note: _size(pub, c),
-}  # fmt: skip
+}
 
 
 def ledger(art: Artifacts, pub: Published) -> list[Entry]:
@@ -202,7 +202,7 @@ def ledger(art: Artifacts, pub: Published) -> list[Entry]:
     claims = pub.claims()
     if {c.id for c in claims} != set(CLAIMS):
         raise KeyError(f"claims and testers differ: published only {sorted({c.id for c in claims} - set(CLAIMS))}, "
-                       f"tested only {sorted(set(CLAIMS) - {c.id for c in claims})}")  # fmt: skip
+                       f"tested only {sorted(set(CLAIMS) - {c.id for c in claims})}")
     note = scale_note(art)
     return [e for c in claims for e in CLAIMS[c.id](art, pub, c, note)]
 
@@ -221,14 +221,14 @@ def _latency_target(art: Artifacts, pub: Published, c: Any) -> Entry:
     value = fps[int(art.cfg.search.seed)]
     off = ("inside the window" if low <= value <= high else
            f"{100 * (value / high - 1):+.0f} % beyond its top" if value > high else
-           f"{100 * (value / low - 1):+.0f} % below its bottom")  # fmt: skip
+           f"{100 * (value / low - 1):+.0f} % below its bottom")
     v = Verdict(v.label, f"{value:.1f} FPS on the table, {off} ({low:.1f}–{high:.1f} FPS): "
                 f"{'met' if low <= value <= high else 'missed'}; one search, its spread over searches unknown.",
-                v.rule, v.expect)  # fmt: skip
+                v.rule, v.expect)
     note = (f"One search (seed {art.cfg.search.seed}) of {m['arch_steps']} architecture steps (paper: {PAPER_ARCH_STEPS:,}), on "
             f"this device's lookup table; window {low:.1f}–{high:.1f} FPS = the published student's table FPS "
             f"± {100 * art.cfg.search.target_window_rel:g} %. The largest α/β/γ change was "
-            f"{m['student']['arch_max_shift']:.3g}.")  # fmt: skip
+            f"{m['student']['arch_max_shift']:.3g}.")
     return _entry(c, pub, metric, fps, v, note)
 
 
@@ -239,7 +239,7 @@ def _faster(art: Artifacts, pub: Published, c: Any) -> Entry:
         return _missing(c, pub, "latency ratio", f"05_latency {art.stages['05_latency'].status}")
     eager = lat[(lat.status == "ok") & (lat.backend == "eager")]
     rows = {n: eager[eager.network == n].iloc[0] for n in ("published teacher", "published student")
-            if (eager.network == n).any()}  # fmt: skip
+            if (eager.network == n).any()}
     if len(rows) < 2:
         return _missing(c, pub, "latency ratio", "no eager latency of both published networks")
     ratio = float(rows["published teacher"].median_ms / rows["published student"].median_ms)
@@ -247,7 +247,7 @@ def _faster(art: Artifacts, pub: Published, c: Any) -> Entry:
     tag = rows["published student"].hardware_tag
     return _entry(c, pub, f"teacher / student latency, eager PyTorch on {tag} ({rows['published student'].input_hw})",
                   {0: ratio}, v, f"One machine's median latencies (05_latency); a ratio must exceed 1 + "
-                  f"{SPEED_NOISE:g} (this machine's run-to-run noise) to count as faster.")  # fmt: skip
+                  f"{SPEED_NOISE:g} (this machine's run-to-run noise) to count as faster.")
 
 
 @functools.cache
@@ -279,7 +279,7 @@ def _size(pub: Published, c: Any) -> list[Entry]:
                f"published {threshold:g}: {v.label}, {inside} ±{margin:.2g} "
                + ("(the published figure is rounded to one decimal)." if key == "params" else
                   f"(2 %: counting conventions alone move this network's count by {spread:.1f} %, from "
-                  f"{ours.conv_macs / 1e9:.2f} G of plain convolutions to {other:.2f} G)."))  # fmt: skip
+                  f"{ours.conv_macs / 1e9:.2f} G of plain convolutions to {other:.2f} G)."))
         v = Verdict(v.label, why, v.rule, v.expect)
         note = "Counted on the network the claim is about (19 classes), not on this run's dataset head."
         out.append(_entry(c, pub, metric, {0: value}, v, note))
@@ -292,11 +292,11 @@ def ledger_table(entries: list[Entry]) -> pd.DataFrame:
     for e in entries:
         s = e.summary
         ours = "" if not s else (f"{s['mean']:.3g}" + (f" [{s['ci_low']:.3g}, {s['ci_high']:.3g}]" if s["n"] > 1 else "")
-                                 + f" (n = {s['n']})")  # fmt: skip
+                                 + f" (n = {s['n']})")
         rows.append({"claim": e.claim, "source": f"{e.source}, {e.where}", "published": e.published,
                      "tested here": e.metric + (f"; {e.analogue}" if e.analogue else ""), "ours: mean [95 % CI]": ours,
                      "per seed": ", ".join(f"{v:.3g}" for v in e.per_seed.values()), "verdict": e.verdict,
-                     "why": e.reason + (f" Power: {e.power}" if e.power else "")})  # fmt: skip
+                     "why": e.reason + (f" Power: {e.power}" if e.power else "")})
     return pd.DataFrame(rows)
 
 
@@ -309,7 +309,7 @@ def claims_exhibit(art: Artifacts, entries: list[Entry], pub: Published) -> Exhi
         f"of each verdict is in 06_analysis/claims.json. {scale_note(art)} {pub.note}"
     )
     widths = {"claim": 18, "source": 7, "published": 12, "tested here": 14, "ours: mean [95 % CI]": 10,
-              "per seed": 7, "verdict": 10, "why": 22}  # fmt: skip
+              "per seed": 7, "verdict": 10, "why": 22}
     return Exhibit("Table 5", "Claims ledger", cap, ledger_table(entries), widths=widths)
 
 
@@ -321,19 +321,19 @@ def paired_figure(entries: list[Entry]) -> Exhibit:
         if e.per_seed and "points" in e.metric:
             measured.setdefault(e.metric, e)
     rows = [{"claim": metric, "seed": s, "points": v} for metric, e in measured.items()
-            for s, v in e.per_seed.items()]  # fmt: skip
+            for s, v in e.per_seed.items()]
     title = "Paired differences per seed"
     if not rows:
         return Exhibit("Figure 6", title, "", missing="no paired comparison ran")
     frame = pd.DataFrame(rows)
     cap = (f"Each coloured dot is one seed's difference in mIoU points; the black diamond is their mean and its "
            f"whiskers the 95 % Student-t interval; the grey band is ±{MARGIN_POINTS:g} point, the margin of "
-           "'on par'.")  # fmt: skip
+           "'on par'.")
     return Exhibit("Figure 6", title, cap, frame, plot_paired_differences(frame, MARGIN_POINTS),
-                   formats={"points": "{:+.2f}", "seed": "{:.0f}"})  # fmt: skip
+                   formats={"points": "{:+.2f}", "seed": "{:.0f}"})
 
 
 def save_ledger(entries: list[Entry], folder: Path) -> Path:
     """``claims.json`` beside the analysis' other outputs."""
     return save_json({"format": "fasterseg-claims/1", "margin_points": MARGIN_POINTS,
-                      "claims": [asdict(e) for e in entries]}, Path(folder) / "claims.json")  # fmt: skip
+                      "claims": [asdict(e) for e in entries]}, Path(folder) / "claims.json")

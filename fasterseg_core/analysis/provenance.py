@@ -75,7 +75,7 @@ def _stage_provenance(art: Artifacts) -> list[Exhibit]:
         rows.append({"stage": stage, "status": s.status, "commit": (git.get("sha") or "")[:10],
                      "dirty": git.get("dirty"), "identity": m.get("identity", ""),
                      "expected": stage_identity(art.cfg, stage), "hardware": m.get("hardware", ""),
-                     "device": m.get("device", ""), "seed": m.get("seed")})  # fmt: skip
+                     "device": m.get("device", ""), "seed": m.get("seed")})
         for pkg, v in (m.get("versions") or {}).items():
             versions.setdefault(pkg, {}).setdefault(str(v), []).append(stage)
     cap = (
@@ -85,13 +85,13 @@ def _stage_provenance(art: Artifacts) -> list[Exhibit]:
         "the stage ran."
     )
     vrows = [{"package": p, "version": " / ".join(f"{v} ({', '.join(st)})" if len(by) > 1 else v
-                                                  for v, st in by.items())} for p, by in versions.items()]  # fmt: skip
+                                                  for v, st in by.items())} for p, by in versions.items()]
     return [
         Exhibit("Table 4a", "Provenance per stage", cap, pd.DataFrame(rows), formats={"seed": "{:.0f}"}),
         Exhibit("Table 4b", "Software", f"Package versions recorded in the manifests ({prof}/<stage>/"
                 "manifest.json); a package listed with several versions changed between stages.",
                 pd.DataFrame(vrows), missing="" if vrows else "no stage ran"),
-    ]  # fmt: skip
+    ]
 
 
 def _machines(art: Artifacts) -> Exhibit:
@@ -103,11 +103,11 @@ def _machines(art: Artifacts) -> Exhibit:
             e = data["environment"]
             envs.append({"hardware tag": data["hardware_tag"], "CPU": e.get("cpu_model"), "cores": e.get("cpu_count"),
                          "torch threads": e.get("torch_threads"), "GPU": e.get("gpu_name", ""),
-                         "torch": e.get("torch_version"), "measured": e.get("measured_at", "")})  # fmt: skip
+                         "torch": e.get("torch_version"), "measured": e.get("measured_at", "")})
     return Exhibit("Table 4c", "Machines that timed latency",
                    f"The environment block of every outputs/{art.cfg.profile}/latency/<hardware tag>.json.",
                    pd.DataFrame(envs), missing="" if envs else "05_latency not run",
-                   formats={"cores": "{:.0f}", "torch threads": "{:.0f}"})  # fmt: skip
+                   formats={"cores": "{:.0f}", "torch threads": "{:.0f}"})
 
 
 def _departures(art: Artifacts) -> Exhibit:
@@ -123,7 +123,7 @@ def _departures(art: Artifacts) -> Exhibit:
         f"outputs/{art.cfg.profile}/<stage>/config.yaml."
     )
     return Exhibit("Table 4e", "Resolved config, departures from the paper", cap, pd.DataFrame(diff).astype(str),
-                   missing="" if diff else "none")  # fmt: skip
+                   missing="" if diff else "none")
 
 
 def _dataset_exhibit(art: Artifacts) -> Exhibit:

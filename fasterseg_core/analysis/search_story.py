@@ -79,7 +79,7 @@ def searched_vs_published(art: Artifacts) -> Exhibit:
     for origin in ("searched", "published"):
         for role in ("student", "teacher"):
             arch = (Architecture.from_json(s.folder / f"arch_{role}.json") if origin == "searched"
-                    else published_architecture(role))  # fmt: skip
+                    else published_architecture(role))
             r = eager[eager.network == f"{origin} {role}"] if len(eager) else eager
             rows.append({
                 "network": f"{origin} {role}", "cells per branch": " + ".join(str(len(b)) for b in arch.branches),
@@ -89,7 +89,7 @@ def searched_vs_published(art: Artifacts) -> Exhibit:
                 "measured ms": float(r.iloc[0].median_ms) if len(r) else None,
                 "params (M)": float(r.iloc[0].params_M) if len(r) else None,
                 "largest α/β/γ change": m[role]["arch_max_shift"] if origin == "searched" else None,
-            })  # fmt: skip
+            })
     share = m["arch_steps"] / PAPER_ARCH_STEPS
     cap = (
         f"The networks this run's search derived beside the authors' published ones (Fig. 6): their table latency "

@@ -59,7 +59,7 @@ def _our_speed_rows(art: Artifacts, trained: dict[str, str]) -> list[dict[str, A
         ok = r.status == "ok"
         rows.append({"source": "ours", "network": r.network, "hardware": r.hardware_tag, "backend": r.backend,
                      "input": r.input_hw, "params (M)": r.params_M, "GFLOPs": r.thop_GMACs_1024x2048,
-                     "ms": r.median_ms if ok else np.nan, "FPS": r.fps if ok else r.status})  # fmt: skip
+                     "ms": r.median_ms if ok else np.nan, "FPS": r.fps if ok else r.status})
     return rows
 
 
@@ -67,7 +67,7 @@ def _paper_speed_rows(pub: Published) -> list[dict[str, Any]]:
     fps, params, flops = (pub.paper_value(k) for k in ("cityscapes_fps", "student_params", "student_flops"))
     return [{"source": pub.cite("paper.cityscapes_fps"), "network": "student", "hardware": "GTX 1080 Ti",
              "backend": "TensorRT", "input": "1024x2048", "params (M)": params.value, "GFLOPs": flops.value,
-             "ms": 1000 / fps.value, "FPS": fps.value}]  # fmt: skip
+             "ms": 1000 / fps.value, "FPS": fps.value}]
 
 
 def _study_speed_rows(pub: Published) -> list[dict[str, Any]]:
@@ -79,12 +79,12 @@ def _study_speed_rows(pub: Published) -> list[dict[str, Any]]:
             continue  # the column quoting the paper
         rows.append({"source": f"study {col.hardware}", "network": "student", "hardware": gpu[col.hardware],
                      "backend": "not logged", "input": "1024x2048", "params (M)": col.params_M,
-                     "GFLOPs": col.flops_G, "ms": 1000 / col.fps, "FPS": col.fps})  # fmt: skip
+                     "GFLOPs": col.flops_G, "ms": 1000 / col.fps, "FPS": col.fps})
     for log in t2.logs:
         if log.model == "teacher":
             rows.append({"source": f"study {log.hardware} (log)", "network": "teacher", "hardware": gpu[log.hardware],
                          "backend": "not logged", "input": "1024x2048", "params (M)": log.params_M,
-                         "GFLOPs": log.flops_G, "ms": log.latency_ms_derived, "FPS": log.fps})  # fmt: skip
+                         "GFLOPs": log.flops_G, "ms": log.latency_ms_derived, "FPS": log.fps})
     return rows
 
 
@@ -167,14 +167,14 @@ def compute_table(art: Artifacts, pub: Published) -> Exhibit:
         rows.append(row)
     times = pub.study_times()
     for key, stage in (("teacher_100ep", "02_teacher"), ("distillation_100ep_from_100ep_teacher", "03_distill"),
-                       ("student_100ep", "04_student"), ("student_300ep", "04_student")):  # fmt: skip
+                       ("student_100ep", "04_student"), ("student_300ep", "04_student")):
         t = times.from_logs[key]
         spe = t["train_s_per_epoch_mean"]
         rows.append({"stage": f"study {stage}", "status": "published", "hardware": times.gpu_stated,
                      "wall": duration(t["wall_total_h"] * 3600),
                      "recipe": _recipe(t["epochs"], PAPER_ITERS, PAPER_BATCH, PAPER_CROP_HW), "s/epoch": spe,
                      "s/iter": spe / PAPER_ITERS, "600k iters (h)": spe * PAPER_EPOCHS / 3600,
-                     "paper batch & crop (h)": spe * PAPER_EPOCHS / 3600})  # fmt: skip
+                     "paper batch & crop (h)": spe * PAPER_EPOCHS / 3600})
     cols = [
         "stage",
         "status",

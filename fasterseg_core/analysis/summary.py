@@ -34,7 +34,7 @@ _HEADLINE_KEYS = ("data.dataset", "data.base_scale", "data.color_jitter", "model
                   *(f"{stage}.{key}" for stage in ("teacher", "distill", "student")
                     for key in ("lr", "lr_schedule", "class_weighting")),
                   "search.search_epochs", "search.iters_per_epoch", "search.arch_lr", "search.path_sampling",
-                  "latency.input_hw", "device")  # fmt: skip
+                  "latency.input_hw", "device")
 
 
 def deviations(cfg: RunConfig) -> list[dict[str, Any]]:
@@ -57,7 +57,7 @@ PUBLISHED_RESULTS: dict[str, tuple[tuple[str, str], ...]] = {
                    ("Cityscapes test, 100 epochs", "study.figure1.bar_values.Distilled Student (100 epochs)")),
     "04_student": (("Cityscapes val, 100 epochs", "study.table1.models.trained_student_100ep.validation_miou"),
                    ("Cityscapes test, 100 epochs", "study.figure1.bar_values.Trained Student (100 epochs)")),
-}  # fmt: skip
+}
 TEACHER_LEAD_POINTS = 3.0  # a teacher this far above its students on val is "measurably stronger" (issue 26)
 RECIPE_KEYS = ("lr", "lr_schedule", "warmup_iters", "class_weighting")
 RECIPES = Path("benchmarks") / "results" / "recipe"  # benchmarks/recipe.py's records, in the project folder
@@ -81,7 +81,7 @@ def main_results(art: Artifacts, pub: Published) -> list[dict[str, Any]]:
         val, test = (list(art.seed_values(stage, split, "best").values()) if s.ran else [] for split in ("val", "test"))
         rows.append({"network": label, "stage": stage, "dataset": (s.metrics or {}).get("dataset", art.cfg.data.dataset),
                      "val": _mean_ci(val), "test": _mean_ci(test), "published": published,
-                     "val_mean": 100 * summarize(val).mean if val else None})  # fmt: skip
+                     "val_mean": 100 * summarize(val).mean if val else None})
     return rows
 
 
@@ -115,7 +115,7 @@ def recipe_provenance(cfg: RunConfig) -> list[str]:
         ours, paper = _recipe(cfg, section), _recipe(Paper(), section)
         chosen = [(path, r) for path, r in records  # a choice among candidates, not one measured run
                   if r.get("stage") == stage and len(r.get("candidates", [])) > 1
-                  and _matches(r.get("chosen_overrides"), ours, paper)]  # fmt: skip
+                  and _matches(r.get("chosen_overrides"), ours, paper)]
         if chosen and ours != paper:
             own[stage] = chosen[-1]
     out = []
@@ -128,17 +128,17 @@ def recipe_provenance(cfg: RunConfig) -> list[str]:
             path, r = own[stage]
             best = next(c for c in r["candidates"] if c["candidate"] == r["chosen"])
             vs = (f", {best['difference mean']:+.1f} points [{best['difference ci'][0]:.1f}, "
-                  f"{best['difference ci'][1]:.1f}] against {best['vs']}" if "vs" in best else "")  # fmt: skip
+                  f"{best['difference ci'][1]:.1f}] against {best['vs']}" if "vs" in best else "")
             line = (f"{label}: {_recipe_text(ours)}, chosen on val with seeds {r['seeds']} (disjoint from the "
                     f"study's) among {len(r['candidates'])} candidates: val mIoU {best['mean']:.1f} %{vs} "
-                    f"({rel(path)}).")  # fmt: skip
+                    f"({rel(path)}).")
         elif shared is not None:
             line = (f"{label}: {_recipe_text(ours)}, the recipe chosen on val for the "
                     f"{TRAINED[shared][0].lower()} ({rel(own[shared][0])}), shared as the paper shares one recipe "
-                    "across its networks; not selected separately for this network.")  # fmt: skip
+                    "across its networks; not selected separately for this network.")
         else:
             line = (f"{label}: {_recipe_text(ours)}, not the paper's ({_recipe_text(paper)}), and no record says it "
-                    "was chosen on val with seeds other than the study's.")  # fmt: skip
+                    "was chosen on val with seeds other than the study's.")
         if stage == "02_teacher":
             line += _recorded_lead(cfg, records)
         out.append(line)
@@ -190,7 +190,7 @@ def teacher_lead(rows: list[dict[str, Any]]) -> str:
     by = {r["stage"]: r["val_mean"] for r in rows}
     t = by.get("02_teacher")
     leads = [(label, t - by[s]) for s, label in (("03_distill", "the distilled"), ("04_student", "the scratch"))
-             if t is not None and by.get(s) is not None]  # fmt: skip
+             if t is not None and by.get(s) is not None]
     if not leads:
         return ""
     text = " and ".join(f"{label} student by {lead:.1f}" for label, lead in leads)
@@ -207,7 +207,7 @@ def confounds(art: Artifacts, rows: list[dict[str, Any]], recipes: list[str]) ->
     if any(_recipe_text(teacher) != s for s in students):
         out.append(f"The teacher trains with another recipe ({_recipe_text(teacher)}) than the students "
                    f"({'; '.join(sorted(students))}): a distilled − teacher difference mixes distillation with the "
-                   "recipe.")  # fmt: skip
+                   "recipe.")
     by = {r["stage"]: r for r in rows}
     t, d, sc = (by[s]["val_mean"] for s in ("02_teacher", "03_distill", "04_student"))
     if t is not None and (d is not None or sc is not None):
@@ -215,7 +215,7 @@ def confounds(art: Artifacts, rows: list[dict[str, Any]], recipes: list[str]) ->
         if t - best_student < TEACHER_LEAD_POINTS:
             out.append(f"The teacher is not measurably stronger than the students (val mIoU {t:.1f} against "
                        f"{best_student:.1f} %, under the {TEACHER_LEAD_POINTS:g}-point lead that makes distillation "
-                       "worth testing): the paper's gain from a stronger teacher cannot show.")  # fmt: skip
+                       "worth testing): the paper's gain from a stronger teacher cannot show.")
     if not cfg.teacher_per_seed and len(cfg.seeds) > 1:
         out.append("One teacher serves every seed: differences against it leave its own seed-to-seed spread out.")
     out += [line for line in recipes if "no record says" in line]
@@ -234,27 +234,27 @@ def discussion(art: Artifacts, entries: list[Entry]) -> dict[str, list[str]]:
         why.append(f"Compute: {m['epochs']} × {m['iters_per_epoch']} iterations of batch {m['batch_size']} per "
                    f"{'teacher' if which == '02_teacher' else 'student'} "
                    f"= {100 * iters / paper:.2g} % of the paper's {PAPER_EPOCHS} × {PAPER_ITERS} of batch {PAPER_BATCH} "
-                   "images seen.")  # fmt: skip
+                   "images seen.")
         why.append(f"Data and resolution: {m['dataset']} crops of {m['crop_hw'][0]}×{m['crop_hw'][1]} at scale "
                    f"{cfg.data.base_scale:g}, against the paper's Cityscapes crops of {PAPER_CROP_HW[0]}×{PAPER_CROP_HW[1]} "
-                   "from 1024×2048 images.")  # fmt: skip
+                   "from 1024×2048 images.")
     t, st = art.trained("02_teacher"), art.trained("04_student") or art.trained("03_distill")
     if t is not None and st is not None and t["epochs"] * t["iters_per_epoch"] != st["epochs"] * st["iters_per_epoch"]:
         ratio = t["epochs"] * t["iters_per_epoch"] / (st["epochs"] * st["iters_per_epoch"])
         why.append(f"Teacher: {t['epochs']} × {t['iters_per_epoch']} iterations, {ratio:.2g}× the students' (the paper "
                    "trains both alike): at a few thousand iterations the larger network learns more slowly, and a "
-                   "teacher no better than its students would leave distillation nothing to pass on.")  # fmt: skip
+                   "teacher no better than its students would leave distillation nothing to pass on.")
     source = architecture_source(cfg)
     why.append("Networks: " + ("the ones this run's 01_search derived, on this machine's latency table and a search "
                                "far shorter than the paper's." if source == "searched" else
-                               "the authors' published Fig. 6 architectures, not searched here."))  # fmt: skip
+                               "the authors' published Fig. 6 architectures, not searched here."))
     for e in entries:
         if e.power_detail:
             cannot.append(f"{e.metric}: {e.power}")
         elif e.verdict in ("supported", "contradicted", "on par") and not e.power_detail:
             can.append(f"{e.metric}: {e.verdict}, a quantity measured once, exactly, on this machine or network.")
     cannot.append(f"The published Cityscapes numbers themselves: this run trains on {cfg.data.dataset}; only the "
-                  "direction and size of differences between networks trained alike carry over.")  # fmt: skip
+                  "direction and size of differences between networks trained alike carry over.")
     return {"why": why, "can": can, "cannot": cannot}
 
 
@@ -274,7 +274,7 @@ def methodology(art: Artifacts) -> dict[str, Any]:
         "stages": stages, "pipeline_seconds": pipeline_s or None,
         # the autocast each training stage ran with (amp: auto resolves per machine; "none" = fp32)
         "precision": {s: m["precision"] for s, m in manifests.items() if m.get("precision")},
-    }  # fmt: skip
+    }
 
 
 def easy_and_difficult(art: Artifacts, entries: list[Entry]) -> tuple[list[str], list[str]]:
@@ -283,7 +283,7 @@ def easy_and_difficult(art: Artifacts, entries: list[Entry]) -> tuple[list[str],
     ran = [s for s in STAGES if art.stages[s].ran]
     if ran:
         easy.append(f"{len(ran)} of {len(STAGES)} stages ran from one command (make report) and recorded their "
-                    "config, commit and machine.")  # fmt: skip
+                    "config, commit and machine.")
     for e in entries:
         if e.verdict in ("supported", "on par") and not e.metric.startswith(("val", "test")):
             easy.append(f"{e.metric}: {e.verdict} ({_ours(e.summary)}).")
@@ -311,7 +311,7 @@ def build_summary(art: Artifacts, entries: list[Entry], pub: Published) -> dict[
         "confounds": confounds(art, main, recipes), "discussion": discussion(art, entries),
         "recipes": recipes, "margin_points": MARGIN_POINTS,
         "easy": easy, "difficult": hard, "deviations": deviations(art.cfg), "published_note": pub.note,
-    }  # fmt: skip
+    }
 
 
 def _ours(s: dict[str, Any]) -> str:
@@ -332,7 +332,7 @@ def summary_html(summary: dict[str, Any]) -> str:
     esc = html.escape
     m = summary["methodology"]
     stages = ", ".join(f"{s} {v['status']}" + (f" ({duration(v['seconds'])})" if v["seconds"] else "")
-                       for s, v in m["stages"].items())  # fmt: skip
+                       for s, v in m["stages"].items())
     total = f" {duration(m['pipeline_seconds'])} of stages in all." if m["pipeline_seconds"] else ""
     precision = ", ".join(f"{s} {'fp32' if p == 'none' else p}" for s, p in m.get("precision", {}).items())
     total += f" Training precision: {precision}." if precision else ""
@@ -340,16 +340,16 @@ def summary_html(summary: dict[str, Any]) -> str:
                    f"<td>{esc(r.get('published_difference') or _short(r['published']))}</td>"
                    f"<td>{esc(_ours(r['ours']))}</td>"
                    f"<td class='verdict verdict-{esc(r['verdict'].replace(' ', '-'))}'>{esc(r['verdict'])}</td></tr>"
-                   for r in summary["results"])  # fmt: skip
+                   for r in summary["results"])
     # the scale each claim is tested at is the same for most claims: said once under the table, not per row
     scales = "; ".join(dict.fromkeys(r["analogue"] for r in summary["results"] if r.get("analogue")))
     tested_at = f"<p>Tested at this run's scale: {esc(scales)}.</p>" if scales else ""
     main = "".join(f"<tr><td>{esc(r['network'])}</td><td>{esc(r['val'])}</td><td>{esc(r['test'])}</td>"
                    f"<td>{'<br>'.join(esc(x) for x in r['published'])}</td></tr>"
-                   for r in summary.get("main_results", []))  # fmt: skip
+                   for r in summary.get("main_results", []))
     dataset = esc(str(m["dataset"]))
     devs = "".join(f"<li><code>{esc(d['key'])}</code>: {esc(json.dumps(d['this run']))} (paper "
-                   f"{esc(json.dumps(d['paper']))})</li>" for d in summary["deviations"])  # fmt: skip
+                   f"{esc(json.dumps(d['paper']))})</li>" for d in summary["deviations"])
     scope = "".join(f"<li>{esc(s['claim'])} <i>({esc(s['source'])})</i></li>" for s in summary["scope"])
     disc = summary.get("discussion") or {"why": [], "can": [], "cannot": []}
 

@@ -100,7 +100,7 @@ def build_dataset(
         n = data_cfg.synthetic_train_images if split == "train" else data_cfg.synthetic_eval_images
         n = min(n, limit) if limit > 0 else n
         dataset: SegmentationDataset = SyntheticStreets(n, data_cfg.synthetic_hw, seed=_SYNTHETIC_SEEDS[split],
-                                                        transform=transform)  # fmt: skip
+                                                        transform=transform)
     elif data_cfg.dataset == "camvid":
         dataset = CamVid(resolve_root(data_cfg), split, transform, max_images=limit)
     elif data_cfg.dataset == "cityscapes":

@@ -67,7 +67,7 @@ def loader_options(device: torch.device | str, num_workers: int) -> dict[str, An
 
 
 def epoch_loader(dataset: Dataset, batch_size: int, iters: int, seed: int, epoch: int, info: DistInfo,
-                 num_workers: int, device: torch.device | str = "cpu") -> DataLoader:  # fmt: skip
+                 num_workers: int, device: torch.device | str = "cpu") -> DataLoader:
     """This rank's batches of one epoch.
 
     Augmentation randomness is seeded per (epoch, rank): the main process's torch generator for
@@ -88,4 +88,4 @@ def epoch_loader(dataset: Dataset, batch_size: int, iters: int, seed: int, epoch
     torch.manual_seed(aug_seed)  # num_workers=0: the transforms draw from the global generator
     g = torch.Generator().manual_seed(aug_seed)
     return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, generator=g,
-                      **loader_options(device, num_workers))  # fmt: skip
+                      **loader_options(device, num_workers))

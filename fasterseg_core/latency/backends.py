@@ -249,7 +249,7 @@ _TORCH_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.flo
 
 def _prepare_torch(net: nn.Module, example: torch.Tensor, spec: Backend, device: torch.device,
                    info: dict[str, Any], num_threads: int, calibration_images: list[torch.Tensor] | None,
-                   ) -> Prepared:  # fmt: skip
+                   ) -> Prepared:
     """Eager PyTorch in the row's dtype and layout, torch.compile, and CUDA graphs of the eager module
     (``num_threads`` and ``calibration_images`` are ONNX Runtime's: torch uses its own thread setting)."""
     x = example.to(device)
@@ -272,7 +272,7 @@ def _prepare_torch(net: nn.Module, example: torch.Tensor, spec: Backend, device:
         + (" (inductor, frozen weights)" if cpu_compile else ""),
         dtype=str(dtype).replace("torch.", ""),
         memory_format="channels_last" if nhwc else "contiguous",
-    )  # fmt: skip
+    )
     if graphed:
         try:  # the graph owns its input buffer (x may alias the caller's example)
             graph, static_out = _capture_graph(wrapped, x.clone(memory_format=torch.preserve_format))
@@ -320,7 +320,7 @@ def _compiled(wrapped: nn.Module, x: torch.Tensor, freeze: bool) -> Callable[[to
 
 def _prepare_onnx(net: nn.Module, example: torch.Tensor, spec: Backend, device: torch.device,
                   info: dict[str, Any], num_threads: int, calibration_images: list[torch.Tensor] | None
-                  ) -> Prepared:  # fmt: skip
+                  ) -> Prepared:
     """ONNX Runtime on the exported graph: fp32, or int8 with static QDQ quantisation (CPU)."""
     try:
         model_bytes = export_onnx(net.cpu(), example.cpu())
@@ -364,7 +364,7 @@ def _replay_once(wrapped: nn.Module, inp: torch.Tensor) -> torch.Tensor:
 
 def _prepare_tensorrt(net: nn.Module, example: torch.Tensor, spec: Backend, device: torch.device,
                       info: dict[str, Any], num_threads: int, calibration_images: list[torch.Tensor] | None,
-                      ) -> Prepared:  # fmt: skip
+                      ) -> Prepared:
     """fp32 TensorRT engine from the ONNX export, executed on torch-owned device buffers."""
     try:
         trt = importlib.import_module("tensorrt")

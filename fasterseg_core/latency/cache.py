@@ -37,7 +37,7 @@ def load_lut(path: str | Path) -> LatencyTable:
 
 
 def search_latency_table(cfg: RunConfig, device: torch.device, hardware: str, num_classes: int, *,
-                         progress: bool = True) -> LatencyTable:  # fmt: skip
+                         progress: bool = True) -> LatencyTable:
     """The table that steers the search: ``search.latency_table`` if set, else this device's table at
     ``search.latency_input_hw``, reused from the cache when complete, otherwise (re)built there (only the
     missing entries are timed).
@@ -56,7 +56,7 @@ def search_latency_table(cfg: RunConfig, device: torch.device, hardware: str, nu
     if cached is not None and tuple(cached.input_hw) != hw:
         cached = None
     lut = build_lut(device, LUT_BACKEND, hw, hardware, progress=progress, num_classes=num_classes,
-                    resume_from=cached)  # fmt: skip
+                    resume_from=cached)
     if cached is None or len(lut.entries) != len(cached.entries):
         lut.save(path)
     return lut

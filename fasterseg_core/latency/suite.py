@@ -150,7 +150,7 @@ def measure_suite(
         complexity_s = time.perf_counter() - start
         check = backend in LOW_PRECISION and bool(images)
         r = measure(c.net, (1, 3, *input_hw), device, backend, name=c.name, warmup=warmup, min_loop_s=min_loop_s,
-                    timed_s=timed_s, num_threads=num_threads, calibration_images=calib, keep=check)  # fmt: skip
+                    timed_s=timed_s, num_threads=num_threads, calibration_images=calib, keep=check)
         row: dict[str, Any] = {
             "hardware_tag": hardware_tag, "network": c.name, "source": c.source, "backend": backend,
             "status": r.status, "input_hw": f"{input_hw[0]}x{input_hw[1]}", "median_ms": r.median_ms,
@@ -159,7 +159,7 @@ def measure_suite(
             "backend_version": r.record.get("backend_version"), **complexity[c.name],
             "complexity_s": round(complexity_s, 3), "prepare_s": r.record.get("prepare_s"),
             "timing_s": r.record.get("timing_s"),
-        }  # fmt: skip
+        }
         if lut is not None and c.arch is not None:
             row["lut_estimate_ms"] = estimate_latency(c.arch, lut, num_classes, faithful_quirks=False)
             row["lut_estimate_quirks_ms"] = estimate_latency(c.arch, lut, num_classes, faithful_quirks=True)
@@ -176,18 +176,18 @@ def measure_suite(
 
 
 def _table_for(candidates: list[Candidate], device: torch.device, input_hw: tuple[int, int], hardware_tag: str,
-               num_classes: int, table: LatencyTable | None = None) -> LatencyTable | None:  # fmt: skip
+               num_classes: int, table: LatencyTable | None = None) -> LatencyTable | None:
     """The entries the FasterSeg candidates use, timed on this device (eager): ``table``'s where it has them
     (the search's, so that the run quotes one table latency per network), the rest timed now."""
     archs = [c.arch for c in candidates if c.arch is not None]
     if not archs:
         return None
     keys = sorted({k for a in archs for f in (True, False)
-                   for k in network_entries(a, input_hw, num_classes, faithful_quirks=f)})  # fmt: skip
+                   for k in network_entries(a, input_hw, num_classes, faithful_quirks=f)})
     if table is not None and tuple(table.input_hw) != tuple(input_hw):
         table = None
     return build_lut(device, "eager", input_hw, hardware_tag, only=keys, progress=False, num_classes=num_classes,
-                     resume_from=table)  # fmt: skip
+                     resume_from=table)
 
 
 def _complexity(net: nn.Module, input_hw: tuple[int, int]) -> dict[str, float]:
@@ -196,7 +196,7 @@ def _complexity(net: nn.Module, input_hw: tuple[int, int]) -> dict[str, float]:
     paper = count_complexity(net, (1, 3, *PAPER_HW))
     return {"params_M": here.params / 1e6, "params_used_M": here.params_used / 1e6,
             "thop_GMACs": here.thop_macs / 1e9, "conv_GMACs": here.conv_macs / 1e9,
-            "thop_GMACs_1024x2048": paper.thop_macs / 1e9}  # fmt: skip
+            "thop_GMACs_1024x2048": paper.thop_macs / 1e9}
 
 
 def real_images(

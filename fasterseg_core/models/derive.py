@@ -110,7 +110,7 @@ def _split_params(
         ("alpha", 0): (L, n_ops), ("alpha", 1): (L - 1, n_ops), ("alpha", 2): (L - 2, n_ops),
         ("beta", 1): (L - 2, 2), ("beta", 2): (L - 3, 2),
         ("ratio", 0): (L - 1, None), ("ratio", 1): (L - 1, None), ("ratio", 2): (L - 2, None),
-    }  # fmt: skip
+    }
     for (kind, scale), shape in expected.items():
         if (kind, scale) not in found:
             raise ValueError(f"missing {kind}_{want}_{scale} (or {kind}_{scale}) for role {role!r}")
@@ -148,7 +148,7 @@ def _best_down_positions(
 
 
 def _branch_widths(path: list[int], ratios: list[torch.Tensor], full_width_only: bool,
-                   width_choices_chi: tuple[int, ...], num_layers: int) -> list[int]:  # fmt: skip
+                   width_choices_chi: tuple[int, ...], num_layers: int) -> list[int]:
     """§4.3 widths[t-1] = output width of cell t-1 = width of the feature cell t reads (argmax γ)."""
     widths: list[int] = []
     for t in range(1, num_layers):
@@ -162,7 +162,7 @@ def _branch_widths(path: list[int], ratios: list[torch.Tensor], full_width_only:
 
 
 def _removed_skips(alpha_row: Callable[[int], torch.Tensor], downs: list[int], min_len: int,
-                   refresh_candidates: bool) -> set[int]:  # fmt: skip
+                   refresh_candidates: bool) -> set[int]:
     """§4.4 the cells removed from a branch: the most skip-like skip candidates, at most ``L − min_len``.
 
     Mutates α rows in place, as the original does: each all-skip stretch keeps its least skip-like cell by
@@ -305,7 +305,7 @@ def derive_candidates(
             ignore_skip=role == "teacher", full_width_only=full_width_only,
             refresh_candidates=not faithful_quirks,
             width_choices_chi=width_choices_chi, num_layers=num_layers,
-        )  # fmt: skip
+        )
     return out
 
 
@@ -363,7 +363,7 @@ def derive_architecture(
     candidates = derive_candidates(
         arch_params, role, faithful_quirks=faithful_quirks, num_layers=num_layers,
         width_choices_chi=width_choices_chi,
-    )  # fmt: skip
+    )
     notes: dict[str, Any] = {"derived_by": "fasterseg_core.models.derive", "faithful_quirks": faithful_quirks}
     if lasts is None:
         m = {k: float(arch_params[k]) for k in METRIC_KEYS if k in arch_params}

@@ -174,7 +174,7 @@ class Supernet(nn.Module):
                 f"alpha_{k}_0": (L, n_ops), f"alpha_{k}_1": (L - 1, n_ops), f"alpha_{k}_2": (L - 2, n_ops),
                 f"beta_{k}_1": (L - 2, 2), f"beta_{k}_2": (L - 3, 2),
                 f"ratio_{k}_0": (L - 1, n_w), f"ratio_{k}_1": (L - 1, n_w), f"ratio_{k}_2": (L - 2, n_w),
-            }  # fmt: skip
+            }
             for name, shape in shapes.items():
                 arch[name] = nn.Parameter(torch.full(shape, ARCH_INIT))
         self.arch = nn.ParameterDict(arch)
@@ -217,7 +217,7 @@ class Supernet(nn.Module):
                     layer=i, scale=s, stride=8 * 2**s, channels=channels(8 * 2**s, 12, self.base_channels),
                     alpha_row=i - s, beta_row=(i - s - 1) if two_inputs else None,
                     width_in=w_in, width_out=w_out, width_down=w_down,
-                )  # fmt: skip
+                )
                 slots.append(slot)
         return slots
 
@@ -416,7 +416,7 @@ class Supernet(nn.Module):
 
     def _cell_forward(self, slot: CellSlot, outs: list, downs: list, alphas: list, betas: list,
                       samples: list[list[WidthSample]], k: int, need: tuple[bool, bool]
-                      ) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # fmt: skip
+                      ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """One cell of index ``k``: its ``op`` (stride 1) and ``down`` (stride 2) outputs, each the mixture of
         the five operators over its (one or two, β-weighted) inputs; ``need`` skips outputs nothing reads."""
         s, cell = slot.scale, self.cells[slot.key]

@@ -16,7 +16,7 @@ from ..models.network import plan_cells
 # Operator abbreviations of the paper's Fig. 6 and a colour per operator / per branch.
 _OP_SHORT = {"skip": "skip", "conv": "c", "conv_downup": "zc", "conv_2x": "c2", "conv_2x_downup": "zc2"}
 _OP_COLOUR = {"skip": "#dddddd", "conv": "#9ecae1", "conv_downup": "#a1d99b", "conv_2x": "#3182bd",
-              "conv_2x_downup": "#31a354"}  # fmt: skip
+              "conv_2x_downup": "#31a354"}
 _BRANCH_COLOUR = ("#d62728", "#ff7f0e")  # branch 0 (ends at 1/32), branch 1
 _SHARED_COLOUR = "#6a3d9a"
 
@@ -53,12 +53,12 @@ def plot_architecture(arch: Architecture, title: str = "") -> Figure:
         ax.plot(xs, ys, "-", color=_BRANCH_COLOUR[b], lw=2, zorder=1, alpha=0.8)
         # the decoder brings the branch's last feature back to 1/8
         ax.annotate("", xy=(head_xy[0] - 0.5, head_xy[1]), xytext=(pts[-1][0] + 0.42, pts[-1][1]),
-                    arrowprops={"arrowstyle": "->", "color": _BRANCH_COLOUR[b], "lw": 1.2, "ls": "--"})  # fmt: skip
+                    arrowprops={"arrowstyle": "->", "color": _BRANCH_COLOUR[b], "lw": 1.2, "ls": "--"})
     for p in plans:
         x, y = pos[(p.layer, p.branches[0])]
         edge = _SHARED_COLOUR if len(p.branches) > 1 else _BRANCH_COLOUR[p.branches[0]]
         ax.add_patch(Rectangle((x - 0.42, y - 0.15), 0.84, 0.3, facecolor=_OP_COLOUR[p.op], edgecolor=edge,
-                               lw=2.2, zorder=2))  # fmt: skip
+                               lw=2.2, zorder=2))
         label = _OP_SHORT[p.op] + ("↓" if p.stride == 2 else "")
         ax.text(x, y, f"{label}\n{p.c_out}", ha="center", va="center", fontsize=7, zorder=3)
     ax.add_patch(Rectangle((stem_xy[0] - 0.5, -0.18), 1.0, 0.36, facecolor="white", edgecolor="k", zorder=2))
@@ -78,7 +78,7 @@ def plot_architecture(arch: Architecture, title: str = "") -> Figure:
         Patch(facecolor=_OP_COLOUR[o], label=f"{_OP_SHORT[o]} = {o}") for o in _OP_COLOUR if o != "skip"
     ]
     handles += [Patch(facecolor="white", edgecolor=c, lw=2, label=f"branch {b} (→1/{8 * 2 ** e})")
-                for b, (c, e) in enumerate(zip(_BRANCH_COLOUR, arch.lasts))]  # fmt: skip
+                for b, (c, e) in enumerate(zip(_BRANCH_COLOUR, arch.lasts))]
     if len(arch.branches) > 1:
         handles.append(Patch(facecolor="white", edgecolor=_SHARED_COLOUR, lw=2, label="shared cell"))
     fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=7, frameon=False)
@@ -143,7 +143,7 @@ def plot_arch_evolution(arch_history: Sequence[dict], role: str = "student") -> 
         ax.set_xlabel("epoch")
         names_ = choices or [f"{c}/12" for c in (4, 6, 8, 10, 12)][:n]
         ax.legend(handles=[Patch(color=cmap(i), label=c) for i, c in enumerate(names_)], fontsize=6,
-                  loc="upper left", bbox_to_anchor=(0, -0.06), ncol=3, frameon=False)  # fmt: skip
+                  loc="upper left", bbox_to_anchor=(0, -0.06), ncol=3, frameon=False)
         greek = {"alpha": "α (operator)", "beta": "β (input)", "gamma": "γ (width)"}[kind]
         ax.set_title(f"{role} {greek}\nmax p = {float(p.max(-1).max()):.3f}", fontsize=9)
     return fig
@@ -163,10 +163,10 @@ def plot_search_latency(history: Sequence[dict], target_fps: tuple[float, float]
     fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
     low, high = target_fps
     ax.axhspan(1000 / high, 1000 / low, color="#2ca02c", alpha=0.15,
-               label=f"target {low:.1f}–{high:.1f} FPS")  # fmt: skip
+               label=f"target {low:.1f}–{high:.1f} FPS")
     for key, style, label in (("student_latency02_ms", ":", "candidate [2, 0]"),
                               ("student_latency12_ms", "--", "candidate [2, 1]"),
-                              ("student_latency_ms", "o-", "derived student")):  # fmt: skip
+                              ("student_latency_ms", "o-", "derived student")):
         values = [np.nan if h.get(key) is None else h[key] for h in rows]
         ax.plot(epochs, values, style, color="k" if key == "student_latency_ms" else "0.5", label=label)
     ax.set_xlabel("search epoch")

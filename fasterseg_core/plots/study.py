@@ -25,7 +25,7 @@ def _palette(names: list[str]) -> dict[str, str]:
 
 
 def plot_per_class_iou(bars: pd.DataFrame, means: pd.DataFrame, reference: tuple[str, float] | None = None,
-                       title: str = "") -> Figure:  # fmt: skip
+                       title: str = "") -> Figure:
     """IoU per class (left) and the mean over classes per model (right), as the study's Figure 1, with the
     spread over seeds: bars are means, whiskers the 95 % Student-t interval, dots (right) single seeds.
 
@@ -40,14 +40,14 @@ def plot_per_class_iou(bars: pd.DataFrame, means: pd.DataFrame, reference: tuple
     palette = _palette(order)
     fig, (ax, axm) = plt.subplots(1, 2, figsize=(11, 4.2), width_ratios=(4, 1.1), layout="constrained")
     sns.barplot(bars, x="class", y="iou", hue="model", hue_order=order, palette=palette, errorbar=interval,
-                capsize=0.1, err_kws={"linewidth": 0.8}, ax=ax, order=list(pd.unique(bars["class"])))  # fmt: skip
+                capsize=0.1, err_kws={"linewidth": 0.8}, ax=ax, order=list(pd.unique(bars["class"])))
     ax.tick_params(axis="x", rotation=60, labelsize=8)
     ax.set(xlabel="", ylabel="IoU (%)", ylim=(0, 100))
     ax.legend(fontsize=7, ncol=min(len(order), 3), loc="lower left", bbox_to_anchor=(0, 1.0), frameon=False)
     fig.suptitle(title, fontsize=10)
     m_order = list(pd.unique(means["model"]))
     sns.barplot(means, y="model", x="iou", order=m_order, hue="model", palette=_palette(m_order), errorbar=interval,
-                capsize=0.2, err_kws={"linewidth": 0.8}, ax=axm, legend=False)  # fmt: skip
+                capsize=0.2, err_kws={"linewidth": 0.8}, ax=axm, legend=False)
     sns.stripplot(means, y="model", x="iou", order=m_order, color="k", size=3, ax=axm)
     for y, name in enumerate(m_order):
         v = means[means.model == name].iou.mean()
@@ -73,7 +73,7 @@ def plot_class_gain(gain: pd.DataFrame, title: str = "") -> Figure:
     colours = {c: "#2ca02c" if v >= 0 else "#d62728" for c, v in means.fillna(0).items()}
     fig, ax = plt.subplots(figsize=(7, 1.0 + 0.28 * len(order)), layout="constrained")
     sns.barplot(gain, y="class", x="gain", order=order, hue="class", palette=colours, errorbar=interval,
-                capsize=0.2, err_kws={"linewidth": 0.8}, ax=ax, legend=False)  # fmt: skip
+                capsize=0.2, err_kws={"linewidth": 0.8}, ax=ax, legend=False)
     sns.stripplot(gain, y="class", x="gain", order=order, color="k", size=3, ax=ax)
     ax.axvline(0, color="k", lw=0.8)
     lim = max(1.0, float(np.nanmax(np.abs(gain.gain.to_numpy()))) * 1.3) if len(gain) else 1.0
@@ -93,7 +93,7 @@ def plot_study_curves(frame: pd.DataFrame, panels: list[str]) -> Figure:
         panels: panel names in order (the networks).
     """
     fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 3.6), sharex=True, sharey=True,
-                             layout="constrained")  # fmt: skip
+                             layout="constrained")
     axes = np.atleast_1d(axes)
     for ax, panel in zip(axes, panels):
         sub = frame[frame.panel == panel] if len(frame) else frame
@@ -106,7 +106,7 @@ def plot_study_curves(frame: pd.DataFrame, panels: list[str]) -> Figure:
             sns.lineplot(rows, x="x", y="miou", ax=ax, color=colour, errorbar=("sd", 1) if ours else None,
                          linestyle="-" if val else "--", linewidth=1.6 if ours else 1.0,
                          marker="o" if val and ours else None, markersize=3, alpha=1.0 if val else 0.7,
-                         label=series)  # fmt: skip
+                         label=series)
         if not len(sub):
             ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes, color="grey")
         else:
@@ -131,9 +131,9 @@ def plot_paired_differences(frame: pd.DataFrame, margin: float) -> Figure:
     ax.axvspan(-margin, margin, color="0.9", zorder=0, label=f"±{margin:g} point (on par)")
     ax.axvline(0, color="k", lw=0.8)
     sns.pointplot(frame, y="claim", x="points", order=order, errorbar=interval, linestyle="none", color="k",
-                  capsize=0.2, markers="D", ax=ax)  # fmt: skip
+                  capsize=0.2, markers="D", ax=ax)
     sns.stripplot(frame, y="claim", x="points", order=order, hue="seed", palette="tab10", size=6, ax=ax,
-                  jitter=0.1)  # fmt: skip
+                  jitter=0.1)
     ax.set(xlabel="difference (mIoU points)", ylabel="")
     ax.tick_params(axis="y", labelsize=8)
     ax.legend(fontsize=7, title="seed", title_fontsize=7, loc="best")

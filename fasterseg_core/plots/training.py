@@ -30,11 +30,11 @@ def plot_stage_curves(history: pd.DataFrame, title: str = "") -> Figure:
     sns.lineplot(history, x="epoch", y="loss", errorbar=band, ax=ax_loss, label="total")
     if "kd_loss" in history and history.kd_loss.notna().any():
         sns.lineplot(history, x="epoch", y="kd_loss", errorbar=band, ax=ax_loss, label="distillation",
-                     linestyle="--")  # fmt: skip
+                     linestyle="--")
     sns.lineplot(history, x="epoch", y="train_miou", errorbar=band, ax=ax_iou, label="train (running)",
-                 linestyle=":")  # fmt: skip
+                 linestyle=":")
     sns.lineplot(history.dropna(subset=["val_miou"]), x="epoch", y="val_miou", errorbar=band, ax=ax_iou,
-                 marker="o", label="val")  # fmt: skip
+                 marker="o", label="val")
     spread = f"mean of {n} seeds, band ±1 sd" if n > 1 else "one seed"
     ax_loss.set(xlabel="epoch", ylabel="loss", title=f"training loss ({spread})")
     ax_iou.set(xlabel="epoch", ylabel="mIoU", title=f"mIoU ({spread})", ylim=(0, None))
@@ -58,10 +58,10 @@ def plot_stage_iou(per_class: pd.DataFrame, title: str = "") -> Figure:
     n = per_class["seed"].nunique() if "seed" in per_class else 1
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(order)), 3.4), layout="constrained")
     sns.barplot(per_class, x="class", y="iou", hue="series", order=order, ax=ax,
-                errorbar=interval if n > 1 else None, capsize=0.1, err_kws={"linewidth": 1})  # fmt: skip
+                errorbar=interval if n > 1 else None, capsize=0.1, err_kws={"linewidth": 1})
     ax.tick_params(axis="x", rotation=45)
     ax.set(xlabel="", ylabel="IoU", ylim=(0, 1), title=title + (f" (mean of {n} seeds, 95 % t-interval)" if n > 1
-                                                                  else ""))  # fmt: skip
+                                                                  else ""))
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
     return fig

@@ -51,7 +51,7 @@ def epoch_seed(seed: int, phase: str, epoch: int) -> int:
 
 
 def epoch_loader(dataset: Dataset, indices: Sequence[int], batch_size: int, iters: int, seed: int,
-                 workers: int) -> DataLoader:  # fmt: skip
+                 workers: int) -> DataLoader:
     """``iters`` batches drawn from ``indices``, repeating shuffled passes as needed (§9.1 epoch rule)."""
     g = torch.Generator().manual_seed(seed)
     subset = Subset(dataset, list(indices))

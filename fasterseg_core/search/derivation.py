@@ -61,7 +61,7 @@ def derive_role(
     fq = cfg.search.faithful_quirks
     shape = cfg.model.teacher_stem_head_chi if role == "teacher" else cfg.model.student_stem_head_chi
     kwargs = {"num_layers": cfg.model.num_layers, "width_choices_chi": cfg.model.width_choices_chi,
-                  "stem_head_chi": tuple(shape)}  # fmt: skip
+                  "stem_head_chi": tuple(shape)}
     candidates: dict[str, Architecture | None] = {}
     own_ms: dict[str, float | None] = {}
     for name, lasts in (("02", (2, 0)), ("12", (2, 1))):
@@ -143,7 +143,7 @@ def derive_networks(
     teacher = derive_role(
         net.arch_state(0), "teacher", cfg, lut, num_classes, miou["student" if fq else "teacher"],
         latencies=student.candidates_ms if fq else None,
-    )  # fmt: skip
+    )
     return {"teacher": teacher, "student": student}
 
 
@@ -159,7 +159,7 @@ def epoch_fields(miou: dict[str, dict[str, float]], derived: dict[str, Derived])
         d = derived[role]
         out |= {f"miou_{role}_{h}": v for h, v in miou[role].items()}
         out |= {f"{role}_latency_ms": d.latency_ms, f"{role}_fps": 1000.0 / d.latency_ms,
-                f"{role}_lasts": list(d.arch.lasts)}  # fmt: skip
+                f"{role}_lasts": list(d.arch.lasts)}
         out |= {f"{role}_latency{n}_ms": ms for n, ms in d.candidates_ms.items()}
     return out
 
@@ -242,5 +242,5 @@ def final_metrics(
             "latency_ms": d.latency_ms, "fps": 1000.0 / d.latency_ms, "lasts": list(d.arch.lasts),
             "cells": [len(b) for b in d.arch.branches], "candidates_ms": d.candidates_ms,
             "miou": {h: last[f"miou_{role}_{h}"] for h in HEAD_NAMES}, "arch_max_shift": shift,
-        }  # fmt: skip
+        }
     return out

@@ -140,13 +140,13 @@ class _Eta:
             self.announced_iter = True
             evals = f" plus {self.evals_left} evaluations" if self.evals_left else ""
             self.bar.write(f"{self.phase}: {self.iters_left} iterations × {seconds:.1f} s ≈ "
-                           f"{seconds * self.iters_left / 60:.1f} min{evals}")  # fmt: skip
+                           f"{seconds * self.iters_left / 60:.1f} min{evals}")
 
     def evaluation(self, seconds: float, iters_left: int, per_iter: float, evals_left: int) -> None:
         if not self.announced_eval and evals_left > 0:
             self.announced_eval = True
             self.bar.write(f"{self.phase}: one evaluation + derivation takes {seconds:.0f} s → about "
-                           f"{(iters_left * per_iter + evals_left * seconds) / 60:.1f} min left")  # fmt: skip
+                           f"{(iters_left * per_iter + evals_left * seconds) / 60:.1f} min left")
 
 
 @dataclass
@@ -164,7 +164,7 @@ def _objective(cfg: RunConfig, net: Supernet, lut: LatencyTable, num_classes: in
     sc = cfg.search
     try:
         latency = SupernetLatency(net, lut, arch_idx=1, faithful_quirks=sc.faithful_quirks,
-                                  weights=sc.latency_weights)  # fmt: skip
+                                  weights=sc.latency_weights)
         published_ms = published_student_ms(lut, num_classes, faithful_quirks=sc.faithful_quirks)
     except KeyError as e:
         raise ValueError(
@@ -174,7 +174,7 @@ def _objective(cfg: RunConfig, net: Supernet, lut: LatencyTable, num_classes: in
         ) from None
     scale = REFERENCE_STUDENT_MS / published_ms if sc.latency_normalize else 1.0
     window = target_fps_window(lut, num_classes, explicit=sc.target_fps_window, rel=sc.target_window_rel,
-                               faithful_quirks=sc.faithful_quirks)  # fmt: skip
+                               faithful_quirks=sc.faithful_quirks)
     return _Objective(latency, published_ms, scale, window)
 
 
@@ -220,17 +220,17 @@ def search(cfg: RunConfig, run: Run, lut: LatencyTable, *, progress: bool = True
     with Scalars(run.dir) as scalars:  # live curves, step = iterations of the stage (pretraining first); rank 0
         scalars.layout(SEARCH_LAYOUT)
         history = [] if ckpt is not None else _pretrain(net, data, cfg, device, ckpt_dir, key, progress, info,
-                                                        scalars)  # fmt: skip
+                                                        scalars)
         state = _SearchState(cfg, net, data, history, ckpt, info.world)
         derived, files = _search_epochs(cfg, run, net, data, lut, objective, state, key, progress, info, scalars)
     metrics = final_metrics(cfg, lut, derived, state.history, state.arch_history, window=objective.window,
                             published_ms=objective.published_ms, latency_scale=objective.scale, lam=state.lam,
-                            per_iter=state.per_iter, arch_steps=state.iters * sc.search_epochs)  # fmt: skip
+                            per_iter=state.per_iter, arch_steps=state.iters * sc.search_epochs)
     if info.main:
         run.save_metrics(metrics)
     return SearchResult(teacher=derived["teacher"].arch, student=derived["student"].arch, metrics=metrics,
                         history=state.history, arch_history=state.arch_history, target_fps=objective.window,
-                        num_classes=data.num_classes, files=files)  # fmt: skip
+                        num_classes=data.num_classes, files=files)
 
 
 class _SearchState:
@@ -240,17 +240,17 @@ class _SearchState:
     """
 
     def __init__(self, cfg: RunConfig, net: Supernet, data: SearchData, history: list[dict[str, Any]],
-                 ckpt: dict[str, Any] | None, world: int = 1) -> None:  # fmt: skip
+                 ckpt: dict[str, Any] | None, world: int = 1) -> None:
         sc = cfg.search
         self.iters = iterations_per_epoch(sc.iters_per_epoch, sc.min_iters_per_epoch, len(data.search),
-                                          sc.search_batch_size)  # fmt: skip
+                                          sc.search_batch_size)
         self.criterion = OhemCrossEntropy(ohem_min_kept(sc.search_batch_size // world, sc.search_crop_hw, loss_stride=8),
-                                          sc.ohem_thresh)  # fmt: skip
+                                          sc.ohem_thresh)
         self.w_opt = torch.optim.SGD(net.weight_parameters(), lr=sc.search_lr, momentum=sc.momentum,
-                                     weight_decay=sc.weight_decay)  # fmt: skip
+                                     weight_decay=sc.weight_decay)
         self.sched = torch.optim.lr_scheduler.ExponentialLR(self.w_opt, gamma=sc.lr_decay_per_epoch)
         self.a_opts = [torch.optim.Adam(net.arch_parameters(k), lr=sc.arch_lr, betas=tuple(sc.arch_betas),
-                                        weight_decay=sc.arch_weight_decay) for k in range(len(ROLES))]  # fmt: skip
+                                        weight_decay=sc.arch_weight_decay) for k in range(len(ROLES))]
         self.epochs = sc.search_epochs
         self.lam, self.start, self.history = sc.latency_lambda_init, 0, history
         self.arch_history = [arch_snapshot(net, 0)]
@@ -272,17 +272,17 @@ class _SearchState:
         momentum = None if epoch == self.epochs else self.w_opt.state_dict()
         save_checkpoint(path, "search", key, epoch, net.state_dict(), weight_optimizer=momentum,
                         scheduler=self.sched.state_dict(), arch_optimizers=[o.state_dict() for o in self.a_opts],
-                        **{"lambda": self.lam}, history=self.history, arch_history=self.arch_history)  # fmt: skip
+                        **{"lambda": self.lam}, history=self.history, arch_history=self.arch_history)
 
 
 def _search_epochs(cfg: RunConfig, run: Run, net: Supernet, data: SearchData, lut: LatencyTable,
                    objective: _Objective, state: _SearchState, key: str, progress: bool, info: DistInfo,
-                   scalars: Scalars) -> tuple[dict[str, Any], dict[str, Path]]:  # fmt: skip
+                   scalars: Scalars) -> tuple[dict[str, Any], dict[str, Path]]:
     """Phase 2: the search epochs from ``state.start`` on; returns the last derivation and its files (rank 0's)."""
     sc, device, iters = cfg.search, local_device(run.device, info), state.iters
     pretrain_steps = sc.pretrain_epochs * _pretrain_iters(cfg, data)  # the x-axis continues after pretraining
     eval_loader = DataLoader(rank_share(data.val, info), sc.search_batch_size, shuffle=False,
-                             num_workers=cfg.data.num_workers)  # fmt: skip
+                             num_workers=cfg.data.num_workers)
     bar = progress_bar(total=sc.search_epochs * iters, initial=state.start * iters, desc="search", disable=not progress)
     eta = _Eta("search", (sc.search_epochs - state.start) * iters, sc.search_epochs - state.start, bar, info.main)
     derived: dict[str, Any] = {}
@@ -303,7 +303,7 @@ def _search_epochs(cfg: RunConfig, run: Run, net: Supernet, data: SearchData, lu
         cand_fps = cand_fps or [1000.0 / derived["student"].latency_ms]
         record = {"phase": "search", "epoch": epoch + 1, "lr": lr, "lambda": state.lam,
                   "lambda_next": adapt_lambda(state.lam, cand_fps, objective.window),
-                  "seconds_train": round(train_s, 2)}  # fmt: skip
+                  "seconds_train": round(train_s, 2)}
         record |= sums | epoch_fields(miou, derived)
         state.lam = record["lambda_next"]
         state.history.append(record)
@@ -313,13 +313,13 @@ def _search_epochs(cfg: RunConfig, run: Run, net: Supernet, data: SearchData, lu
             files = save_artifacts(run, net, derived, pair_miou(miou), state.history, state.arch_history)
         scalars.add(search_tags(record) | target_tags(objective.window)
                     | {f"entropy/{k}": v for k, v in arch_entropies(net).items()},
-                    pretrain_steps + (epoch + 1) * iters)  # fmt: skip (before the checkpoint, as fit does)
+                    pretrain_steps + (epoch + 1) * iters)  # (before the checkpoint, as fit does)
         if info.main:
             state.save(run.dir / "checkpoints" / "search.pt", key, net, epoch + 1)
             # the search checkpoint supersedes the pretraining one (a rerun never pretrains again): free 1-2 GB
             (run.dir / "checkpoints" / "pretrain.pt").unlink(missing_ok=True)
         bar.set_postfix(epoch=epoch + 1, miou=f"{miou['student']['8s_32s']:.3f}",
-                        fps=f"{record['student_fps']:.1f}", lam=f"{state.lam:.3g}")  # fmt: skip
+                        fps=f"{record['student_fps']:.1f}", lam=f"{state.lam:.3g}")
         left = sc.search_epochs - epoch - 1
         eta.evaluation(record["seconds_eval"], left * iters, state.per_iter, left)
     bar.close()
@@ -334,7 +334,7 @@ def _search_epochs(cfg: RunConfig, run: Run, net: Supernet, data: SearchData, lu
 
 def _search_epoch(cfg: RunConfig, net: Supernet, data: SearchData, objective: _Objective, state: _SearchState,
                   epoch: int, device: torch.device, bar: Any, eta: _Eta, info: DistInfo
-                  ) -> tuple[dict[str, float], float]:  # fmt: skip
+                  ) -> tuple[dict[str, float], float]:
     """The iterations of one search epoch (architecture step, then weight step); (mean losses over the
     iterations and the ranks, seconds)."""
     sc, iters, path = cfg.search, state.iters, train_path(cfg.search.path_sampling)
@@ -342,16 +342,16 @@ def _search_epoch(cfg: RunConfig, net: Supernet, data: SearchData, objective: _O
     seed_everything(seed)
     gen = torch.Generator().manual_seed(seed + 1)
     loaders = [epoch_loader(data.search, half, sc.search_batch_size, iters, seed + 2 + i, cfg.data.num_workers)
-               for i, half in enumerate((data.weight_half, data.arch_half))]  # fmt: skip
+               for i, half in enumerate((data.weight_half, data.arch_half))]
     sums: dict[str, float] = {}
     t0 = time.perf_counter()
     for (wx, wy), (ax, ay) in zip(*loaders):
         t_it = time.perf_counter()
         ax, ay, wx, wy = (rank_slice(t, info).to(device) for t in (ax, ay, wx, wy))
         a = arch_step(net, ax, ay, state.criterion, state.a_opts, objective.latency, state.lam,
-                      latency_scale=objective.scale, generator=gen, path=path, info=info)  # fmt: skip
+                      latency_scale=objective.scale, generator=gen, path=path, info=info)
         w = weight_step(net, wx, wy, state.criterion, state.w_opt, SEARCH_PASSES, clip_norm=sc.grad_clip_norm,
-                        generator=gen, path=path, info=info)  # fmt: skip
+                        generator=gen, path=path, info=info)
         step = {"loss_arch": a.pop("loss"), "loss_weights": w} | {f"{k}_ms": v for k, v in a.items()}
         for k, v in step.items():
             sums[k] = sums.get(k, 0.0) + v / iters
@@ -364,7 +364,7 @@ def _search_epoch(cfg: RunConfig, net: Supernet, data: SearchData, objective: _O
 
 
 def _evaluate_indices(net: Supernet, loader: DataLoader, device: torch.device, path: str, info: DistInfo
-                      ) -> dict[str, dict[str, float]]:  # fmt: skip
+                      ) -> dict[str, dict[str, float]]:
     """Val mIoU of the five heads of both indices (teacher at full width, student at argmax widths); under
     ``torchrun`` each rank scores its share of the images and the counts are summed."""
     out: dict[str, dict[str, float]] = {}
@@ -381,11 +381,11 @@ def _pretrain_iters(cfg: RunConfig, data: SearchData) -> int:
     """Iterations of one pretraining epoch (§3.1: the weight half at the pretraining batch size)."""
     sc = cfg.search
     return iterations_per_epoch(sc.iters_per_epoch, sc.min_iters_per_epoch, len(data.pretrain),
-                                sc.pretrain_batch_size)  # fmt: skip
+                                sc.pretrain_batch_size)
 
 
 def _pretrain(net: Supernet, data: SearchData, cfg: RunConfig, device: torch.device, ckpt_dir: Path, key: str,
-              progress: bool, info: DistInfo, scalars: Scalars) -> list[dict[str, Any]]:  # fmt: skip
+              progress: bool, info: DistInfo, scalars: Scalars) -> list[dict[str, Any]]:
     """§3.2 pretraining on the weight half: index 0, sandwich widths, SGD + clipping; resumable per epoch
     (each rank on its slice of the global batch, gradients averaged; rank 0 checkpoints).
 
@@ -396,9 +396,9 @@ def _pretrain(net: Supernet, data: SearchData, cfg: RunConfig, device: torch.dev
     path = train_path(sc.path_sampling)
     iters = _pretrain_iters(cfg, data)
     criterion = OhemCrossEntropy(ohem_min_kept(sc.pretrain_batch_size // info.world, sc.pretrain_crop_hw, loss_stride=8),
-                                 sc.ohem_thresh)  # fmt: skip
+                                 sc.ohem_thresh)
     opt = torch.optim.SGD(net.weight_parameters(), lr=sc.pretrain_lr, momentum=sc.momentum,
-                          weight_decay=sc.weight_decay)  # fmt: skip
+                          weight_decay=sc.weight_decay)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=sc.lr_decay_per_epoch)
     history: list[dict[str, Any]] = []
     start = 0
@@ -416,13 +416,13 @@ def _pretrain(net: Supernet, data: SearchData, cfg: RunConfig, device: torch.dev
         seed_everything(seed)
         gen = torch.Generator().manual_seed(seed + 1)
         loader = epoch_loader(data.pretrain, data.weight_half, sc.pretrain_batch_size, iters, seed + 2,
-                              cfg.data.num_workers)  # fmt: skip
+                              cfg.data.num_workers)
         total, t0 = 0.0, time.perf_counter()
         for x, y in loader:
             t_it = time.perf_counter()
             x, y = rank_slice(x, info).to(device), rank_slice(y, info).to(device)
             loss = weight_step(net, x, y, criterion, opt, PRETRAIN_PASSES, clip_norm=sc.grad_clip_norm,
-                               generator=gen, path=path, info=info)  # fmt: skip
+                               generator=gen, path=path, info=info)
             total += loss
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.3g}")
@@ -430,7 +430,7 @@ def _pretrain(net: Supernet, data: SearchData, cfg: RunConfig, device: torch.dev
         if info.world > 1:  # the global batch's loss: the ranks' mean
             total = mean_over_ranks([total], info, device)[0]
         history.append({"phase": "pretrain", "epoch": epoch + 1, "lr": sched.get_last_lr()[0],
-                        "loss_weights": total / iters, "seconds_train": round(time.perf_counter() - t0, 2)})  # fmt: skip
+                        "loss_weights": total / iters, "seconds_train": round(time.perf_counter() - t0, 2)})
         sched.step()
         scalars.add(search_tags(history[-1]), (epoch + 1) * iters)
         if info.main:
@@ -438,6 +438,6 @@ def _pretrain(net: Supernet, data: SearchData, cfg: RunConfig, device: torch.dev
             # last epoch's checkpoint leaves it out: 1 GB less on disk beside the search's first checkpoint
             momentum = None if epoch + 1 == sc.pretrain_epochs else opt.state_dict()
             save_checkpoint(ckpt_dir / "pretrain.pt", "search", key, epoch + 1, net.state_dict(),
-                            optimizer=momentum, scheduler=sched.state_dict(), history=history)  # fmt: skip
+                            optimizer=momentum, scheduler=sched.state_dict(), history=history)
     bar.close()
     return history

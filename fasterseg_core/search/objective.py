@@ -175,7 +175,7 @@ class SupernetLatency:
         # per scale: (t_out, t_down), the accumulated latency of the out / down features
         state: list[tuple[torch.Tensor, torch.Tensor]] = [
             (zero + self.stem_ms, zero), (zero, zero), (zero, zero)
-        ]  # fmt: skip
+        ]
         for i in range(net.num_layers):
             cells: dict[int, tuple[CellSlot, torch.Tensor, torch.Tensor]] = {}
             for slot in self._layers[i]:

@@ -50,7 +50,7 @@ def eval_path(path: str) -> str:
 
 def supernet_loss_backward(net: Supernet, images: torch.Tensor, labels: torch.Tensor, criterion: OhemCrossEntropy,
                            passes: Iterable[tuple[int, str]], *, inputs: Sequence[torch.Tensor],
-                           generator: torch.Generator | None = None, path: str = "mix") -> float:  # fmt: skip
+                           generator: torch.Generator | None = None, path: str = "mix") -> float:
     """Σ over ``passes`` of the OHEM loss summed over the five heads (§3.2), backpropagated into ``inputs``.
 
     Each pass is backpropagated as soon as it is computed (gradients accumulate, so the result equals one
@@ -80,7 +80,7 @@ def supernet_loss_backward(net: Supernet, images: torch.Tensor, labels: torch.Te
 def arch_step(net: Supernet, images: torch.Tensor, labels: torch.Tensor, criterion: OhemCrossEntropy,
               arch_optimizers: Sequence[torch.optim.Optimizer], latency: SupernetLatency | None, lam: float, *,
               latency_scale: float = 1.0, generator: torch.Generator | None = None,
-              path: str = "mix", info: DistInfo | None = None) -> dict[str, float]:  # fmt: skip
+              path: str = "mix", info: DistInfo | None = None) -> dict[str, float]:
     """One first-order architecture update (§3.4 step 1) on an arch-half batch.
 
     Loss = the four search passes + ``lam · latency_scale · latency`` (student only; λ_teacher = 0, §3.3).
@@ -93,7 +93,7 @@ def arch_step(net: Supernet, images: torch.Tensor, labels: torch.Tensor, criteri
         opt.zero_grad(set_to_none=True)
     arch_params = net.arch_parameters()
     out = {"loss": supernet_loss_backward(net, images, labels, criterion, SEARCH_PASSES, inputs=arch_params,
-                                          generator=generator, path=path)}  # fmt: skip
+                                          generator=generator, path=path)}
     if info is not None:
         average_gradients(arch_params, info)
     if latency is not None:
@@ -109,7 +109,7 @@ def arch_step(net: Supernet, images: torch.Tensor, labels: torch.Tensor, criteri
 def weight_step(net: Supernet, images: torch.Tensor, labels: torch.Tensor, criterion: OhemCrossEntropy,
                 optimizer: torch.optim.Optimizer, passes: Iterable[tuple[int, str]], *, clip_norm: float,
                 generator: torch.Generator | None = None, path: str = "mix",
-                info: DistInfo | None = None) -> float:  # fmt: skip
+                info: DistInfo | None = None) -> float:
     """One weight update (§3.4 step 2): zero **all** gradients, loss, backward, clip, SGD. Returns the loss
     (this rank's). ``info``: the process group; the gradients are averaged over its ranks before clipping.
 
@@ -121,7 +121,7 @@ def weight_step(net: Supernet, images: torch.Tensor, labels: torch.Tensor, crite
     net.zero_grad(set_to_none=True)
     weights = net.weight_parameters()
     loss = supernet_loss_backward(net, images, labels, criterion, passes, inputs=weights, generator=generator,
-                                  path=path)  # fmt: skip
+                                  path=path)
     if info is not None:
         average_gradients(weights, info)
     nn.utils.clip_grad_norm_(weights, clip_norm)  # "all model parameters": the arch grads are None here
@@ -131,7 +131,7 @@ def weight_step(net: Supernet, images: torch.Tensor, labels: torch.Tensor, crite
 
 @torch.no_grad()
 def evaluate_heads(net: Supernet, loader: Iterable, arch_idx: int, width_mode: str, device: torch.device,
-                   path: str = "mix") -> dict[str, ConfusionMatrix]:  # fmt: skip
+                   path: str = "mix") -> dict[str, ConfusionMatrix]:
     """Confusion matrix of each of the five heads of one index over a whole split (eval mode, §3.5).
 
     ``path``: "mix" (the paper) or "argmax" (the most likely operator and input; a sampled search).

@@ -90,7 +90,7 @@ class Field:
 
     def _build(self, info: FieldInfo, value: Any) -> w.ValueWidget:
         common = {"description": info.key.split(".")[-1], "tooltip": info.key, "style": _LABEL,
-                  "layout": w.Layout(width="420px")}  # fmt: skip
+                  "layout": w.Layout(width="420px")}
         if info.choices:
             return w.Dropdown(options=list(info.choices), value=value, **common)
         if info.base is bool:
@@ -131,10 +131,10 @@ class Field:
         except ValueError:
             kinds = {int: "integers", float: "numbers", str: "words"}[types[0]]
             raise ValueError(f"{self.key}: {value!r} is not a comma-separated list of {kinds}; "
-                             f"e.g. {format_value(self.info.default) or '1, 2'}") from None  # fmt: skip
+                             f"e.g. {format_value(self.info.default) or '1, 2'}") from None
         if not variadic and len(parsed) != len(types):
             raise ValueError(f"{self.key}: {value!r} has {len(parsed)} values, expected {len(types)}; "
-                             f"e.g. {format_value(self.info.default)}")  # fmt: skip
+                             f"e.g. {format_value(self.info.default)}")
         return parsed
 
     def set(self, value: Any) -> None:
@@ -168,7 +168,7 @@ class ConfigForm:
     """
 
     def __init__(self, profile: str, overrides: dict[str, Any] | None = None,
-                 on_change: Callable[[ConfigForm], None] | None = None) -> None:  # fmt: skip
+                 on_change: Callable[[ConfigForm], None] | None = None) -> None:
         self.on_change = on_change
         self.profile = w.Dropdown(options=profile_names(), value=profile, description="profile")
         self.message = w.HTML()  # errors that name no field (a broken profile file)

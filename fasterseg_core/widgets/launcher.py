@@ -102,7 +102,7 @@ class Launcher:
             env[progress.ENV] = str(progress_file)
         # its own process group, so that Stop reaches papermill and whatever it started, and nothing else
         self.proc = subprocess.Popen(cmd, cwd=project_root(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     env=env, start_new_session=True)  # fmt: skip
+                                     env=env, start_new_session=True)
         self.status.value = f"<b>running</b> {html.escape(what)} (pid {self.proc.pid})"
         self._show_eta()
         watch = None
