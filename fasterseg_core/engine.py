@@ -1,7 +1,9 @@
 """The training loop of the three training stages (method §9): ``train_one_epoch``, ``evaluate``, ``fit``.
 
 The recipe is the paper's (§9.1–§9.3): iteration-based epochs, SGD (lr 0.01, momentum 0.9, weight decay
-5e-4 on every parameter), lr × 0.992 after every epoch, and a loss function passed in: OHEM on ``out`` plus
+5e-4 on every parameter), lr × 0.992 after every epoch (``lr_schedule: exponential``; a profile may choose a
+per-iteration ``poly`` or ``cosine`` schedule with linear warm-up instead, see :func:`lr_schedule`), and a loss
+function passed in: OHEM on ``out`` plus
 0.2 × each aux head (:class:`~fasterseg_core.losses.SegmentationLoss`), for the distilled student that plus
 the KL term against a frozen teacher (:class:`~fasterseg_core.losses.DistillationLoss`). What ``fit`` adds:
 
