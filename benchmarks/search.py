@@ -32,7 +32,7 @@ import time
 
 import torch
 
-from fasterseg_core.config import load_config
+from fasterseg_core.config import TrainConfig, load_config
 from fasterseg_core.latency.lut import LatencyTable, lut_entries
 from fasterseg_core.losses import OhemCrossEntropy, ohem_min_kept, sum_over_heads
 from fasterseg_core.machine import resolve_device
@@ -60,7 +60,8 @@ def _teacher_step_fn(x: torch.Tensor, y: torch.Tensor, device: torch.device):  #
     """One training step of the published teacher (§9: OHEM on out + 0.2 × the aux heads, SGD)."""
     torch.manual_seed(0)
     teacher = build_published("teacher", num_classes=NUM_CLASSES).to(device).train()
-    opt = torch.optim.SGD(teacher.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    paper = TrainConfig()  # §9.2's SGD settings, from the config's defaults
+    opt = torch.optim.SGD(teacher.parameters(), lr=paper.lr, momentum=paper.momentum, weight_decay=paper.weight_decay)
     crit = OhemCrossEntropy(x.shape[0] * x.shape[2] * x.shape[3] // 16)  # §9.3 min_kept at crop resolution
 
     def step() -> None:

@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fasterseg_core.models as fasterseg_models
+from fasterseg_core.config import TrainConfig
 from fasterseg_core.latency.measure import environment_record
 from fasterseg_core.machine import stable_malloc_env
 from fasterseg_core.records import write_record
@@ -111,7 +112,8 @@ def fasterseg_loss(outputs: dict, labels: torch.Tensor) -> torch.Tensor:
 
 def make_step(name: str, net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> Callable[[], None]:
     """A closure that runs one training step of ``net``; phases are labelled for the profiler."""
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    paper = TrainConfig()  # §9.2's SGD settings, from the config's defaults
+    opt = torch.optim.SGD(net.parameters(), lr=paper.lr, momentum=paper.momentum, weight_decay=paper.weight_decay)
     if name == "resnet18":
         targets = labels[:, 0, 0].contiguous()  # one class per image, from the same label map
 
