@@ -19,10 +19,12 @@ from fasterseg_core.machine import hardware_tag
 from fasterseg_core.records import write_record
 
 
-def headline(stages: dict[str, float], total_s: float) -> str:
-    """``72.7 min: 00 0.3, 01 5.4, …, 06 0.3``: the whole report and each stage (by its number), in minutes."""
-    parts = ", ".join(f"{stage[:2]} {seconds / 60:.1f}" for stage, seconds in stages.items())
-    return f"{total_s / 60:.1f} min: {parts}"
+def headline(stages: dict[str, float], total_s: float, disturbed: list[str] | None = None) -> str:
+    """``72.7 min: 00 0.3, 01 5.4, …, 06 0.3``: the whole report and each stage (by its number), in minutes;
+    a stage another job slowed down is starred."""
+    parts = ", ".join(f"{stage[:2]} {seconds / 60:.1f}{'*' if stage in (disturbed or []) else ''}"
+                      for stage, seconds in stages.items())
+    return f"{total_s / 60:.1f} min: {parts}" + ("; * slowed by another job" if disturbed else "")
 
 
 def latency_seconds(latency_record: Path) -> dict[str, dict[str, float]]:
@@ -40,6 +42,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("pipeline", type=Path, help="the run's <output_root>/<profile>/pipeline.json")
     p.add_argument("--command", default="make report", help="the command that ran it")
+    p.add_argument("--disturbed", nargs="*", default=[], metavar="STAGE",
+                   help="stages another job slowed down: kept in the record, left out of the ETA's estimates")
+    p.add_argument("--note", default="", help="what happened during the run (e.g. what disturbed it)")
     args = p.parse_args()
     run = json.loads(args.pipeline.read_text())
     not_ran = [r["stage"] for r in run["stages"] if r["status"] != "ok"]
@@ -50,11 +55,18 @@ def main() -> None:
     stages = {r["stage"]: r["seconds"] for r in run["stages"]}
     record = {"profile": run["profile"], "overrides": run.get("overrides", {}), "stages": stages,
               "total_s": run["seconds"]}
+    unknown = sorted(set(args.disturbed) - set(stages))
+    if unknown:
+        raise SystemExit(f"error: --disturbed {unknown}: not stages of this run; its stages are {list(stages)}")
+    if args.disturbed:
+        record["disturbed_stages"] = args.disturbed
+    if args.note:
+        record["notes"] = args.note
     latency = args.pipeline.parent / "latency" / f"{hardware_tag()}.json"
     if latency.exists():  # what a backend costs the stage (a profile's backends are chosen on it)
         record["latency_backend_seconds"] = latency_seconds(latency)
     # the record describes the report's run: its command and commit, not this script's
-    path = write_record("report", record, headline=headline(stages, run["seconds"]), command=args.command,
+    path = write_record("report", record, headline=headline(stages, run["seconds"], args.disturbed), command=args.command,
                         git=run.get("git") or {"sha": None, "dirty": None}, date=date,
                         name=f"{run['profile']}-{hardware_tag()}-{date}")
     print(f"record: {path}")

@@ -38,15 +38,21 @@ def stage_estimates(cfg: RunConfig) -> tuple[dict[str, float], str]:
                 estimates[row["stage"]] = float(row["seconds"])
         if estimates:
             sources.append("this machine's previous run")
-    records = sorted((project_root() / REPORT_TIMES).glob(f"{cfg.profile}-*.json"))
-    record = _read(records[-1]) if records else None
-    if record and record.get("profile") == cfg.profile:
-        missing = {s: float(v) for s, v in record.get("stages", {}).items() if s not in estimates}
+    # the newest record first; a stage another job slowed down there (disturbed_stages) comes from an older one
+    for path in sorted((project_root() / REPORT_TIMES).glob(f"{cfg.profile}-*.json"), reverse=True):
+        record = _read(path) or {}
+        if record.get("profile") != cfg.profile:
+            continue
+        disturbed = set(record.get("disturbed_stages", []))
+        missing = {s: float(v) for s, v in record.get("stages", {}).items()
+                   if s not in estimates and s not in disturbed}
         if missing:
             estimates |= missing
             machine = record.get("machine", {})
-            sources.append(f"{records[-1].relative_to(project_root())} ({machine.get('cpu_model', '?')}, "
+            sources.append(f"{path.relative_to(project_root())} ({machine.get('cpu_model', '?')}, "
                            f"{machine.get('cpu_isa', '?')}, {machine.get('cpu_count', '?')} cores)")
+        if not disturbed - set(estimates):
+            break
     return estimates, " and ".join(sources)
 
 

@@ -50,6 +50,19 @@ def test_estimates_come_from_the_previous_run_then_the_committed_record(tmp_path
     assert source.startswith("this machine's previous run and benchmarks/results/report/smoke-cpu-2core-2026-12-07")
 
 
+def test_a_disturbed_stage_of_the_newest_record_takes_its_estimate_from_an_older_one(tmp_path, monkeypatch):
+    cfg = load_config("smoke", {"output_root": str(tmp_path / "outputs")})
+    monkeypatch.setenv("FASTERSEG_ROOT", str(tmp_path))
+    (tmp_path / REPORT_TIMES).mkdir(parents=True)
+    for date, seconds, disturbed in (("2026-12-01", 1.0, []), ("2026-12-07", 50.0, ["02_teacher"])):
+        record = {"profile": "smoke", "stages": {"00_data": seconds, "02_teacher": 3 * seconds},
+                  "disturbed_stages": disturbed, "machine": {}}
+        (tmp_path / REPORT_TIMES / f"smoke-cpu-2core-{date}.json").write_text(json.dumps(record))
+    estimates, source = stage_estimates(cfg)
+    assert estimates == {"00_data": 50.0, "02_teacher": 3.0}  # another job slowed the newest run's teacher
+    assert "2026-12-07" in source and "2026-12-01" in source
+
+
 def test_the_plan_runs_what_is_incomplete_and_everything_after_it(tmp_path, monkeypatch):
     notebooks = [tmp_path / f"{s}.ipynb" for s in ("00_data", "01_search", "02_teacher", "03_distill")]
     out = tmp_path / "out"
