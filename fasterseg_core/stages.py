@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .checkpoints import load_checkpoint_model, load_stage_model
-from .config import RunConfig, resolve_path
+from .config import RunConfig, TrainConfig, resolve_path, to_dict
 from .data import build_dataset
 from .data import stats as data_stats
 from .data.stats import split_summary
@@ -204,6 +204,21 @@ def load_teacher(cfg: RunConfig, num_classes: int, seed: int) -> tuple[nn.Module
         ) from e
     net, _ = load_checkpoint_model(path, None, num_classes)
     return net.eval(), f"02_teacher seed {t_seed} best"
+
+
+def training_spec(cfg: RunConfig, stage: str) -> TrainConfig:
+    """The training settings a training stage runs with (``cfg.teacher``, ``cfg.distill`` or ``cfg.student``)."""
+    return getattr(cfg, get_stage(stage).section)
+
+
+def resolved_config(cfg: RunConfig, run: Run) -> pd.DataFrame:
+    """What a training notebook shows first: device, hardware, dataset, architecture source, the stage's
+    training settings (``<section>.<key>``) and its seeds, as one column."""
+    section = get_stage(run.stage).section
+    shown = {"device": str(run.device), "hardware": run.hardware, "dataset": cfg.data.dataset,
+             "architecture": architecture_source(cfg)}
+    shown |= {f"{section}.{k}": v for k, v in to_dict(training_spec(cfg, run.stage)).items()}
+    return pd.Series(shown | {"seeds": list(stage_seeds(cfg, run.stage))}, name="resolved config").to_frame()
 
 
 def run_training(cfg: RunConfig, run: Run, *, progress: bool = True) -> TrainStageResult:
