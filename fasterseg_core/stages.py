@@ -313,7 +313,7 @@ def train_seed(cfg: RunConfig, run: Run, *, progress: bool = True) -> SeedResult
     """
     stage = get_stage(run.stage)
     seed = run.seed if run.seed is not None else cfg.seeds[0]
-    spec = getattr(cfg, stage.section)
+    spec = training_spec(cfg, stage.name)
     info = init_distributed(run.device)
     device = local_device(run.device, info)
     train_set = build_dataset(cfg.data, "train", train=True, crop_hw=tuple(spec.crop_size_hw))
