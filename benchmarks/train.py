@@ -18,7 +18,8 @@ CamVid from ``$FASTERSEG_DATA``, ``data/camvid`` or ``../shared/data``), in one 
 * **both together**: the same fit fed by that real loader (``data.num_workers`` workers sharing the cores
   with the training threads), and which of the two bounds the step (the slower one alone).
 * **with the cached loader**: the same again with ``data.cache_decoded`` (every pair decoded once before
-  the workers fork, so an item costs its augmentation only), and that loader alone.
+  the workers fork, so an item costs its augmentation only), and that loader alone; and the cached loader
+  with 0 workers (augmentation in the training process, between steps, instead of beside them).
 
 The loader must not be the bottleneck: ``loader / training`` > 1 for every stage. The loader was timed on
 its own here; during training its workers share the cores with the training threads. The variants are
@@ -205,7 +206,8 @@ def cpu_profile(profile: str, iters: int, rounds: int, loader_batches: int) -> d
     for v, (net, teacher) in models.items():  # warm-up: allocator, kernels, first-touch of weights
         engine_seconds(specs[v], net, crops[tuple(specs[v].crop_size_hw)], device, 1, teacher, class_weight=weight)
     loader_seconds(loader_set, teacher_spec, 0, 1, epoch=0)
-    keys = (*VARIANTS, *(f"{v}+loader" for v in VARIANTS), *(f"{v}+cached" for v in VARIANTS), "loader",
+    keys = (*VARIANTS, *(f"{v}+loader" for v in VARIANTS), *(f"{v}+cached" for v in VARIANTS),
+            *(f"{v}+cached_0" for v in VARIANTS), "loader",
             "loader_0", "loader_cached")
     times: dict[str, list[float]] = {k: [] for k in keys}
     for r in range(rounds):
@@ -217,6 +219,8 @@ def cpu_profile(profile: str, iters: int, rounds: int, loader_batches: int) -> d
             hw = tuple(specs[v].crop_size_hw)
             s = engine_seconds(specs[v], net, real_cached[hw], device, iters, teacher, workers, class_weight=weight)
             times[f"{v}+cached"].append(iters * specs[v].batch_size / s)
+            s = engine_seconds(specs[v], net, real_cached[hw], device, iters, teacher, 0, class_weight=weight)
+            times[f"{v}+cached_0"].append(iters * specs[v].batch_size / s)
         for key, w, dataset in (("loader", workers, loader_set), ("loader_0", 0, loader_set),
                                 ("loader_cached", workers, loader_cached_set)):
             s = loader_seconds(dataset, teacher_spec, w, loader_batches, epoch=r + 1)
@@ -231,9 +235,9 @@ def cpu_profile(profile: str, iters: int, rounds: int, loader_batches: int) -> d
     print(
         f"\n| stage | training img/s (in-memory crops) | with the real loader | s/iteration | one epoch of the "
         f"profile | loader ({workers} workers) / training | loader (0 workers) / training | bound | with the "
-        f"cached loader (data.cache_decoded) |"
+        f"cached loader (data.cache_decoded) | the same, 0 workers |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for v, spec in specs.items():
         s_it = spec.batch_size / med[v]
@@ -253,12 +257,15 @@ def cpu_profile(profile: str, iters: int, rounds: int, loader_batches: int) -> d
                 "runs_with_loader": times[f"{v}+loader"],
                 "images_per_s_with_cached_loader": med[f"{v}+cached"],
                 "runs_with_cached_loader": times[f"{v}+cached"],
+                "images_per_s_with_cached_loader_0_workers": med[f"{v}+cached_0"],
+                "runs_with_cached_loader_0_workers": times[f"{v}+cached_0"],
             }
         )
         print(
             f"| {v} | {med[v]:.2f} | {med[f'{v}+loader']:.2f} | {s_it:.2f} s | "
             f"{s_it * spec.iters_per_epoch / 60:.1f} min | {med['loader'] / med[v]:.1f}× | "
-            f"{med['loader_0'] / med[v]:.1f}× | {rows[-1]['bound']} | {med[f'{v}+cached']:.2f} |"
+            f"{med['loader_0'] / med[v]:.1f}× | {rows[-1]['bound']} | {med[f'{v}+cached']:.2f} | "
+            f"{med[f'{v}+cached_0']:.2f} |"
         )
     print(
         f"\nloader: {med['loader']:.1f} img/s with {workers} workers, {med['loader_0']:.1f} img/s with 0 "
