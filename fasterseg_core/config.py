@@ -155,6 +155,10 @@ class SearchConfig:
     # sampled by straight-through Gumbel-softmax of α / β (single-path, as GDAS), instead of all five
     # operators and both inputs (§2.4); evaluation runs the most likely path. ~10x cheaper per iteration.
     path_sampling: bool = False
+    # Deviation, opt-in: every pretraining iteration adds one pass of the student index at random widths to
+    # the teacher's four (§3.2 pretrains index 0 only, so the student's stem and decoder first learn in the
+    # search, and a short search scores its students with untrained heads). Issue 28's supernet study.
+    pretrain_student: bool = False
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ the provenance every record carries (:data:`PROVENANCE`): a one-line ``headline`
 GPU, torch version, hardware tag). The name is ``<hardware tag>-<date>`` unless the benchmark gives its own
 (``benchmarks/recipe.py`` adds the stage, ``benchmarks/report_time.py`` starts with the profile).
 
-A record is never overwritten by another command: its name takes the first free ``-2``, ``-3`` … suffix; the
-same command rerun replaces its own record (a rerun of ``benchmarks/recipe.py`` reuses its finished runs).
+A record is never overwritten by another measurement: its name takes the first free ``-2``, ``-3`` … suffix. Only
+the same command rerun at the same commit replaces its own record (a rerun of ``benchmarks/recipe.py`` reuses its
+finished runs); at another commit it measured other code, and the earlier record stands beside it.
 A record transcribed from older prose instead of written by its benchmark says where from in
 ``migrated_from``; one its own author declared unusable (a disturbed host) carries ``void``: the reason.
 
@@ -71,15 +72,16 @@ def machine_record(device: str = "cpu") -> dict[str, Any]:
                                          "cpu_generation": cpu_generation()}
 
 
-def record_path(folder: Path, name: str, command: str) -> Path:
-    """``folder/<name>.json``, or the first free ``-N`` suffix when that file holds another command's record.
+def record_path(folder: Path, name: str, command: str, sha: str | None = None) -> Path:
+    """``folder/<name>.json``, or the first free ``-N`` suffix when that file holds another measurement's record:
+    another command's, or the same command's at another commit than ``sha``.
 
     Raises:
-        FileExistsError: 99 records of other commands already hold the name.
+        FileExistsError: 99 records of other measurements already hold the name.
     """
     for n in range(1, _MAX_SUFFIX + 1):
         path = folder / f"{name}{'' if n == 1 else f'-{n}'}.json"
-        if not path.exists() or _command_of(path) == command:
+        if not path.exists() or _measurement_of(path) == (command, sha):
             return path
     raise FileExistsError(f"{_MAX_SUFFIX} records named {name}-* under {folder}: move some aside")
 
@@ -123,7 +125,7 @@ def write_record(
               "git": dict(git) if git is not None else git_state(), "machine": machine, "recorded_at": now(),
               **payload}
     folder = (root or results_root()) / benchmark
-    path = record_path(folder, name or f"{machine['hardware_tag']}-{date}", command)
+    path = record_path(folder, name or f"{machine['hardware_tag']}-{date}", command, record["git"].get("sha"))
     save_json(record, path)
     return path
 
@@ -181,12 +183,13 @@ class Record:
         return date, str(self.data.get("recorded_at", "")), int(suffix.group(1)) if suffix else 1, self.path.name
 
 
-def _command_of(path: Path) -> str | None:
-    """The command an existing record names; ``None`` for an unreadable file (never overwritten either)."""
+def _measurement_of(path: Path) -> tuple[str | None, str | None] | None:
+    """The command and commit an existing record names; ``None`` for an unreadable file (never overwritten)."""
     try:
-        return _read(path).get("command")
+        data = _read(path)
     except (ValueError, TypeError):
         return None
+    return data.get("command"), (data.get("git") or {}).get("sha")
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from fasterseg_core.records import (
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_a_record_carries_its_provenance_and_never_replaces_another_commands(tmp_path):
+def test_a_record_carries_its_provenance_and_never_replaces_another_measurement(tmp_path):
     path = write_record("data", {"images_per_s": 61.0}, ["benchmarks/data.py"], headline="61 img/s", root=tmp_path)
     record = json.loads(path.read_text())
     assert path.parent == tmp_path / "data" and path.name == f"{record['machine']['hardware_tag']}-{record['date']}.json"
@@ -45,6 +45,11 @@ def test_a_record_carries_its_provenance_and_never_replaces_another_commands(tmp
     assert json.loads(path.read_text())["images_per_s"] == 61.0  # the first command's record stands
     again = write_record("data", {"images_per_s": 62.0}, ["benchmarks/data.py"], headline="62 img/s", root=tmp_path)
     assert again == path and json.loads(path.read_text())["images_per_s"] == 62.0  # its own command's rerun
+    # the same command at another commit measured other code: its record goes beside, the first one stands
+    later = write_record("data", {"images_per_s": 70.0}, ["benchmarks/data.py"], headline="70 img/s", root=tmp_path,
+                         git={"sha": "0" * 40, "dirty": False})
+    assert later.name == path.name.replace(".json", "-3.json")
+    assert json.loads(path.read_text())["images_per_s"] == 62.0
 
 
 def test_a_record_needs_a_one_line_headline_and_keeps_provenance_its_own(tmp_path):

@@ -15,9 +15,10 @@ from fasterseg_core.latency.cache import load_lut
 from fasterseg_core.latency.lut import LatencyTable, lut_entries
 from fasterseg_core.lifecycle import start_run
 from fasterseg_core.losses import OhemCrossEntropy, ohem_min_kept, sum_over_heads
+from fasterseg_core.machine import seed_everything
 from fasterseg_core.models.architecture import Architecture
-from fasterseg_core.models.network import build_network
-from fasterseg_core.models.supernet import Supernet
+from fasterseg_core.models.network import build_network, init_weights_
+from fasterseg_core.models.supernet import Supernet, build_supernet
 from fasterseg_core.search import driver as search_mod
 from fasterseg_core.search.data import check_supernet_input, iterations_per_epoch, split_search_data
 from fasterseg_core.search.derivation import derive_role
@@ -314,6 +315,46 @@ def test_search_with_path_sampling_runs_end_to_end(tmp_path: Path) -> None:
         net = build_network(getattr(result, role), 19).eval()
         with torch.no_grad():
             assert net(torch.randn(1, 3, 64, 128))["out"].shape == (1, 19, 64, 128)
+
+
+def test_searches_start_from_one_shared_pretraining(tmp_path: Path) -> None:
+    """A study pretrains once (scoring both indices after each epoch) and searches from there with several
+    seeds; search.pretrain_student trains the student's own stem and decoder, which §3.2 leaves untouched."""
+    torch.set_num_threads(1)
+    lut_path = fake_lut().save(tmp_path / "lut.json")
+    over = {**_tiny_overrides(tmp_path / "shared", lut_path), "search.path_sampling": True,
+            "search.pretrain_epochs": 1, "search.search_epochs": 1}
+    decoders = {}
+    for student in (False, True):
+        cfg = load_config("smoke", over | {"search.pretrain_student": student})
+        run = start_run(cfg, "01_search")
+        history = search_mod.pretrain(cfg, run, "study-pretrain", progress=False)
+        assert [h["phase"] for h in history] == ["pretrain"]
+        assert {"miou_teacher_8s_32s", "miou_student_16s_32s"} <= set(history[0])
+        decoders[student] = load_torch(run.dir / "checkpoints" / "pretrain.pt")["model"]
+    seed_everything(cfg.search.seed)  # the supernet as the driver builds it, before any step
+    reference = build_supernet(cfg.model, 19)
+    init_weights_(reference)
+    untrained = reference.state_dict()
+    student_head = [k for k in untrained if k.startswith(("decoders.1.", "stems.1.")) and k.endswith("weight")]
+    assert all(torch.equal(decoders[False][k], untrained[k]) for k in student_head)  # §3.2: index 0 only
+    assert not all(torch.equal(decoders[True][k], untrained[k]) for k in student_head)
+    shared = run.dir / "checkpoints" / "pretrain.pt"
+    results = []
+    for seed in (1, 2):
+        cfg = load_config("smoke", over | {"output_root": str(tmp_path / f"search-{seed}"), "search.seed": seed,
+                                           "search.pretrain_student": True})
+        results.append(search_mod.search(cfg, start_run(cfg, "01_search"), load_lut(lut_path), progress=False,
+                                         pretrained=shared))
+    assert all(r.history[0] == history[0] for r in results)  # the shared pretraining's record, not a new one
+    assert [h["phase"] for h in results[0].history] == ["pretrain", "search"]
+    assert results[0].arch_history[-1] != results[1].arch_history[-1]  # other seeds, other steps
+    assert shared.exists()  # a search never deletes the pretraining it shares
+    cfg = load_config("smoke", over | {"output_root": str(tmp_path / "x"), "search.pretrain_epochs": 2})
+    run = start_run(cfg, "01_search")
+    with pytest.raises(ValueError, match="holds 1 pretraining epochs, not search.pretrain_epochs = 2"):
+        search_mod.search(cfg, run, load_lut(lut_path), progress=False, pretrained=shared)
+    assert not (run.dir / "checkpoints").exists()  # refused before anything was written
 
 
 @pytest.mark.slow

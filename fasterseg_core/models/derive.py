@@ -53,6 +53,20 @@ class DerivationError(ValueError):
 _KEY = re.compile(r"^(alpha|beta|ratio)_(?:(\d+)_)?(\d)$")
 
 
+def arch_shapes(num_layers: int = 16, n_widths: int | None = None, arch_idx: int | None = None
+                ) -> dict[str, tuple[int, int | None]]:
+    """The eight tensors of one architecture index and their shapes (rows, columns) for ``num_layers``:
+    ``alpha_s`` (rows × 5 operators), ``beta_s`` (rows × 2 inputs), ``ratio_s`` (rows × ``n_widths``, None:
+    any). With ``arch_idx`` the names carry the index as the supernet's do (``alpha_1_0`` …)."""
+    L, n_ops = num_layers, len(OP_NAMES)
+    shapes = {"alpha_0": (L, n_ops), "alpha_1": (L - 1, n_ops), "alpha_2": (L - 2, n_ops),
+              "beta_1": (L - 2, 2), "beta_2": (L - 3, 2),
+              "ratio_0": (L - 1, n_widths), "ratio_1": (L - 1, n_widths), "ratio_2": (L - 2, n_widths)}
+    if arch_idx is None:
+        return shapes
+    return {f"{n.split('_')[0]}_{arch_idx}_{n.split('_')[1]}": s for n, s in shapes.items()}
+
+
 # ---- input handling -----------------------------------------------------------------------------
 def load_raw_arch_json(path: str | Path) -> dict[str, torch.Tensor | float]:
     """Read the authors' arch tensors from a reference JSON (``fasterseg_arch_{teacher,student}.json``).
@@ -105,12 +119,7 @@ def _split_params(
             f"no architecture tensors for role {role!r} (index {want}); keys present: {present}. "
             f"Pass alpha_{want}_s/beta_{want}_s/ratio_{want}_s (or alpha_s/beta_s/ratio_s) tensors."
         )
-    L, n_ops = num_layers, len(OP_NAMES)
-    expected = {
-        ("alpha", 0): (L, n_ops), ("alpha", 1): (L - 1, n_ops), ("alpha", 2): (L - 2, n_ops),
-        ("beta", 1): (L - 2, 2), ("beta", 2): (L - 3, 2),
-        ("ratio", 0): (L - 1, None), ("ratio", 1): (L - 1, None), ("ratio", 2): (L - 2, None),
-    }
+    expected = {(n.split("_")[0], int(n.split("_")[1])): shape for n, shape in arch_shapes(num_layers).items()}
     for (kind, scale), shape in expected.items():
         if (kind, scale) not in found:
             raise ValueError(f"missing {kind}_{want}_{scale} (or {kind}_{scale}) for role {role!r}")
@@ -118,7 +127,7 @@ def _split_params(
         if t.dim() != 2 or t.shape[0] != shape[0] or (shape[1] is not None and t.shape[1] != shape[1]):
             raise ValueError(
                 f"{kind}_{want}_{scale} has shape {tuple(t.shape)}, expected ({shape[0]}, "
-                f"{shape[1] if shape[1] is not None else 'n_widths'}) for {L} layers"
+                f"{shape[1] if shape[1] is not None else 'n_widths'}) for {num_layers} layers"
             )
     alphas = [found[("alpha", s)] for s in range(3)]
     betas: list[torch.Tensor | None] = [None, found[("beta", 1)], found[("beta", 2)]]

@@ -45,9 +45,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .derive import arch_shapes
 from .heads import Head
 from .mixed import Cell, CellSlot, WidthRef, WidthSample, hard_gumbel
-from .ops import OP_NAMES, OPS, ConvNorm, channels, resize
+from .ops import OPS, ConvNorm, channels, resize
 from .slimmable import make_divisible
 
 if TYPE_CHECKING:
@@ -166,16 +167,10 @@ class Supernet(nn.Module):
             SupernetDecoder(tuple(channels(8 * 2**j, h, F_) for j in range(3)), num_classes)
             for _, h in self.stem_head_chi
         )
-        L, n_ops = num_layers, len(OP_NAMES)
         arch: dict[str, nn.Parameter] = {}
         for k in range(len(self.stem_head_chi)):
             n_w = len(self.width_choices) if k == 1 else 1  # §2.3: the teacher ('max' pruning) has 1 column
-            shapes = {
-                f"alpha_{k}_0": (L, n_ops), f"alpha_{k}_1": (L - 1, n_ops), f"alpha_{k}_2": (L - 2, n_ops),
-                f"beta_{k}_1": (L - 2, 2), f"beta_{k}_2": (L - 3, 2),
-                f"ratio_{k}_0": (L - 1, n_w), f"ratio_{k}_1": (L - 1, n_w), f"ratio_{k}_2": (L - 2, n_w),
-            }
-            for name, shape in shapes.items():
+            for name, shape in arch_shapes(num_layers, n_w, k).items():
                 arch[name] = nn.Parameter(torch.full(shape, ARCH_INIT))
         self.arch = nn.ParameterDict(arch)
 

@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from ..checkpoints import resumable, save_checkpoint
+from ..checkpoints import load_checkpoint, resumable, save_checkpoint
 from ..config import RunConfig
 from ..distributed import (
     DistInfo,
@@ -102,11 +102,11 @@ from .objective import (
 )
 from .steps import (
     EVAL_WIDTHS,
-    PRETRAIN_PASSES,
     SEARCH_PASSES,
     arch_step,
     eval_path,
     evaluate_heads,
+    pretrain_passes,
     train_path,
     weight_step,
 )
@@ -178,7 +178,8 @@ def _objective(cfg: RunConfig, net: Supernet, lut: LatencyTable, num_classes: in
     return _Objective(latency, published_ms, scale, window)
 
 
-def search(cfg: RunConfig, run: Run, lut: LatencyTable, *, progress: bool = True) -> SearchResult:
+def search(cfg: RunConfig, run: Run, lut: LatencyTable, *, progress: bool = True,
+           pretrained: Path | None = None) -> SearchResult:
     """Run (or resume) pretraining and search, writing artefacts to ``run.dir`` (method §3, §4).
 
     Args:
@@ -186,6 +187,8 @@ def search(cfg: RunConfig, run: Run, lut: LatencyTable, *, progress: bool = True
         run: the open ``01_search`` run (its device and folder).
         lut: the latency table of the target device at ``cfg.search.latency_input_hw``.
         progress: show tqdm bars (notebook-aware) and ETA lines.
+        pretrained: a finished pretraining's checkpoint (:func:`pretrain`) to search from instead of
+            pretraining here: the searches of a study share one pretrained supernet.
 
     Returns:
         A :class:`SearchResult`; ``arch_teacher.json``, ``arch_student.json``, ``arch_params.json``,
@@ -204,6 +207,7 @@ def search(cfg: RunConfig, run: Run, lut: LatencyTable, *, progress: bool = True
     check_supernet_input(sc.pretrain_crop_hw, "search.pretrain_crop_hw")
     check_supernet_input(sc.search_crop_hw, "search.search_crop_hw")
     check_batch_split(cfg, info)
+    shared = _pretrained_checkpoint(Path(pretrained), cfg) if pretrained is not None else None
     data = search_data(cfg)
     key = resume_key(cfg, "01_search")
     seed_everything(sc.seed)
@@ -219,8 +223,13 @@ def search(cfg: RunConfig, run: Run, lut: LatencyTable, *, progress: bool = True
     ckpt = resumable(ckpt_dir / "search.pt", "search", key)
     with Scalars(run.dir) as scalars:  # live curves, step = iterations of the stage (pretraining first); rank 0
         scalars.layout(SEARCH_LAYOUT)
-        history = [] if ckpt is not None else _pretrain(net, data, cfg, device, ckpt_dir, key, progress, info,
-                                                        scalars)
+        if ckpt is not None:
+            history: list[dict[str, Any]] = []  # the search checkpoint holds it
+        elif shared is not None:
+            net.load_state_dict(shared["model"])
+            history = list(shared["history"])
+        else:
+            history = _pretrain(net, data, cfg, device, ckpt_dir, key, progress, info, scalars)
         state = _SearchState(cfg, net, data, history, ckpt, info.world)
         derived, files = _search_epochs(cfg, run, net, data, lut, objective, state, key, progress, info, scalars)
     metrics = final_metrics(cfg, lut, derived, state.history, state.arch_history, window=objective.window,
@@ -384,10 +393,57 @@ def _pretrain_iters(cfg: RunConfig, data: SearchData) -> int:
                                 sc.pretrain_batch_size)
 
 
+def pretrain(cfg: RunConfig, run: Run, key: str, *, progress: bool = True) -> list[dict[str, Any]]:
+    """Pretraining alone (phase 1), one process, into ``run.dir/checkpoints/pretrain.pt``, resumable per epoch:
+    the shared start of a study's searches (:func:`search`'s ``pretrained``). After every epoch both indices'
+    five heads are scored on val (``miou_<role>_<head>`` in the history), so the study can show how far the
+    supernet has learned before any search step.
+
+    Args:
+        key: what the checkpoint must have been computed from to be continued (the study's pretraining identity).
+
+    Returns:
+        The pretraining history (one record per epoch).
+    """
+    sc = cfg.search
+    check_supernet_input(sc.pretrain_crop_hw, "search.pretrain_crop_hw")
+    info = init_distributed(run.device)
+    if info.world > 1:
+        raise ValueError("a study's shared pretraining runs in one process; start it without torchrun")
+    device = local_device(run.device, info)
+    data = search_data(cfg)
+    seed_everything(sc.seed)
+    net = build_supernet(cfg.model, data.num_classes)
+    init_weights_(net)
+    net.to(device).train()
+    ckpt_dir = run.dir / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    eval_loader = DataLoader(data.val, sc.search_batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+    with Scalars(run.dir) as scalars:
+        scalars.layout(SEARCH_LAYOUT)
+        return _pretrain(net, data, cfg, device, ckpt_dir, key, progress, info, scalars, eval_loader)
+
+
+def _pretrained_checkpoint(path: Path, cfg: RunConfig) -> dict[str, Any]:
+    """A finished pretraining's checkpoint (:func:`pretrain`; weights and history), checked before a search that
+    starts there touches anything."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no pretrained supernet at {path}; run the shared pretraining first")
+    ckpt = load_checkpoint(path, "search", mmap=True)
+    if int(ckpt["epoch"]) != cfg.search.pretrain_epochs:
+        raise ValueError(
+            f"{path} holds {ckpt['epoch']} pretraining epochs, not search.pretrain_epochs = "
+            f"{cfg.search.pretrain_epochs}; finish the shared pretraining (or set the same number of epochs)"
+        )
+    return ckpt
+
+
 def _pretrain(net: Supernet, data: SearchData, cfg: RunConfig, device: torch.device, ckpt_dir: Path, key: str,
-              progress: bool, info: DistInfo, scalars: Scalars) -> list[dict[str, Any]]:
+              progress: bool, info: DistInfo, scalars: Scalars, eval_loader: DataLoader | None = None
+              ) -> list[dict[str, Any]]:
     """§3.2 pretraining on the weight half: index 0, sandwich widths, SGD + clipping; resumable per epoch
-    (each rank on its slice of the global batch, gradients averaged; rank 0 checkpoints).
+    (each rank on its slice of the global batch, gradients averaged; rank 0 checkpoints). With
+    ``eval_loader`` both indices' heads are scored after every epoch (:func:`pretrain`).
 
     Returns:
         The pretraining history (one record per epoch).
@@ -421,7 +477,7 @@ def _pretrain(net: Supernet, data: SearchData, cfg: RunConfig, device: torch.dev
         for x, y in loader:
             t_it = time.perf_counter()
             x, y = rank_slice(x, info).to(device), rank_slice(y, info).to(device)
-            loss = weight_step(net, x, y, criterion, opt, PRETRAIN_PASSES, clip_norm=sc.grad_clip_norm,
+            loss = weight_step(net, x, y, criterion, opt, pretrain_passes(sc.pretrain_student), clip_norm=sc.grad_clip_norm,
                                generator=gen, path=path, info=info)
             total += loss
             bar.update(1)
@@ -431,6 +487,9 @@ def _pretrain(net: Supernet, data: SearchData, cfg: RunConfig, device: torch.dev
             total = mean_over_ranks([total], info, device)[0]
         history.append({"phase": "pretrain", "epoch": epoch + 1, "lr": sched.get_last_lr()[0],
                         "loss_weights": total / iters, "seconds_train": round(time.perf_counter() - t0, 2)})
+        if eval_loader is not None:
+            miou = _evaluate_indices(net, eval_loader, device, path, info)
+            history[-1] |= {f"miou_{role}_{h}": v for role, heads in miou.items() for h, v in heads.items()}
         sched.step()
         scalars.add(search_tags(history[-1]), (epoch + 1) * iters)
         if info.main:

@@ -1,23 +1,24 @@
 """Random networks of FasterSeg's search space, and how far two networks lie apart: the search study's baseline.
 
-Issue 28 asks whether searched students beat random ones at equal latency (Sciuto et al. 2020; Yang et al. 2020)
-and how different the searches' results are. Both need the space a derivation can produce (method §4), drawn
-uniformly, and one distance between two networks.
+Issue 28 asks whether searched students beat random ones at equal latency (Sciuto et al. 2020; Yang et al. 2020),
+whether the supernet ranks networks as training does, and how different the searches' results are.
 
-**The space** (what :func:`~fasterseg_core.models.derive.derive_architecture` can return, §4.2–§4.5), per branch:
+**A random network** is what the search's own derivation (method §4) makes of random architecture parameters:
+the student's α, β and γ drawn i.i.d. standard normal, so each cell's operator, each two-input cell's input and
+each feature's width is uniform over its choices (the argmax of i.i.d. draws), then derived exactly as a search's
+α/β/γ are (:func:`~fasterseg_core.models.derive.derive_architecture`: the Viterbi path over β, §4.4's skip
+removal, argmax widths), with the second branch's end scale (1/8 or 1/16) drawn uniformly. Drawing the
+parameters rather than the network has two reasons:
 
-* its end scale: branch 0 ends at 1/32, branch 1 at 1/8 or 1/16 (§4.5);
-* where it downsamples on the 16-layer grid, as §4.2 allows: one stride-2 cell at layer 2…13 to end at 1/16;
-  two at layers i + 1 and j + 2 (1 ≤ i ≤ j − 2 ≤ 9) to end at 1/32;
-* which non-downsampling cells skip removal took out (§4.4): at most 16 − min_len, min_len = 5 + 2e, and every
-  stretch between stride-2 cells, and after the last, keeps a cell (the stretch rule of §4.4, step 3);
-* an operator per cell among the four that are not ``skip`` (a derived network never contains it);
-* the student: a width per cell output from W = {4, …, 12}/12; the teacher is at full width.
+* the random networks are the space a search can return, no more: both branches read one operator and width
+  per grid cell, as derived networks do, so "searched vs random at equal latency" compares like with like;
+* the supernet expresses each of them (its α/β/γ set to the drawn ones, argmax paths and widths), so
+  :mod:`.oneshot` scores a random network with the shared weights exactly as a search scores its own candidate
+  after every epoch, and the one-shot ranking covers searched and random networks alike.
 
-Drawn in that order, each choice uniform given the ones before ("uniform over the choices", not over the
-networks: the number of removed cells is drawn first, so short and long branches are equally likely, as a
-user reading "random architecture" expects; a uniform draw over networks would almost never remove a cell).
-Stem and head widths are the role's (§5.1: teacher 12/12, student 8/12), as in every derived network.
+Uniform over the parameters is not uniform over distinct networks (paths come from the Viterbi over β, and a
+cell whose draw is ``skip`` is removed, §4.4): the baseline is the search with its learning replaced by chance,
+which is the comparison the NAS-evaluation papers above make.
 
 **The distance** (:func:`distance`): per branch, position by position, the share of cells whose operator, input
 stride or width differs, cells one branch has and the other lacks counting as different; the mean over the
@@ -26,104 +27,96 @@ branches. 0: the same network; 1: nothing in common.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import pairwise
+
+import torch
 
 from ..latency.lut import LatencyTable, estimate_latency
 from ..models.architecture import WIDTH_CHOICES_CHI, Architecture, Branch
-from ..models.ops import OP_NAMES
+from ..models.derive import DerivationError, arch_shapes, derive_architecture
 
-LAYERS = 16  # §2.2: the supernet's grid
-DERIVED_OPS = tuple(op for op in OP_NAMES if op != "skip")  # §4.4: skip is removed or replaced
-ROLE_WIDTHS = {"teacher": (12, 12), "student": (8, 8)}  # (stem_chi, head_chi), §5.1
+STUDENT_INDEX = 1  # the supernet's architecture index of the student (§2.3)
 
 
-def _downs(rng: random.Random, end_scale: int) -> list[int]:
-    """The layers whose cell has stride 2, as §4.2 places them for this end scale."""
-    if end_scale == 0:
-        return []
-    if end_scale == 1:
-        return [rng.randint(2, 13)]
-    pairs = [(i + 1, j + 2) for j in range(3, 12) for i in range(1, j - 1)]  # 1 ≤ i ≤ j − 2
-    return list(rng.choice(pairs))
+@dataclass(frozen=True)
+class RandomNet:
+    """A random student and the architecture parameters it was derived from (index 1's names)."""
+
+    arch: Architecture
+    state: dict[str, torch.Tensor]
 
 
-def random_branch(rng: random.Random, end_scale: int, role: str) -> Branch:
-    """One branch ending at scale ``end_scale`` (0, 1, 2 ↔ 1/8, 1/16, 1/32), drawn as the module says."""
-    downs = _downs(rng, end_scale)
-    # stretches of non-downsampling cells: before the first stride-2 cell, between them, after the last
-    edges = [-1, *downs, LAYERS]
-    stretches = [list(range(a + 1, b)) for a, b in pairwise(edges)]
-    removable = sum(len(s) - 1 for s in stretches if s)  # every stretch keeps one of its cells
-    budget = min(LAYERS - (5 + 2 * end_scale), removable)
-    n_removed = rng.randint(0, budget)
-    candidates = [cell for s in stretches for cell in s]
-    removed: set[int] = set()
-    for cell in rng.sample(candidates, len(candidates)):  # random order; skip a removal that empties a stretch
-        if len(removed) == n_removed:
-            break
-        stretch = next(s for s in stretches if cell in s)
-        if sum(c not in removed for c in stretch) > 1:
-            removed.add(cell)
-    kept = [layer for layer in range(LAYERS) if layer not in removed]
-    path, scale = [], 0
-    for layer in kept:  # a cell reads the scale its predecessors reached
-        path.append(scale)
-        scale += layer in downs
-    ops = [rng.choice(DERIVED_OPS) for _ in kept]
-    chi = [12 if role == "teacher" else rng.choice(WIDTH_CHOICES_CHI) for _ in kept[:-1]]
-    return Branch(ops=ops, path=path, chi=chi)
+def random_arch_state(gen: torch.Generator, num_layers: int = 16, n_widths: int = len(WIDTH_CHOICES_CHI)
+                      ) -> dict[str, torch.Tensor]:
+    """The student's eight α/β/γ tensors, i.i.d. standard normal (every argmax uniform over its choices)."""
+    return {name: torch.randn(rows, cols or n_widths, generator=gen)
+            for name, (rows, cols) in arch_shapes(num_layers, n_widths, STUDENT_INDEX).items()}
 
 
-def random_architecture(rng: random.Random, role: str = "student") -> Architecture:
-    """A two-branch network of the space: branch 0 ends at 1/32, branch 1 at 1/8 or 1/16 (§4.5)."""
-    stem, head = ROLE_WIDTHS[role]
-    branches = (random_branch(rng, 2, role), random_branch(rng, rng.choice((0, 1)), role))
-    return Architecture(role=role, branches=branches, stem_chi=stem, head_chi=head,
-                        notes={"source": "random (fasterseg_core.search.random_arch)"})
+def random_student(gen: torch.Generator, *, num_layers: int = 16,
+                   width_choices_chi: Sequence[int] = WIDTH_CHOICES_CHI, stem_head_chi: tuple[int, int] = (8, 8),
+                   faithful_quirks: bool = True, max_tries: int = 1000) -> RandomNet:
+    """One random student (module docstring): parameters drawn, second branch's end drawn, derived.
+
+    A draw that the derivation rejects (with ``faithful_quirks`` a branch can lose its end scale, §4) is
+    drawn again, as a search whose parameters did that would derive its other candidate.
+    """
+    for _ in range(max_tries):
+        state = random_arch_state(gen, num_layers, len(width_choices_chi))
+        lasts = (2, int(torch.randint(2, (), generator=gen)))
+        try:
+            arch = derive_architecture(state, "student", lasts=lasts, faithful_quirks=faithful_quirks,
+                                       num_layers=num_layers, width_choices_chi=width_choices_chi,
+                                       stem_head_chi=stem_head_chi)
+        except DerivationError:
+            continue
+        arch.notes.update(source="random (fasterseg_core.search.random_arch)")
+        return RandomNet(arch, state)
+    raise RuntimeError(f"no derivable random student in {max_tries} draws")
 
 
 @dataclass(frozen=True)
 class Draw:
-    """Architectures drawn until ``wanted`` fell inside the latency window."""
+    """Random students drawn until ``wanted`` fell inside the latency window."""
 
-    accepted: list[tuple[Architecture, float]]  # each with its table latency (ms)
+    accepted: list[tuple[RandomNet, float]]  # each with its table latency (ms)
     tried: int  # draws in all (the acceptance rate says how much of the space the window holds)
 
 
 def sample_in_window(
-    rng: random.Random,
+    gen: torch.Generator,
     lut: LatencyTable,
     window_ms: tuple[float, float],
     wanted: int,
     *,
-    role: str = "student",
     num_classes: int = 19,
     faithful_quirks: bool = True,
-    max_tries: int = 100_000,
+    num_layers: int = 16,
+    width_choices_chi: Sequence[int] = WIDTH_CHOICES_CHI,
+    max_tries: int = 20_000,
 ) -> Draw:
-    """Rejection sampling: random architectures whose table latency lies in ``window_ms`` (low, high).
+    """Rejection sampling: random students whose table latency lies in ``window_ms`` (low, high).
 
     Raises:
         ValueError: fewer than ``wanted`` fell inside after ``max_tries`` draws (the message gives the
             latencies seen, so the window can be moved).
     """
     low, high = window_ms
-    accepted: list[tuple[Architecture, float]] = []
+    accepted: list[tuple[RandomNet, float]] = []
     seen: list[float] = []
     for tried in range(1, max_tries + 1):
-        arch = random_architecture(rng, role)
-        ms = estimate_latency(arch, lut, num_classes, faithful_quirks=faithful_quirks)
+        net = random_student(gen, num_layers=num_layers, width_choices_chi=width_choices_chi,
+                             faithful_quirks=faithful_quirks)
+        ms = estimate_latency(net.arch, lut, num_classes, faithful_quirks=faithful_quirks)
         seen.append(ms)
         if low <= ms <= high:
-            accepted.append((arch, ms))
+            accepted.append((net, ms))
             if len(accepted) == wanted:
                 return Draw(accepted, tried)
     raise ValueError(
-        f"only {len(accepted)} of {wanted} random {role}s fell inside {low:.3g}–{high:.3g} ms in {max_tries} draws "
-        f"(their table latencies ran {min(seen):.3g}–{max(seen):.3g} ms); widen the window or draw more"
+        f"only {len(accepted)} of {wanted} random students fell inside {low:.3g}–{high:.3g} ms in {max_tries} "
+        f"draws (their table latencies ran {min(seen):.3g}–{max(seen):.3g} ms); widen the window or draw more"
     )
 
 

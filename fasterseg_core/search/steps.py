@@ -33,6 +33,16 @@ from .objective import SupernetLatency
 # §3.2: the passes whose losses are summed for one step, as (architecture index, width mode).
 PRETRAIN_PASSES = ((0, "max"), (0, "min"), (0, "random"), (0, "random"))  # sandwich rule
 SEARCH_PASSES = ((0, "max"), (1, "gumbel"), (1, "max"), (1, "min"))
+# search.pretrain_student (a deviation, opt-in): the student's stem and decoder train from the start too
+PRETRAIN_STUDENT_PASS = (1, "random")
+
+
+def pretrain_passes(pretrain_student: bool) -> tuple[tuple[int, str], ...]:
+    """The passes of one pretraining iteration: §3.2's sandwich rule on the teacher index, plus one student
+    pass at random widths with ``search.pretrain_student``."""
+    return PRETRAIN_PASSES + ((PRETRAIN_STUDENT_PASS,) if pretrain_student else ())
+
+
 # How each index is evaluated after a search epoch: the teacher at full width, the student at the widths
 # derivation keeps (argmax γ, §4.3).
 EVAL_WIDTHS = {0: "max", 1: "argmax"}
