@@ -413,12 +413,13 @@ class Run:
                 del _OPEN_RUNS[self.dir.resolve()]
 
 
-def _on_signals(run: Run) -> Callable[[], None] | None:
+def _on_signals(run: Run, previous: dict[int, Any] | None = None) -> Callable[[], None] | None:
     """SIGTERM/SIGINT write ``interrupted`` into the manifest, then do what they did before (SIGINT raises
-    KeyboardInterrupt, SIGTERM ends the process). Only the main thread can install handlers."""
+    KeyboardInterrupt, SIGTERM ends the process); ``previous``: those handlers, when others hold the signals
+    now. Only the main thread can install handlers."""
     if threading.current_thread() is not threading.main_thread():
         return None
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = previous or {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def handler(signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
@@ -473,6 +474,7 @@ def start_run(cfg: RunConfig, stage: str, hardware_tag: str = "", seed: int | No
     if (earlier := _OPEN_RUNS.pop(folder.resolve(), None)) is not None:
         earlier.fail("stopped: a new run of the stage started in the same process (the earlier one raised)")
     fd = lock_folder(folder, f"stage {stage}")
+    held: _Held | None = None
     try:
         key = resume_key(cfg, stage, folder_seed)
         section = STAGES[stage].section
@@ -498,18 +500,57 @@ def start_run(cfg: RunConfig, stage: str, hardware_tag: str = "", seed: int | No
             "started_at": now(), "started_unix": time.time(), "finished_at": None, "previous_run": found or None,
             **({"replaces": replaces, "replaces_config": config_before} if replaces else {}),
         }
+        # From the "running" manifest on until the run's own handlers are in place, SIGTERM/SIGINT wait: one
+        # arriving in between would stop the process with this manifest left "running" and nobody to close it.
+        held = _hold_signals()
         save_json(manifest, folder / "manifest.json")
     except BaseException:
         _unlock(fd)
+        _release_signals(held)
         raise
-    if seed is not None:
-        seed_everything(seed)
-    run = Run(cfg=cfg, stage=stage, dir=folder, device=device, hardware=manifest["hardware"], manifest=manifest,
-              fresh=fresh, seed=seed if per_seed else None, _lock_fd=fd)
-    run._restore_signals = _on_signals(run)
-    atexit.register(run.interrupt, "the process ended before the run finished")
-    _OPEN_RUNS[folder.resolve()] = run
+    run = None
+    try:
+        if seed is not None:
+            seed_everything(seed)
+        run = Run(cfg=cfg, stage=stage, dir=folder, device=device, hardware=manifest["hardware"], manifest=manifest,
+                  fresh=fresh, seed=seed if per_seed else None, _lock_fd=fd)
+        atexit.register(run.interrupt, "the process ended before the run finished")
+        _OPEN_RUNS[folder.resolve()] = run
+    finally:
+        _release_signals(held, run)  # a signal that came meanwhile goes to the run's handler now
     return run
+
+
+@dataclass
+class _Held:
+    """SIGTERM/SIGINT caught and kept while a run opens (:func:`_hold_signals`), with the handlers they replaced."""
+
+    previous: dict[int, Any]
+    pending: list[int] = field(default_factory=list)
+
+
+def _hold_signals() -> _Held | None:
+    """From here on SIGTERM/SIGINT are only noted (main thread; None elsewhere, where none can be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    held = _Held({})
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        held.previous[sig] = signal.signal(sig, lambda signum, frame: held.pending.append(signum))
+    return held
+
+
+def _release_signals(held: _Held | None, run: Run | None = None) -> None:
+    """The run's handlers in place of the holding ones (chained to those before), or those before back when the
+    run did not open; then every noted signal is raised again, now for them to handle."""
+    if held is None:
+        return
+    if run is not None:
+        run._restore_signals = _on_signals(run, held.previous)
+    else:
+        for sig, old in held.previous.items():
+            signal.signal(sig, old)
+    for signum in held.pending:
+        signal.raise_signal(signum)
 
 
 def mark_failed(cfg: RunConfig, stage: str, error: str) -> bool:
