@@ -53,18 +53,19 @@ class DerivationError(ValueError):
 _KEY = re.compile(r"^(alpha|beta|ratio)_(?:(\d+)_)?(\d)$")
 
 
-def arch_shapes(num_layers: int = 16, n_widths: int | None = None, arch_idx: int | None = None
-                ) -> dict[str, tuple[int, int | None]]:
-    """The eight tensors of one architecture index and their shapes (rows, columns) for ``num_layers``:
-    ``alpha_s`` (rows × 5 operators), ``beta_s`` (rows × 2 inputs), ``ratio_s`` (rows × ``n_widths``, None:
-    any). With ``arch_idx`` the names carry the index as the supernet's do (``alpha_1_0`` …)."""
+def arch_shapes(num_layers: int = 16, n_widths: int | None = None) -> dict[tuple[str, int], tuple[int, int | None]]:
+    """The eight tensors of one architecture index, as (kind, scale) → (rows, columns) for ``num_layers``:
+    α (rows × 5 operators), β (rows × 2 inputs), γ = ``ratio`` (rows × ``n_widths``; None: any). The supernet
+    names them ``<kind>_<index>_<scale>`` (:func:`arch_name`)."""
     L, n_ops = num_layers, len(OP_NAMES)
-    shapes = {"alpha_0": (L, n_ops), "alpha_1": (L - 1, n_ops), "alpha_2": (L - 2, n_ops),
-              "beta_1": (L - 2, 2), "beta_2": (L - 3, 2),
-              "ratio_0": (L - 1, n_widths), "ratio_1": (L - 1, n_widths), "ratio_2": (L - 2, n_widths)}
-    if arch_idx is None:
-        return shapes
-    return {f"{n.split('_')[0]}_{arch_idx}_{n.split('_')[1]}": s for n, s in shapes.items()}
+    return {("alpha", 0): (L, n_ops), ("alpha", 1): (L - 1, n_ops), ("alpha", 2): (L - 2, n_ops),
+            ("beta", 1): (L - 2, 2), ("beta", 2): (L - 3, 2),
+            ("ratio", 0): (L - 1, n_widths), ("ratio", 1): (L - 1, n_widths), ("ratio", 2): (L - 2, n_widths)}
+
+
+def arch_name(kind: str, arch_idx: int, scale: int) -> str:
+    """The supernet's (and the authors' arch files') name of one tensor, e.g. ``alpha_1_0``."""
+    return f"{kind}_{arch_idx}_{scale}"
 
 
 # ---- input handling -----------------------------------------------------------------------------
@@ -119,8 +120,7 @@ def _split_params(
             f"no architecture tensors for role {role!r} (index {want}); keys present: {present}. "
             f"Pass alpha_{want}_s/beta_{want}_s/ratio_{want}_s (or alpha_s/beta_s/ratio_s) tensors."
         )
-    expected = {(n.split("_")[0], int(n.split("_")[1])): shape for n, shape in arch_shapes(num_layers).items()}
-    for (kind, scale), shape in expected.items():
+    for (kind, scale), shape in arch_shapes(num_layers).items():
         if (kind, scale) not in found:
             raise ValueError(f"missing {kind}_{want}_{scale} (or {kind}_{scale}) for role {role!r}")
         t = found[(kind, scale)]

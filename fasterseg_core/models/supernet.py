@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .derive import arch_shapes
+from .derive import arch_name, arch_shapes
 from .heads import Head
 from .mixed import Cell, CellSlot, WidthRef, WidthSample, hard_gumbel
 from .ops import OPS, ConvNorm, channels, resize
@@ -170,8 +170,8 @@ class Supernet(nn.Module):
         arch: dict[str, nn.Parameter] = {}
         for k in range(len(self.stem_head_chi)):
             n_w = len(self.width_choices) if k == 1 else 1  # §2.3: the teacher ('max' pruning) has 1 column
-            for name, shape in arch_shapes(num_layers, n_w, k).items():
-                arch[name] = nn.Parameter(torch.full(shape, ARCH_INIT))
+            for (kind, scale), shape in arch_shapes(num_layers, n_w).items():
+                arch[arch_name(kind, k, scale)] = nn.Parameter(torch.full(shape, ARCH_INIT))
         self.arch = nn.ParameterDict(arch)
 
     # ---- construction helpers ------------------------------------------------------------------

@@ -210,10 +210,7 @@ def search(cfg: RunConfig, run: Run, lut: LatencyTable, *, progress: bool = True
     shared = _pretrained_checkpoint(Path(pretrained), cfg) if pretrained is not None else None
     data = search_data(cfg)
     key = resume_key(cfg, "01_search")
-    seed_everything(sc.seed)
-    net = build_supernet(cfg.model, data.num_classes)
-    init_weights_(net)
-    net.to(device).train()
+    net = _new_supernet(cfg, data.num_classes, device)
     broadcast_parameters(net, info)  # already equal (same seed); DDP's guarantee, made explicit
     objective = _objective(cfg, net, lut, data.num_classes)
     ckpt_dir = run.dir / "checkpoints"
@@ -290,8 +287,7 @@ def _search_epochs(cfg: RunConfig, run: Run, net: Supernet, data: SearchData, lu
     """Phase 2: the search epochs from ``state.start`` on; returns the last derivation and its files (rank 0's)."""
     sc, device, iters = cfg.search, local_device(run.device, info), state.iters
     pretrain_steps = sc.pretrain_epochs * _pretrain_iters(cfg, data)  # the x-axis continues after pretraining
-    eval_loader = DataLoader(rank_share(data.val, info), sc.search_batch_size, shuffle=False,
-                             num_workers=cfg.data.num_workers)
+    eval_loader = _val_loader(cfg, data, info)
     bar = progress_bar(total=sc.search_epochs * iters, initial=state.start * iters, desc="search", disable=not progress)
     eta = _Eta("search", (sc.search_epochs - state.start) * iters, sc.search_epochs - state.start, bar, info.main)
     derived: dict[str, Any] = {}
@@ -412,16 +408,26 @@ def pretrain(cfg: RunConfig, run: Run, key: str, *, progress: bool = True) -> li
         raise ValueError("a study's shared pretraining runs in one process; start it without torchrun")
     device = local_device(run.device, info)
     data = search_data(cfg)
-    seed_everything(sc.seed)
-    net = build_supernet(cfg.model, data.num_classes)
-    init_weights_(net)
-    net.to(device).train()
+    net = _new_supernet(cfg, data.num_classes, device)
     ckpt_dir = run.dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    eval_loader = DataLoader(data.val, sc.search_batch_size, shuffle=False, num_workers=cfg.data.num_workers)
     with Scalars(run.dir) as scalars:
         scalars.layout(SEARCH_LAYOUT)
-        return _pretrain(net, data, cfg, device, ckpt_dir, key, progress, info, scalars, eval_loader)
+        return _pretrain(net, data, cfg, device, ckpt_dir, key, progress, info, scalars, _val_loader(cfg, data, info))
+
+
+def _new_supernet(cfg: RunConfig, num_classes: int, device: torch.device) -> Supernet:
+    """The supernet before any step: seeded by ``search.seed``, §7.3 initialisation, in train mode."""
+    seed_everything(cfg.search.seed)
+    net = build_supernet(cfg.model, num_classes)
+    init_weights_(net)
+    return net.to(device).train()
+
+
+def _val_loader(cfg: RunConfig, data: SearchData, info: DistInfo) -> DataLoader:
+    """The per-epoch evaluation's batches: this rank's share of the val images, in order."""
+    return DataLoader(rank_share(data.val, info), cfg.search.search_batch_size, shuffle=False,
+                      num_workers=cfg.data.num_workers)
 
 
 def _pretrained_checkpoint(path: Path, cfg: RunConfig) -> dict[str, Any]:

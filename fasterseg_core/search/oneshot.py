@@ -14,24 +14,25 @@ and the second branch's end scale. Its one-shot score:
    every epoch (:func:`.steps.evaluate_heads`, method §3.5), and the score is the head that reads the network's
    branches: ``8s_32s`` for ends [2, 0], ``16s_32s`` for [2, 1] (§3.5, :data:`.derivation.BRANCH_HEADS`).
 
-The supernet leaves :func:`oneshot_scores` as it came in: weights, running statistics and α/β/γ are restored.
+The supernet leaves :func:`oneshot_scores` as it came in: its weights are never touched, and the running statistics
+and the student's α/β/γ are put back.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..models.derive import ROLE_INDEX
 from ..models.supernet import Supernet
 from .data import pad_for_supernet
 from .derivation import BRANCH_HEADS
 from .steps import evaluate_heads
 
-STUDENT = 1  # the supernet's architecture index of the student
+STUDENT = ROLE_INDEX["student"]  # the supernet's architecture index that is scored
 
 
 @dataclass(frozen=True)
@@ -86,12 +87,14 @@ def oneshot_scores(net: Supernet, archs: Mapping[str, tuple[Mapping[str, torch.T
         val_loader: batches ``(images (N, 3, H, W), labels (N, H, W))`` of the validation split.
         device: where the supernet lives.
     """
-    snapshot = copy.deepcopy(net.state_dict())  # weights, running statistics and α/β/γ
+    # only the running statistics and the student's α/β/γ change here: kept once, put back at the end (every
+    # architecture's recalibration starts by resetting the statistics, so none needs them back in between)
+    buffers = {n: b.clone() for n, b in net.named_buffers()}
+    arch_before = net.arch_state(STUDENT)
     was_training = net.training
     out: dict[str, OneShot] = {}
     try:
         for name, (state, lasts) in archs.items():
-            net.load_state_dict(snapshot)
             net.load_arch_state(dict(state))
             recalibrate_batch_norm(net, crops, device)
             cms = evaluate_heads(net, val_loader, STUDENT, "argmax", torch.device(device), "argmax")
@@ -99,6 +102,9 @@ def oneshot_scores(net: Supernet, archs: Mapping[str, tuple[Mapping[str, torch.T
             head = branch_head(lasts)
             out[name] = OneShot(miou=heads[head], head=head, heads=heads)
     finally:
-        net.load_state_dict(snapshot)
+        with torch.no_grad():
+            for n, b in net.named_buffers():
+                b.copy_(buffers[n])
+        net.load_arch_state(arch_before)
         net.train(was_training)
     return out

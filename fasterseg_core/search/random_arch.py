@@ -34,9 +34,7 @@ import torch
 
 from ..latency.lut import LatencyTable, estimate_latency
 from ..models.architecture import WIDTH_CHOICES_CHI, Architecture, Branch
-from ..models.derive import DerivationError, arch_shapes, derive_architecture
-
-STUDENT_INDEX = 1  # the supernet's architecture index of the student (§2.3)
+from ..models.derive import ROLE_INDEX, DerivationError, arch_name, arch_shapes, derive_architecture
 
 
 @dataclass(frozen=True)
@@ -50,13 +48,13 @@ class RandomNet:
 def random_arch_state(gen: torch.Generator, num_layers: int = 16, n_widths: int = len(WIDTH_CHOICES_CHI)
                       ) -> dict[str, torch.Tensor]:
     """The student's eight α/β/γ tensors, i.i.d. standard normal (every argmax uniform over its choices)."""
-    return {name: torch.randn(rows, cols or n_widths, generator=gen)
-            for name, (rows, cols) in arch_shapes(num_layers, n_widths, STUDENT_INDEX).items()}
+    return {arch_name(kind, ROLE_INDEX["student"], scale): torch.randn(rows, cols, generator=gen)
+            for (kind, scale), (rows, cols) in arch_shapes(num_layers, n_widths).items()}
 
 
 def random_student(gen: torch.Generator, *, num_layers: int = 16,
-                   width_choices_chi: Sequence[int] = WIDTH_CHOICES_CHI, stem_head_chi: tuple[int, int] = (8, 8),
-                   faithful_quirks: bool = True, max_tries: int = 1000) -> RandomNet:
+                   width_choices_chi: Sequence[int] = WIDTH_CHOICES_CHI, faithful_quirks: bool = True,
+                   max_tries: int = 1000) -> RandomNet:
     """One random student (module docstring): parameters drawn, second branch's end drawn, derived.
 
     A draw that the derivation rejects (with ``faithful_quirks`` a branch can lose its end scale, §4) is
@@ -67,8 +65,7 @@ def random_student(gen: torch.Generator, *, num_layers: int = 16,
         lasts = (2, int(torch.randint(2, (), generator=gen)))
         try:
             arch = derive_architecture(state, "student", lasts=lasts, faithful_quirks=faithful_quirks,
-                                       num_layers=num_layers, width_choices_chi=width_choices_chi,
-                                       stem_head_chi=stem_head_chi)
+                                       num_layers=num_layers, width_choices_chi=width_choices_chi)
         except DerivationError:
             continue
         arch.notes.update(source="random (fasterseg_core.search.random_arch)")
